@@ -1,0 +1,118 @@
+"""Running one case under pytest-benchmark: how many calls per round, how many rounds.
+
+pytest-benchmark's own calibration aims at ``--benchmark-max-time`` per case (1 s by
+default) with no warmup; a calibration run wants a fixed time budget per case so that a
+quick run finishes in well under a minute, plus a warmup so first-call costs (page faults,
+oneDNN primitive creation, lazy CUDA init) are not timed. So each case is planned here
+and run with ``benchmark.pedantic``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from calibration import stats
+from calibration.fold import Record
+from calibration.ops import Case, Kernel
+from calibration.schema import LatencyStats
+
+# A timed round lasts at least this long, so timer resolution (~100 ns for
+# perf_counter) and the timer call itself stay below 0.1% of a round.
+MIN_ROUND_SECONDS = 1e-3
+# Untimed calls before planning: enough to fault in outputs and build kernels.
+WARMUP_SECONDS = 0.02
+MAX_ROUNDS = 2000
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Seconds of timed work per case, and the fewest rounds that give a median and IQR."""
+
+    seconds: float
+    min_rounds: int
+
+    @classmethod
+    def for_run(cls, quick: bool) -> Budget:
+        return cls(seconds=0.25, min_rounds=5) if quick else cls(seconds=1.0, min_rounds=7)
+
+
+@dataclass(frozen=True)
+class Plan:
+    iterations: int
+    rounds: int
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def cuda_synchronized_timer() -> float:
+    """perf_counter after draining the GPU queue: the timer for CUDA cases.
+
+    CUDA launches return before the kernel runs; timing them without a synchronize would
+    measure the launch rate, not the kernel.
+    """
+    import torch
+
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def estimate_call_seconds(kernel: Kernel, sync: Callable[[], None]) -> float:
+    """Warm the kernel up, then estimate the time of one call."""
+    kernel()
+    sync()
+    start = time.perf_counter()
+    calls = 0
+    while True:
+        kernel()
+        calls += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= WARMUP_SECONDS:
+            return elapsed / calls
+
+
+def plan(call_seconds: float, budget: Budget) -> Plan:
+    iterations = max(1, math.ceil(MIN_ROUND_SECONDS / call_seconds)) if call_seconds > 0 else 1000
+    rounds = int(budget.seconds / (iterations * max(call_seconds, 1e-9)))
+    return Plan(iterations=iterations, rounds=min(MAX_ROUNDS, max(budget.min_rounds, rounds)))
+
+
+def latency_from_pytest_benchmark(bench_stats, iterations: int) -> LatencyStats:
+    """Translate pytest-benchmark's Stats (seconds per call) into a LatencyStats (ms)."""
+    ms = 1e3
+    return LatencyStats(
+        median_ms=bench_stats.median * ms,
+        iqr_ms=bench_stats.iqr * ms,
+        min_ms=bench_stats.min * ms,
+        mean_ms=bench_stats.mean * ms,
+        stddev_ms=bench_stats.stddev * ms,
+        rounds=bench_stats.rounds,
+        iterations=iterations,
+        samples_ms=[t * ms for t in stats.subsample(bench_stats.data)],
+    )
+
+
+def measure(benchmark, case: Case, budget: Budget) -> Record | None:
+    """Time ``case`` with the pytest-benchmark fixture; None when benchmarking is disabled."""
+    kernel = case.build()
+    benchmark.group = case.operation
+    benchmark.extra_info.update(
+        calibration_key=case.key, flops=case.flops, bytes=case.bytes, dtype=case.dtype
+    )
+    if not benchmark.enabled:
+        benchmark(kernel)  # runs once, as pytest-benchmark does when disabled
+        return None
+    call = estimate_call_seconds(kernel, synchronizer(case.device))
+    p = plan(call, budget)
+    benchmark.pedantic(kernel, rounds=p.rounds, iterations=p.iterations, warmup_rounds=1)
+    metadata = benchmark.stats
+    return Record(case=case, latency=latency_from_pytest_benchmark(metadata.stats, metadata.iterations))

@@ -1,0 +1,228 @@
+"""What machine this is: caches, cores, memory, software versions, allocator settings.
+
+Everything here is read from the OS or the libraries; nothing is estimated. A value that
+cannot be read is None, never a guess.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from functools import cache
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+_CACHE_ROOT = Path("/sys/devices/system/cpu/cpu0/cache")
+
+# STREAM's rule: each array at least four times the last-level cache. When the OS does
+# not say how big the caches are, size the arrays for a 64 MiB last-level cache.
+STREAM_CACHE_MULTIPLE = 4
+UNKNOWN_LLC_BYTES = 64 << 20
+STREAM_ITEMSIZE = 4  # the STREAM and sweep cases run in float32
+TRIAD_ARRAYS = 3
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text)
+
+
+@cache
+def cache_sizes() -> dict[str, int]:
+    """Data/unified cache sizes of one core by level, e.g. {'L1': 32768, 'L2': ..., 'L3': ...}."""
+    sizes: dict[str, int] = {}
+    if not _CACHE_ROOT.is_dir():
+        return sizes
+    for index in sorted(_CACHE_ROOT.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            level = (index / "level").read_text().strip()
+            size = _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified"):
+            sizes[f"L{level}"] = size
+    return sizes
+
+
+def last_level_cache() -> int | None:
+    sizes = cache_sizes()
+    return max(sizes.values()) if sizes else None
+
+
+def stream_elements() -> int:
+    """float32 elements per STREAM array: 4x the last-level cache, rounded up to 2^k."""
+    target = STREAM_CACHE_MULTIPLE * (last_level_cache() or UNKNOWN_LLC_BYTES) // STREAM_ITEMSIZE
+    return 1 << (target - 1).bit_length()
+
+
+def triad_sweep_elements(*, quick: bool) -> tuple[int, ...]:
+    """Triad array lengths from L1-resident to DRAM-sized working sets.
+
+    Full: every power of four from 1 Ki elements up to the STREAM size. Quick: per cache
+    level, the largest power of two whose three arrays fill at most half of it, then DRAM.
+    """
+    dram = stream_elements()
+    if not quick:
+        sizes = []
+        n = 1 << 10
+        while n < dram:
+            sizes.append(n)
+            n <<= 2
+        return tuple(sizes) + (dram,)
+    points = []
+    for size in sorted(cache_sizes().values()):
+        budget = size // 2 // (TRIAD_ARRAYS * STREAM_ITEMSIZE)
+        if budget >= 1:
+            points.append(1 << (budget.bit_length() - 1))
+    return tuple(sorted(set(points))) + (dram,)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def physical_cores() -> int | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    cores = set()
+    physical = core = None
+    for line in text.splitlines() + [""]:
+        if line.startswith("physical id"):
+            physical = line.split(":", 1)[1].strip()
+        elif line.startswith("core id"):
+            core = line.split(":", 1)[1].strip()
+        elif not line.strip():
+            if core is not None:
+                cores.add((physical, core))
+            physical = core = None
+    return len(cores) or None
+
+
+def memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) * 1024 / 2**30, 2)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def allocator_settings() -> dict[str, str | None]:
+    """Settings that change how fresh pages are obtained, which moves memory-bound timings."""
+    return {
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+        "LD_PRELOAD": os.environ.get("LD_PRELOAD"),
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX"),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "transparent_hugepage": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
+    }
+
+
+def thread_settings() -> dict[str, str | None]:
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES", "KMP_AFFINITY")
+    return {name: os.environ.get(name) for name in names}
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(cwd: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout the run happens in; (None, None) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5,
+        )
+        return commit.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str]):
+    """The profile's metadata for a run on ``device`` in this process."""
+    import torch
+
+    from calibration.schema import CudaInfo, Metadata
+
+    cuda = None
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        cuda = CudaInfo(
+            name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 2),
+            multiprocessors=props.multi_processor_count,
+            cuda_version=torch.version.cuda,
+            cudnn_version=torch.backends.cudnn.version(),
+        )
+    commit, dirty = git_commit()
+    device_name = cuda.name if cuda else cpu_model()
+    return Metadata(
+        hardware_name=hardware_name or device_name,
+        device_type=device,
+        device_name=device_name,
+        cpu_model=cpu_model(),
+        physical_cores=physical_cores(),
+        logical_cpus=os.cpu_count() or 1,
+        usable_cpus=usable_cpus(),
+        threads=torch.get_num_threads(),
+        interop_threads=torch.get_num_interop_threads(),
+        memory_gib=memory_gib(),
+        cache_sizes=cache_sizes(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        os=platform.platform(),
+        python_version=platform.python_version(),
+        torch_version=torch.__version__,
+        numpy_version=package_version("numpy"),
+        pydantic_version=package_version("pydantic"),
+        pytest_version=package_version("pytest"),
+        pytest_benchmark_version=package_version("pytest-benchmark"),
+        calibration_version=package_version("calibration"),
+        date=datetime.now(timezone.utc),
+        git_commit=commit,
+        git_dirty=dirty,
+        allocator=allocator_settings(),
+        thread_env=thread_settings(),
+        cuda=cuda,
+        quick=quick,
+        command=[sys.argv[0], *command] if command else list(sys.argv),
+    )

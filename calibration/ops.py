@@ -1,0 +1,636 @@
+"""The registry of operation microbenchmarks.
+
+Each :class:`Operation` is the one place that knows an operation's name, family, shapes
+(full and ``--quick``), FLOP and byte model, and how to build a runnable kernel on
+preallocated tensors. The benchmarks in ``bench/``, the profile keys, the lookups and the
+mapper all read this registry.
+
+Counting conventions (tested in ``tests/test_ops.py``):
+
+* FLOPs count every arithmetic operation the math needs, one multiply-add being two FLOPs;
+  for GEMM and convolution this equals ``torch.utils.flop_counter.FlopCounterMode``, plus
+  one FLOP per output element for a bias. Element-wise ops use the nominal per-element
+  costs in :data:`ELEMENTWISE_FLOPS`; they are memory-bound, so FLOPs only place them on
+  the roofline.
+* Bytes are the compulsory traffic of the kernel that is timed: every input read once,
+  every output written once, at the dtype's size (STREAM's convention: copy moves two words
+  per element, triad three). Max-pooling also writes its int64 indices, because the eager
+  kernel does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from calibration import machine
+from calibration.keys import ParamValue, operation_key
+
+Params = Mapping[str, ParamValue]
+Kernel = Callable[[], object]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "tf32": torch.float32,  # float32 storage, TensorFloat-32 tensor-core math (CUDA only)
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+# Nominal FLOPs per element. relu is a compare-select; sigmoid is exp + add + reciprocal
+# (+ negate); silu is sigmoid then a multiply; gelu (erf form) is x*0.5*(1+erf(x/sqrt2)),
+# erf counted as one; softmax is max, subtract, exp, sum, divide; layer norm is mean, centre,
+# square, sum, rsqrt-scale, affine.
+ELEMENTWISE_FLOPS: dict[str, int] = {
+    "add": 1,
+    "mul": 1,
+    "relu": 1,
+    "sigmoid": 4,
+    "silu": 5,
+    "gelu": 5,
+    "softmax": 5,
+    "layernorm": 8,
+    "batchnorm": 2,  # eval mode: x * scale + shift per element, scale/shift per channel
+}
+
+
+def itemsize(dtype: str) -> int:
+    return DTYPES[dtype].itemsize
+
+
+def dtype_unsupported_reason(dtype: str, device: str) -> str | None:
+    """Why ``dtype`` cannot be calibrated on ``device`` here, or None if it can."""
+    if dtype not in DTYPES:
+        return f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}"
+    if device == "cpu":
+        if dtype in ("tf32", "float16"):
+            return f"{dtype} matmul is a CUDA path"
+        if dtype == "bfloat16" and not (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        ):
+            return "this CPU has no native bfloat16 (avx512_bf16 or AMX): bf16 would be emulated"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return "this GPU does not support bfloat16"
+    return None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One parametrized benchmark case: an operation at one shape, dtype and device."""
+
+    operation: str
+    params: tuple[tuple[str, ParamValue], ...]
+    dtype: str
+    device: str
+
+    @property
+    def param_dict(self) -> dict[str, ParamValue]:
+        return dict(self.params)
+
+    @property
+    def key(self) -> str:
+        return operation_key(self.operation, self.param_dict, self.dtype, self.device)
+
+    @property
+    def id(self) -> str:
+        """pytest id: the key without the operation name (the test name carries it)."""
+        return self.key.split("[", 1)[1].replace("]/", "/")
+
+    @property
+    def spec(self) -> Operation:
+        return OPERATIONS[self.operation]
+
+    @property
+    def flops(self) -> int:
+        return self.spec.flops(self.param_dict)
+
+    @property
+    def bytes(self) -> int:
+        return self.spec.bytes_moved(self.param_dict, itemsize(self.dtype))
+
+    def build(self) -> Kernel:
+        return self.spec.build(self.param_dict, self.dtype, torch.device(self.device))
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    family: str
+    description: str
+    flops: Callable[[Params], int]
+    bytes_moved: Callable[[Params, int], int]
+    build: Callable[[Params, str, torch.device], Kernel]
+    # shapes(quick) -> the parameter sets to benchmark; a function because some depend on
+    # the machine (STREAM arrays are sized from the last-level cache).
+    shapes: Callable[[bool], tuple[Params, ...]]
+    # The kind of kernel a parameter set selects (matmul library path, dense vs depthwise
+    # conv): lookups only match and interpolate between entries of the same variant.
+    variant: Callable[[Params], tuple[ParamValue, ...]] = lambda params: ()
+    # Values a query may leave out (e.g. the matmul path eager PyTorch takes).
+    defaults: Mapping[str, ParamValue] = field(default_factory=dict)
+    cpu_dtypes: tuple[str, ...] = ("float32",)
+    cuda_dtypes: tuple[str, ...] = ("float32",)
+    # Parameters that only exist on one device (e.g. oneDNN paths on CPU).
+    cpu_only: Callable[[Params], bool] = lambda params: False
+
+    def dtypes(self, device: str) -> tuple[str, ...]:
+        return self.cpu_dtypes if device == "cpu" else self.cuda_dtypes
+
+    def cases(self, *, quick: bool, device: str) -> list[Case]:
+        out = []
+        for params in self.shapes(quick):
+            if device != "cpu" and self.cpu_only(params):
+                continue
+            for dtype in self.dtypes(device):
+                out.append(Case(self.name, tuple(params.items()), dtype, device))
+        return out
+
+    def complete(self, params: Params) -> dict[str, ParamValue]:
+        return {**self.defaults, **params}
+
+    @cached_property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(self.shapes(False)[0])
+
+
+def fixed(full: tuple[Params, ...], quick: tuple[Params, ...]) -> Callable[[bool], tuple[Params, ...]]:
+    return lambda is_quick: quick if is_quick else full
+
+
+def _randn(shape: Iterable[int], dtype: str, device: torch.device) -> torch.Tensor:
+    return torch.randn(*shape, dtype=DTYPES[dtype], device=device)
+
+
+# --------------------------------------------------------------------------- matmul
+
+MATMUL_PATHS = ("aten", "mkldnn", "mkldnn_packed")
+
+
+def _matmul_flops(p: Params) -> int:
+    return 2 * p["M"] * p["K"] * p["N"]
+
+
+def _matmul_bytes(p: Params, size: int) -> int:
+    return (p["M"] * p["K"] + p["K"] * p["N"] + p["M"] * p["N"]) * size
+
+
+def _build_matmul(p: Params, dtype: str, device: torch.device) -> Kernel:
+    M, K, N, path = p["M"], p["K"], p["N"], p["path"]
+    a = _randn((M, K), dtype, device)
+    b = _randn((K, N), dtype, device)
+    if path == "aten":
+        c = torch.empty(M, N, dtype=DTYPES[dtype], device=device)
+        if device.type == "cuda":
+            allow_tf32 = dtype == "tf32"
+
+            def run_cuda() -> object:
+                torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+                return torch.mm(a, b, out=c)
+
+            return run_cuda
+        return lambda: torch.mm(a, b, out=c)
+    if device.type != "cpu":
+        raise ValueError(f"matmul path {path!r} exists only on CPU")
+    weight = b.t().contiguous()  # oneDNN linear takes W as (N, K)
+    expected = torch.mm(a, b)
+    if path == "mkldnn":
+        a_m, w_m = a.to_mkldnn(), weight.to_mkldnn()
+
+        def run() -> object:
+            return torch._C._nn.mkldnn_linear(a_m, w_m, None)
+
+        got = run().to_dense()
+    elif path == "mkldnn_packed":
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, M)
+
+        def run() -> object:
+            return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+
+        got = run()
+    else:
+        raise ValueError(f"unknown matmul path {path!r}; known: {', '.join(MATMUL_PATHS)}")
+    # An alternative path only counts toward the ceiling if it computes the same product.
+    tol = 1e-2 if dtype == "bfloat16" else 1e-4
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * math.sqrt(K))
+    return run
+
+
+def _mm(M: int, K: int, N: int, path: str = "aten") -> Params:
+    return {"M": M, "K": K, "N": N, "path": path}
+
+
+MATMUL = Operation(
+    name="matmul",
+    family="matmul",
+    description="C = A @ B, A (M x K), B (K x N); 'path' selects the library kernel",
+    flops=_matmul_flops,
+    bytes_moved=_matmul_bytes,
+    build=_build_matmul,
+    shapes=fixed(
+        full=tuple(
+            _mm(n, n, n, path) for n in (256, 512, 1024, 2048, 4096) for path in MATMUL_PATHS
+            if not (n == 4096 and path != "aten")
+        )
+        + (_mm(1, 4096, 4096), _mm(64, 4096, 1024), _mm(128, 768, 3072)),
+        quick=tuple(_mm(1024, 1024, 1024, path) for path in MATMUL_PATHS) + (_mm(64, 4096, 1024),),
+    ),
+    variant=lambda p: (p["path"],),
+    defaults={"path": "aten"},
+    cpu_dtypes=("float32", "bfloat16"),
+    cuda_dtypes=("float32", "tf32", "float16", "bfloat16"),
+    cpu_only=lambda p: p["path"] != "aten",
+)
+
+
+# --------------------------------------------------------------------------- linear, bmm
+
+
+def _linear_flops(p: Params) -> int:
+    return 2 * p["B"] * p["IN"] * p["OUT"] + p["B"] * p["OUT"]  # GEMM + bias
+
+
+def _linear_bytes(p: Params, size: int) -> int:
+    B, IN, OUT = p["B"], p["IN"], p["OUT"]
+    return (B * IN + OUT * IN + OUT + B * OUT) * size
+
+
+def _build_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["B"], p["IN"]), dtype, device)
+    w = _randn((p["OUT"], p["IN"]), dtype, device)
+    bias = _randn((p["OUT"],), dtype, device)
+    y = torch.empty(p["B"], p["OUT"], dtype=DTYPES[dtype], device=device)
+    wt = w.t()
+    return lambda: torch.addmm(bias, x, wt, out=y)  # the kernel F.linear dispatches to
+
+
+LINEAR = Operation(
+    name="linear",
+    family="linear",
+    description="y = x @ W^T + b (nn.Linear), x (B x IN)",
+    flops=_linear_flops,
+    bytes_moved=_linear_bytes,
+    build=_build_linear,
+    shapes=fixed(full=(
+        {"B": 1, "IN": 4096, "OUT": 4096},
+        {"B": 128, "IN": 768, "OUT": 3072},
+        {"B": 128, "IN": 3072, "OUT": 768},
+        {"B": 1024, "IN": 1024, "OUT": 1024},
+    ),
+    quick=({"B": 128, "IN": 768, "OUT": 3072},)),
+)
+
+
+def _bmm_flops(p: Params) -> int:
+    return 2 * p["BATCH"] * p["M"] * p["K"] * p["N"]
+
+
+def _bmm_bytes(p: Params, size: int) -> int:
+    return p["BATCH"] * (p["M"] * p["K"] + p["K"] * p["N"] + p["M"] * p["N"]) * size
+
+
+def _build_bmm(p: Params, dtype: str, device: torch.device) -> Kernel:
+    a = _randn((p["BATCH"], p["M"], p["K"]), dtype, device)
+    b = _randn((p["BATCH"], p["K"], p["N"]), dtype, device)
+    c = torch.empty(p["BATCH"], p["M"], p["N"], dtype=DTYPES[dtype], device=device)
+    return lambda: torch.bmm(a, b, out=c)
+
+
+BMM = Operation(
+    name="bmm",
+    family="bmm",
+    description="batched C[i] = A[i] @ B[i] (attention score and context products)",
+    flops=_bmm_flops,
+    bytes_moved=_bmm_bytes,
+    build=_build_bmm,
+    shapes=fixed(full=(
+        {"BATCH": 12, "M": 128, "K": 64, "N": 128},  # BERT-base QK^T, seq 128
+        {"BATCH": 12, "M": 128, "K": 128, "N": 64},  # BERT-base attn @ V
+        {"BATCH": 32, "M": 512, "K": 64, "N": 512},  # 4 x 8 heads, seq 512
+    ),
+    quick=({"BATCH": 12, "M": 128, "K": 64, "N": 128},)),
+)
+
+
+# --------------------------------------------------------------------------- conv2d
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _conv_flops(p: Params) -> int:
+    ho = _conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = _conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    per_output = (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
+    return 2 * p["N"] * p["COUT"] * ho * wo * per_output
+
+
+def _conv_bytes(p: Params, size: int) -> int:
+    ho = _conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = _conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    inputs = p["N"] * p["CIN"] * p["H"] * p["W"]
+    weights = p["COUT"] * (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
+    outputs = p["N"] * p["COUT"] * ho * wo
+    return (inputs + weights + outputs) * size
+
+
+def _build_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["CIN"], p["H"], p["W"]), dtype, device)
+    w = _randn((p["COUT"], p["CIN"] // p["GROUPS"], p["K"], p["K"]), dtype, device)
+    stride, pad, groups = p["STRIDE"], p["PAD"], p["GROUPS"]
+    conv = torch.nn.functional.conv2d
+    return lambda: conv(x, w, None, stride, pad, 1, groups)
+
+
+def _conv_kind(p: Params) -> str:
+    if p["GROUPS"] > 1:
+        return "depthwise" if p["GROUPS"] == p["CIN"] else "grouped"
+    return "pointwise" if p["K"] == 1 else "dense"
+
+
+def _conv(n: int, cin: int, cout: int, hw: int, k: int, s: int, groups: int = 1) -> Params:
+    return {"N": n, "CIN": cin, "COUT": cout, "H": hw, "W": hw, "K": k,
+            "STRIDE": s, "PAD": k // 2, "GROUPS": groups}
+
+
+CONV2D = Operation(
+    name="conv2d",
+    family="conv",
+    description="2-D convolution, no bias, eval/no_grad, shapes from ResNet-18 and MobileNet-V2 at 224x224",
+    flops=_conv_flops,
+    bytes_moved=_conv_bytes,
+    build=_build_conv,
+    shapes=fixed(full=(
+        _conv(1, 3, 64, 224, 7, 2),  # resnet18.conv1
+        _conv(1, 64, 64, 56, 3, 1),  # resnet18.layer1.conv3x3
+        _conv(1, 64, 128, 56, 3, 2),  # resnet18.layer2.conv3x3_s2
+        _conv(1, 64, 128, 56, 1, 2),  # resnet18.layer2.downsample1x1
+        _conv(1, 512, 512, 7, 3, 1),  # resnet18.layer4.conv3x3
+        _conv(8, 64, 64, 56, 3, 1),  # resnet18.layer1.conv3x3
+        _conv(1, 24, 144, 56, 1, 1),  # mobilenet_v2.expand1x1
+        _conv(1, 144, 24, 56, 1, 1),  # mobilenet_v2.project1x1
+        _conv(1, 144, 144, 56, 3, 1, groups=144),  # mobilenet_v2.dw3x3
+        _conv(1, 144, 144, 56, 3, 2, groups=144),  # mobilenet_v2.dw3x3_s2
+        _conv(1, 960, 960, 7, 3, 1, groups=960),  # mobilenet_v2.dw3x3_late
+    ),
+    quick=(
+        _conv(1, 64, 64, 56, 3, 1),  # resnet18.layer1.conv3x3
+        _conv(1, 144, 144, 56, 3, 1, groups=144),  # mobilenet_v2.dw3x3
+    )),
+    variant=lambda p: (_conv_kind(p),),
+)
+
+
+# --------------------------------------------------------------------------- element-wise
+
+# Sizes chosen against this class of machine (32-48 KiB L1d, 0.5-1 MiB L2, 32 MiB L3):
+# 64 Ki elements stay in L2, 1 Mi in L3, 16 Mi (64 MiB per fp32 tensor) go to DRAM.
+ELEMENTWISE_SIZES = ({"n": 1 << 16}, {"n": 1 << 20}, {"n": 1 << 24})
+ELEMENTWISE_QUICK = ({"n": 1 << 20}, {"n": 1 << 24})
+
+
+def _elementwise(name: str, inputs: int, kernel: Callable[..., object], description: str) -> Operation:
+    def flops(p: Params) -> int:
+        return ELEMENTWISE_FLOPS[name] * p["n"]
+
+    def nbytes(p: Params, size: int) -> int:
+        return (inputs + 1) * p["n"] * size
+
+    def build(p: Params, dtype: str, device: torch.device) -> Kernel:
+        args = [_randn((p["n"],), dtype, device) for _ in range(inputs)]
+        out = torch.empty(p["n"], dtype=DTYPES[dtype], device=device)
+        return lambda: kernel(*args, out=out)
+
+    return Operation(name, "elementwise", description, flops, nbytes, build,
+                     fixed(ELEMENTWISE_SIZES, ELEMENTWISE_QUICK))
+
+
+ELEMENTWISE = (
+    _elementwise("add", 2, torch.add, "c = a + b"),
+    _elementwise("mul", 2, torch.mul, "c = a * b"),
+    # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.
+    _elementwise("relu", 1, lambda x, out: torch.clamp_min(x, 0, out=out), "y = max(x, 0)"),
+    _elementwise("gelu", 1, torch._C._nn.gelu, "y = gelu(x), erf form"),
+    _elementwise("sigmoid", 1, torch.sigmoid, "y = 1 / (1 + exp(-x))"),
+    _elementwise("silu", 1, torch._C._nn.silu, "y = x * sigmoid(x)"),
+)
+
+
+# --------------------------------------------------------------------------- STREAM
+
+
+def _stream(name: str, words: int, flops_per_element: int, description: str,
+            kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]) -> Operation:
+    def flops(p: Params) -> int:
+        return flops_per_element * p["n"]
+
+    def nbytes(p: Params, size: int) -> int:
+        return words * p["n"] * size
+
+    def build(p: Params, dtype: str, device: torch.device) -> Kernel:
+        a = torch.zeros(p["n"], dtype=DTYPES[dtype], device=device)
+        b = torch.full((p["n"],), 1.0, dtype=DTYPES[dtype], device=device)
+        c = torch.full((p["n"],), 2.0, dtype=DTYPES[dtype], device=device)
+        return lambda: kernel(a, b, c)
+
+    def shapes(quick: bool) -> tuple[Params, ...]:
+        if name == "stream_triad":
+            return tuple({"n": n} for n in machine.triad_sweep_elements(quick=quick))
+        return ({"n": machine.stream_elements()},)
+
+    return Operation(name, "memory", description, flops, nbytes, build, shapes)
+
+
+STREAM_SCALAR = 3.0
+STREAM = (
+    _stream("stream_copy", 2, 0, "a = b (STREAM copy: 2 words/element)",
+            lambda a, b, c: a.copy_(b)),
+    _stream("stream_scale", 2, 1, "a = s * b (STREAM scale: 2 words/element)",
+            lambda a, b, c: torch.mul(b, STREAM_SCALAR, out=a)),
+    _stream("stream_add", 3, 1, "a = b + c (STREAM add: 3 words/element)",
+            lambda a, b, c: torch.add(b, c, out=a)),
+    _stream("stream_triad", 3, 2, "a = b + s * c (STREAM triad: 3 words/element)",
+            lambda a, b, c: torch.add(b, c, alpha=STREAM_SCALAR, out=a)),
+)
+
+
+# --------------------------------------------------------------------------- softmax, norms
+
+
+def _build_softmax(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["ROWS"], p["COLS"]), dtype, device)
+    y = torch.empty_like(x)
+    return lambda: torch.ops.aten._softmax.out(x, -1, False, out=y)
+
+
+SOFTMAX = Operation(
+    name="softmax",
+    family="softmax",
+    description="softmax over the last dimension of a (ROWS x COLS) matrix",
+    flops=lambda p: ELEMENTWISE_FLOPS["softmax"] * p["ROWS"] * p["COLS"],
+    bytes_moved=lambda p, size: 2 * p["ROWS"] * p["COLS"] * size,
+    build=_build_softmax,
+    shapes=fixed(full=({"ROWS": 1536, "COLS": 128}, {"ROWS": 4096, "COLS": 512}, {"ROWS": 8192, "COLS": 2048}),
+    quick=({"ROWS": 1536, "COLS": 128},)),
+)
+
+
+def _build_layernorm(p: Params, dtype: str, device: torch.device) -> Kernel:
+    rows, cols = p["ROWS"], p["COLS"]
+    x = _randn((rows, cols), dtype, device)
+    weight, bias = _randn((cols,), dtype, device), _randn((cols,), dtype, device)
+    y = torch.empty_like(x)
+    mean = torch.empty(rows, 1, dtype=torch.float32, device=device)
+    rstd = torch.empty(rows, 1, dtype=torch.float32, device=device)
+    return lambda: torch.ops.aten.native_layer_norm.out(
+        x, [cols], weight, bias, 1e-5, out0=y, out1=mean, out2=rstd)
+
+
+LAYERNORM = Operation(
+    name="layernorm",
+    family="norm",
+    description="layer norm over the last dimension with affine weight and bias",
+    flops=lambda p: ELEMENTWISE_FLOPS["layernorm"] * p["ROWS"] * p["COLS"],
+    bytes_moved=lambda p, size: (2 * p["ROWS"] * p["COLS"] + 2 * p["COLS"]) * size,
+    build=_build_layernorm,
+    shapes=fixed(full=({"ROWS": 128, "COLS": 768}, {"ROWS": 1024, "COLS": 768}, {"ROWS": 8192, "COLS": 1024}),
+    quick=({"ROWS": 1024, "COLS": 768},)),
+)
+
+
+def _build_batchnorm(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    weight, bias = _randn((p["C"],), dtype, device), _randn((p["C"],), dtype, device)
+    mean = _randn((p["C"],), dtype, device)
+    var = torch.rand(p["C"], dtype=DTYPES[dtype], device=device) + 0.5
+    y = torch.empty_like(x)
+    save_mean, save_rstd = torch.empty(0, device=device), torch.empty(0, device=device)
+    return lambda: torch.ops.aten._native_batch_norm_legit_no_training.out(
+        x, weight, bias, mean, var, 0.1, 1e-5, out0=y, out1=save_mean, out2=save_rstd)
+
+
+def _nchw(p: Params) -> int:
+    return p["N"] * p["C"] * p["H"] * p["W"]
+
+
+BATCHNORM = Operation(
+    name="batchnorm",
+    family="norm",
+    description="batch norm in eval mode (running statistics), NCHW",
+    flops=lambda p: ELEMENTWISE_FLOPS["batchnorm"] * _nchw(p),
+    bytes_moved=lambda p, size: (2 * _nchw(p) + 4 * p["C"]) * size,
+    build=_build_batchnorm,
+    shapes=fixed(full=(
+        {"N": 1, "C": 64, "H": 112, "W": 112},
+        {"N": 1, "C": 64, "H": 56, "W": 56},
+        {"N": 1, "C": 256, "H": 14, "W": 14},
+        {"N": 8, "C": 64, "H": 56, "W": 56},
+    ),
+    quick=({"N": 1, "C": 64, "H": 56, "W": 56},)),
+)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _pool_out(p: Params) -> int:
+    ho = _conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = _conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    return p["N"] * p["C"] * ho * wo
+
+
+def _build_maxpool(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    y = torch.empty(0, dtype=DTYPES[dtype], device=device)
+    idx = torch.empty(0, dtype=torch.int64, device=device)
+    k, s, pad = [p["K"]] * 2, [p["STRIDE"]] * 2, [p["PAD"]] * 2
+    return lambda: torch.ops.aten.max_pool2d_with_indices.out(x, k, s, pad, [1, 1], False, out=y, indices=idx)
+
+
+def _build_avgpool(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    y = torch.empty(0, dtype=DTYPES[dtype], device=device)
+    k, s, pad = [p["K"]] * 2, [p["STRIDE"]] * 2, [p["PAD"]] * 2
+    return lambda: torch.ops.aten.avg_pool2d.out(x, k, s, pad, False, True, None, out=y)
+
+
+def _pool(n: int, c: int, hw: int, k: int, s: int, pad: int) -> Params:
+    return {"N": n, "C": c, "H": hw, "W": hw, "K": k, "STRIDE": s, "PAD": pad}
+
+
+MAXPOOL = Operation(
+    name="maxpool",
+    family="pool",
+    description="2-D max pooling (eager kernel also writes int64 indices)",
+    flops=lambda p: _pool_out(p) * (p["K"] * p["K"] - 1),
+    bytes_moved=lambda p, size: _nchw(p) * size + _pool_out(p) * (size + 8),
+    build=_build_maxpool,
+    shapes=fixed(full=(_pool(1, 64, 112, 3, 2, 1), _pool(8, 64, 112, 3, 2, 1), _pool(1, 256, 28, 2, 2, 0)),
+    quick=(_pool(1, 64, 112, 3, 2, 1),)),
+)
+
+AVGPOOL = Operation(
+    name="avgpool",
+    family="pool",
+    description="2-D average pooling (K x K window summed, then divided)",
+    flops=lambda p: _pool_out(p) * p["K"] * p["K"],
+    bytes_moved=lambda p, size: (_nchw(p) + _pool_out(p)) * size,
+    build=_build_avgpool,
+    shapes=fixed(full=(_pool(1, 512, 7, 7, 7, 0), _pool(1, 64, 56, 2, 2, 0), _pool(8, 256, 28, 2, 2, 0)),
+    quick=(_pool(1, 64, 56, 2, 2, 0),)),
+)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _build_dispatch(p: Params, dtype: str, device: torch.device) -> Kernel:
+    a, b = _randn((p["n"],), dtype, device), _randn((p["n"],), dtype, device)
+    c = torch.empty_like(a)
+    return lambda: torch.add(a, b, out=c)
+
+
+DISPATCH = Operation(
+    name="dispatch",
+    family="dispatch",
+    description="a one-element add: the per-call cost of Python + dispatcher + kernel launch",
+    flops=lambda p: p["n"],
+    bytes_moved=lambda p, size: 3 * p["n"] * size,
+    build=_build_dispatch,
+    shapes=fixed(full=({"n": 1},),
+    quick=({"n": 1},)),
+)
+
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (MATMUL, LINEAR, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
+               BATCHNORM, MAXPOOL, AVGPOOL, DISPATCH)
+}
+FAMILIES: dict[str, tuple[str, ...]] = {}
+for _op in OPERATIONS.values():
+    FAMILIES[_op.family] = FAMILIES.get(_op.family, ()) + (_op.name,)
+
+
+def resolve_selection(names: Iterable[str]) -> set[str]:
+    """Operation names selected by family or operation names (``all`` selects everything)."""
+    selected: set[str] = set()
+    for name in names:
+        if name == "all":
+            selected.update(OPERATIONS)
+        elif name in FAMILIES:
+            selected.update(FAMILIES[name])
+        elif name in OPERATIONS:
+            selected.add(name)
+        else:
+            raise ValueError(
+                f"unknown operation or family {name!r}; families: {', '.join(sorted(FAMILIES))}; "
+                f"operations: {', '.join(sorted(OPERATIONS))}; or 'all'"
+            )
+    return selected

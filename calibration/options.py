@@ -1,0 +1,70 @@
+"""Parsers for command-line values, shared by the pytest options and ``python -m calibration``.
+
+Each raises ``argparse.ArgumentTypeError`` naming the bad value and what is allowed, which
+pytest and argparse both turn into a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from calibration.ops import DTYPES, resolve_selection
+
+DEVICES = ("cpu", "cuda")
+
+
+def parse_positive_float(text: str, what: str = "value") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{what} must be a positive number, got {text!r}")
+    return value
+
+
+def parse_peak_bandwidth(text: str) -> float:
+    return parse_positive_float(text, "--peak-bandwidth (GB/s)")
+
+
+def parse_peak_gflops(text: str) -> dict[str, float]:
+    """``510`` (float32) or ``float32=510,bfloat16=1020``."""
+    if "=" not in text:
+        return {"float32": parse_positive_float(text, "--peak-gflops (GFLOPS)")}
+    peaks: dict[str, float] = {}
+    for item in text.split(","):
+        dtype, sep, value = item.partition("=")
+        dtype = dtype.strip()
+        if not sep or dtype not in DTYPES:
+            raise argparse.ArgumentTypeError(
+                f"--peak-gflops entry {item!r} must be DTYPE=GFLOPS with DTYPE one of {', '.join(DTYPES)}"
+            )
+        peaks[dtype] = parse_positive_float(value, f"--peak-gflops {dtype} (GFLOPS)")
+    return peaks
+
+
+def parse_threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}")
+    return value
+
+
+def parse_device(text: str) -> str:
+    if text not in DEVICES:
+        raise argparse.ArgumentTypeError(f"--device must be one of {', '.join(DEVICES)}, got {text!r}")
+    return text
+
+
+def parse_operations(text: str) -> frozenset[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--operations needs at least one family or operation name")
+    try:
+        return frozenset(resolve_selection(names))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -1,0 +1,106 @@
+"""Text rendering of a profile: what ``print_summary`` and the terminal summary show."""
+
+from __future__ import annotations
+
+from calibration.keys import format_params
+from calibration.schema import HardwareCalibration, OperationCalibration
+
+WIDTH = 100
+
+
+def _num(value: float | None, fmt: str = ".1f", unknown: str = "-") -> str:
+    return unknown if value is None else format(value, fmt)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _latency(ms: float) -> str:
+    if ms >= 1:
+        return f"{ms:.3f} ms"
+    return f"{ms * 1e3:.2f} us"
+
+
+def _peaks(cal: HardwareCalibration) -> list[str]:
+    lines = ["Theoretical peaks (only as given; never assumed):"]
+    if cal.peak_gflops:
+        for dtype, peak in cal.peak_gflops.items():
+            lines.append(f"  {dtype:<9} {peak.value:10.1f} GFLOPS  ({peak.source.value})")
+    else:
+        lines.append("  compute:   unknown (pass --peak-gflops to compare against a datasheet)")
+    bw = cal.peak_bandwidth_gbps
+    lines.append(
+        f"  bandwidth: {bw.value:.1f} GB/s ({bw.source.value})" if bw else "  bandwidth: unknown"
+    )
+    return lines
+
+
+def _measured(cal: HardwareCalibration) -> list[str]:
+    m = cal.measured
+    lines = ["Measured ceilings:"]
+    if not m.matmul_gflops:
+        lines.append("  compute:   not measured in this run (the matmul cases did not run)")
+    for dtype, best in m.matmul_gflops.items():
+        paths = ", ".join(f"{p} {v:.1f}" for p, v in sorted(m.matmul_gflops_by_path.get(dtype, {}).items()))
+        peak = cal.peak_gflops.get(dtype)
+        of_peak = f"  = {100 * best / peak.value:.0f}% of peak" if peak else ""
+        lines.append(f"  matmul {dtype:<9} {best:8.1f} GFLOPS  [{paths}]{of_peak}")
+    if m.stream_gbps:
+        kernels = "  ".join(f"{k.removeprefix('stream_')} {v:.1f}" for k, v in m.stream_gbps.items())
+        peak = cal.peak_bandwidth_gbps
+        best = max(m.stream_gbps.values())
+        of_peak = f"  = {100 * best / peak.value:.0f}% of peak" if peak else ""
+        lines.append(f"  STREAM (DRAM) GB/s: {kernels}{of_peak}")
+    else:
+        lines.append("  bandwidth: not measured in this run (the STREAM cases did not run)")
+    if m.bandwidth_by_level_gbps:
+        order = sorted(m.bandwidth_by_level_gbps, key=lambda lv: (lv == "DRAM", lv))
+        levels = "  ".join(f"{lv} {m.bandwidth_by_level_gbps[lv]:.1f}" for lv in order)
+        lines.append(f"  triad by level GB/s: {levels}")
+    if m.dispatch_overhead_us is not None:
+        lines.append(f"  dispatch overhead: {m.dispatch_overhead_us:.2f} us per call")
+    return lines
+
+
+def _row(entry: OperationCalibration) -> str:
+    name = f"{entry.operation}[{format_params(entry.params)}]"
+    if len(name) > 44:
+        name = name[:43] + "~"
+    spread = entry.latency.iqr_ms / entry.latency.median_ms if entry.latency.median_ms else 0.0
+    flag = " noisy" if entry.noisy else ""
+    return (
+        f"  {name:<44} {entry.dtype:<8} {_latency(entry.latency.median_ms):>11} "
+        f"{100 * spread:5.1f}% {entry.gflops:8.1f} {entry.gbps:7.1f} "
+        f"{_num(entry.arithmetic_intensity, '.2f'):>6} {_pct(entry.compute_efficiency):>5} "
+        f"{_pct(entry.bandwidth_efficiency):>5} {entry.bottleneck.value:<7}{flag}"
+    )
+
+
+def render_summary(cal: HardwareCalibration) -> str:
+    md = cal.metadata
+    lines = [
+        "=" * WIDTH,
+        f"Hardware calibration: {md.hardware_name}",
+        f"  {md.device_type}: {md.device_name} | {md.threads} threads | torch {md.torch_version} | "
+        f"{md.date:%Y-%m-%d %H:%M} UTC{' | quick' if md.quick else ''}",
+        "=" * WIDTH,
+        *_peaks(cal),
+        *_measured(cal),
+    ]
+    entries = sorted(cal.operation_profiles.values(), key=lambda e: (e.family, e.operation, e.flops, e.bytes))
+    if entries:
+        lines += [
+            "",
+            f"Operations ({len(entries)}; efficiencies are of the measured ceilings):",
+            f"  {'operation':<44} {'dtype':<8} {'median':>11} {'IQR':>6} {'GFLOPS':>8} {'GB/s':>7} "
+            f"{'FLOP/B':>6} {'comp':>5} {'bw':>5} bound",
+        ]
+        lines += [_row(entry) for entry in entries]
+    noisy = sum(entry.noisy for entry in entries)
+    if noisy:
+        lines.append(f"  {noisy} entr{'y is' if noisy == 1 else 'ies are'} noisy (IQR > 10% of median): "
+                     "rerun on a quieter machine before trusting them")
+    if cal.fusion_profiles:
+        lines.append(f"\nFusion profiles: {len(cal.fusion_profiles)}")
+    return "\n".join(lines)

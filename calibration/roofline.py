@@ -1,0 +1,129 @@
+"""Roofline arithmetic: pure functions, no torch, no I/O.
+
+Ceilings are *measured* (best matmul GFLOPS per dtype, STREAM/sweep bandwidth per memory
+level); user-given theoretical peaks are only a fallback when nothing was measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from enum import Enum
+
+
+class Bottleneck(str, Enum):
+    COMPUTE = "compute"
+    MEMORY = "memory"
+    UNKNOWN = "unknown"
+
+
+def gflops(flops: int, seconds: float) -> float:
+    return flops / seconds / 1e9 if seconds > 0 else 0.0
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9 if seconds > 0 else 0.0
+
+
+def arithmetic_intensity(flops: int, nbytes: int) -> float | None:
+    """FLOPs per byte of compulsory traffic; None when nothing is moved."""
+    return flops / nbytes if nbytes > 0 else None
+
+
+def ridge_point(compute_gflops: float | None, bandwidth_gbps: float | None) -> float | None:
+    """Arithmetic intensity (FLOP/byte) where the compute and bandwidth roofs meet."""
+    if not compute_gflops or not bandwidth_gbps:
+        return None
+    return compute_gflops / bandwidth_gbps
+
+
+def classify(
+    flops: int, nbytes: int, compute_gflops: float | None, bandwidth_gbps: float | None
+) -> Bottleneck:
+    if flops == 0:
+        return Bottleneck.MEMORY
+    intensity = arithmetic_intensity(flops, nbytes)
+    ridge = ridge_point(compute_gflops, bandwidth_gbps)
+    if intensity is None or ridge is None:
+        return Bottleneck.UNKNOWN
+    return Bottleneck.COMPUTE if intensity >= ridge else Bottleneck.MEMORY
+
+
+def efficiency(attained: float, ceiling: float | None) -> float | None:
+    if ceiling is None or ceiling <= 0:
+        return None
+    return attained / ceiling
+
+
+def roofline_seconds(
+    flops: int, nbytes: int, compute_gflops: float | None, bandwidth_gbps: float | None
+) -> float | None:
+    """Lower bound on run time from the two roofs; None if a needed roof is unknown."""
+    parts = []
+    if flops:
+        if not compute_gflops:
+            return None
+        parts.append(flops / (compute_gflops * 1e9))
+    if nbytes:
+        if not bandwidth_gbps:
+            return None
+        parts.append(nbytes / (bandwidth_gbps * 1e9))
+    return max(parts) if parts else 0.0
+
+
+def level_for_working_set(working_set_bytes: int, cache_sizes: Mapping[str, int]) -> str:
+    """Smallest cache level (by size) holding the working set, else ``"DRAM"``.
+
+    A working set counts as fitting a level when it uses at most half of it: the other
+    half is left for what the OS, the interpreter and the other arrays keep there.
+    """
+    for name, size in sorted(cache_sizes.items(), key=lambda item: item[1]):
+        if working_set_bytes <= size // 2:
+            return name
+    return "DRAM"
+
+
+def bandwidth_ceiling(
+    working_set_bytes: int,
+    cache_sizes: Mapping[str, int],
+    level_bandwidth: Mapping[str, float],
+    fallback_gbps: float | None,
+) -> float | None:
+    """Measured bandwidth of the memory level the working set lives in.
+
+    Falls back to the next larger level that was measured, then to ``fallback_gbps``
+    (DRAM STREAM or a user peak), so a cache-resident op is not scored against DRAM speed.
+    """
+    order = [name for name, _ in sorted(cache_sizes.items(), key=lambda item: item[1])] + ["DRAM"]
+    level = level_for_working_set(working_set_bytes, cache_sizes)
+    for name in order[order.index(level):]:
+        if name in level_bandwidth:
+            return level_bandwidth[name]
+    return fallback_gbps
+
+
+def interpolate_log(x: float, points: Sequence[tuple[float, float]]) -> float:
+    """Piecewise-linear interpolation of ``y`` over ``log(x)``, clamped at both ends.
+
+    ``points`` are (x, y) with x > 0; equal x values are averaged first.
+    """
+    import math
+
+    if not points:
+        raise ValueError("interpolate_log needs at least one point")
+    merged: dict[float, list[float]] = {}
+    for px, py in points:
+        if px <= 0:
+            raise ValueError(f"interpolation abscissa must be positive, got {px}")
+        merged.setdefault(px, []).append(py)
+    xs = sorted(merged)
+    ys = [sum(merged[px]) / len(merged[px]) for px in xs]
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    lx = math.log(x)
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= x <= x1:
+            t = (lx - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    raise AssertionError("unreachable: x lies within the sorted range")

@@ -1,0 +1,196 @@
+"""The profile schema: pydantic v2 models, no I/O (see ``calibration.storage``).
+
+Latencies are in milliseconds, throughputs in GFLOP/s and GB/s (10^9), sizes in bytes.
+Efficiencies are fractions of the *measured* ceilings recorded on each entry, never of a
+made-up peak, and compute and bandwidth efficiency are two separate fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+from calibration.keys import ParamValue
+from calibration.roofline import Bottleneck
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    # Unknown fields are an error: a typo in a hand-edited profile should not vanish.
+    model_config = ConfigDict(extra="forbid")
+
+
+class PeakSource(str, Enum):
+    USER = "user"
+    DETECTED = "detected"
+
+
+class Peak(_Model):
+    value: PositiveFloat
+    source: PeakSource
+
+
+class CudaInfo(_Model):
+    name: str
+    capability: str
+    memory_gib: float
+    multiprocessors: int
+    cuda_version: str | None
+    cudnn_version: int | None
+
+
+class Metadata(_Model):
+    hardware_name: str
+    device_type: Literal["cpu", "cuda"]
+    device_name: str
+    cpu_model: str
+    physical_cores: int | None
+    logical_cpus: int
+    usable_cpus: int
+    threads: int = Field(description="torch.get_num_threads() during the run")
+    interop_threads: int
+    memory_gib: float | None
+    cache_sizes: dict[str, int] = Field(description="per-core data cache bytes by level")
+    cpu_capability: str | None = Field(description="ATen's vector ISA (e.g. AVX2, AVX512)")
+    os: str
+    python_version: str
+    torch_version: str
+    numpy_version: str | None
+    pydantic_version: str | None
+    pytest_version: str | None
+    pytest_benchmark_version: str | None
+    calibration_version: str | None
+    date: datetime
+    git_commit: str | None
+    git_dirty: bool | None
+    allocator: dict[str, str | None]
+    thread_env: dict[str, str | None]
+    cuda: CudaInfo | None = None
+    quick: bool
+    command: list[str]
+
+
+class LatencyStats(_Model):
+    """pytest-benchmark's statistics of one case, per call, in milliseconds."""
+
+    median_ms: float = Field(ge=0)
+    iqr_ms: float = Field(ge=0)
+    min_ms: float = Field(ge=0)
+    mean_ms: float = Field(ge=0)
+    stddev_ms: float = Field(ge=0)
+    rounds: int = Field(ge=1)
+    iterations: int = Field(ge=1, description="calls per timed round")
+    samples_ms: list[float] = Field(
+        default_factory=list, description="per-call time of each round (at most 200, in run order)"
+    )
+
+
+class OperationCalibration(_Model):
+    key: str
+    operation: str
+    family: str
+    params: dict[str, ParamValue]
+    dtype: str
+    device: str
+    flops: int = Field(ge=0)
+    bytes: int = Field(ge=0, description="compulsory traffic of the timed kernel")
+    latency: LatencyStats
+    gflops: float = Field(ge=0)
+    gbps: float = Field(ge=0)
+    arithmetic_intensity: float | None = Field(description="FLOPs per byte")
+    memory_level: str = Field(description="cache level (or DRAM) the working set fits in")
+    compute_ceiling_gflops: float | None = Field(description="the ceiling compute_efficiency divides by")
+    bandwidth_ceiling_gbps: float | None = Field(description="the ceiling bandwidth_efficiency divides by")
+    compute_efficiency: float | None = Field(ge=0)
+    bandwidth_efficiency: float | None = Field(ge=0)
+    bottleneck: Bottleneck
+    noisy: bool = Field(description="IQR above 10% of the median")
+
+
+class MeasuredSummary(_Model):
+    matmul_gflops: dict[str, float] = Field(
+        default_factory=dict, description="best matmul GFLOPS per dtype over every path: the compute ceiling"
+    )
+    matmul_gflops_by_path: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="dtype -> library path -> best GFLOPS"
+    )
+    stream_gbps: dict[str, float] = Field(
+        default_factory=dict, description="STREAM copy/scale/add/triad at 4x the last-level cache"
+    )
+    bandwidth_by_level_gbps: dict[str, float] = Field(
+        default_factory=dict, description="best triad bandwidth with the working set in each level"
+    )
+    dispatch_overhead_us: float | None = None
+
+
+class HardwareCalibration(_Model):
+    schema_version: int = SCHEMA_VERSION
+    metadata: Metadata
+    peak_gflops: dict[str, Peak] = Field(default_factory=dict, description="theoretical peak per dtype")
+    peak_bandwidth_gbps: Peak | None = None
+    measured: MeasuredSummary = Field(default_factory=MeasuredSummary)
+    operation_profiles: dict[str, OperationCalibration] = Field(default_factory=dict)
+    fusion_profiles: dict[str, Any] = Field(default_factory=dict)
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a reader sees the old file or the new one, never a partial one."""
+        from calibration.storage import save_calibration
+
+        return save_calibration(self, path)
+
+    # ------------------------------------------------------------------ lookups
+    def get_operation(
+        self, operation: str, *, dtype: str = "float32", device: str | None = None, **params: ParamValue
+    ) -> OperationCalibration | None:
+        """The entry measured at exactly these parameters, or None."""
+        from calibration.lookup import find_exact
+
+        return find_exact(self, operation, dtype, device or self.metadata.device_type, params)
+
+    def get_efficiency(
+        self,
+        operation: str,
+        *,
+        metric: Literal["compute", "bandwidth"] | None = None,
+        dtype: str = "float32",
+        device: str | None = None,
+        **params: ParamValue,
+    ) -> float:
+        """Efficiency at these parameters: exact entry, else interpolated in log FLOPs.
+
+        ``metric`` picks compute or bandwidth efficiency; by default the one the roofline of
+        this profile says bounds the queried shape.
+        """
+        from calibration.lookup import efficiency_at
+
+        return efficiency_at(self, operation, dtype, device or self.metadata.device_type, params, metric)
+
+    def compute_ceiling(self, dtype: str) -> float | None:
+        measured = self.measured.matmul_gflops.get(dtype)
+        if measured:
+            return measured
+        peak = self.peak_gflops.get(dtype)
+        return peak.value if peak else None
+
+    def dram_bandwidth(self) -> float | None:
+        for kernel in ("stream_triad", "stream_add", "stream_copy", "stream_scale"):
+            if kernel in self.measured.stream_gbps:
+                return self.measured.stream_gbps[kernel]
+        if "DRAM" in self.measured.bandwidth_by_level_gbps:
+            return self.measured.bandwidth_by_level_gbps["DRAM"]
+        return self.peak_bandwidth_gbps.value if self.peak_bandwidth_gbps else None
+
+    # ------------------------------------------------------------------ display
+    def summary(self) -> str:
+        from calibration.report import render_summary
+
+        return render_summary(self)
+
+    def print_summary(self, file: Any = None) -> None:
+        print(self.summary(), file=file)

@@ -1,0 +1,114 @@
+"""Reading and writing profiles: the only module that touches profile JSON on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from calibration.schema import SCHEMA_VERSION, HardwareCalibration
+
+# How many validation problems to list before summarising the rest.
+MAX_REPORTED_ERRORS = 8
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be read: the message names the file and the field."""
+
+
+def save_calibration(calibration: HardwareCalibration, path: str | Path) -> Path:
+    """Write ``calibration`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    text = calibration.model_dump_json(indent=1)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the profile the mode a plain open() would.
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise ProfileError unless a profile can be written at ``path``.
+
+    Probes by creating (and removing) a file beside it: permission bits alone say nothing
+    when running as root or on a read-only mount.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ProfileError(f"{path} is a directory; give a file path such as {path / 'profile.json'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ProfileError(f"{path}: directory {parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ProfileError(f"{path} exists and is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot write in {parent} ({exc.strerror})") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _describe_location(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_calibration(path: str | Path) -> HardwareCalibration:
+    """Read and validate a profile; any problem raises ProfileError naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read ({exc})") from exc
+    if not text.strip():
+        raise ProfileError(f"{path}: the file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) else ""
+        raise ProfileError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
+    version = data.get("schema_version")
+    if version is None:
+        raise ProfileError(
+            f"{path}: field 'schema_version' is missing; this is not a calibration profile"
+        )
+    if version != SCHEMA_VERSION:
+        raise ProfileError(
+            f"{path}: field 'schema_version' is {version!r}; this version of calibration reads "
+            f"schema version {SCHEMA_VERSION}"
+        )
+    try:
+        return HardwareCalibration.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"field '{_describe_location(err['loc'])}': {err['msg']}" for err in exc.errors()
+        ]
+        shown = problems[:MAX_REPORTED_ERRORS]
+        more = len(problems) - len(shown)
+        tail = f"\n  ... and {more} more" if more else ""
+        raise ProfileError(f"{path}: invalid profile:\n  " + "\n  ".join(shown) + tail) from None
