@@ -1,0 +1,56 @@
+"""Synthetic profile pieces for tests: no timing, no hardware."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from calibration.fold import Record
+from calibration.ops import Case
+from calibration.schema import LatencyStats, Metadata
+
+CACHES = {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20}
+
+
+def metadata(**overrides) -> Metadata:
+    fields = dict(
+        hardware_name="test-machine",
+        device_type="cpu",
+        device_name="Test CPU",
+        cpu_model="Test CPU",
+        physical_cores=2,
+        logical_cpus=2,
+        usable_cpus=2,
+        threads=2,
+        interop_threads=2,
+        memory_gib=24.0,
+        cache_sizes=CACHES,
+        cpu_capability="AVX2",
+        os="Linux",
+        python_version="3.11.7",
+        torch_version="2.13.0+cpu",
+        numpy_version="2.4.6",
+        pydantic_version="2.13.4",
+        pytest_version="9.0.3",
+        pytest_benchmark_version="5.2.3",
+        calibration_version="0.1.0",
+        date=datetime(2026, 11, 21, tzinfo=timezone.utc),
+        git_commit=None,
+        git_dirty=None,
+        allocator={"GLIBC_TUNABLES": None},
+        thread_env={"OMP_NUM_THREADS": None},
+        quick=True,
+        command=["pytest", "bench/"],
+    )
+    fields.update(overrides)
+    return Metadata(**fields)
+
+
+def latency(median_ms: float, iqr_ms: float = 0.0, rounds: int = 10) -> LatencyStats:
+    return LatencyStats(
+        median_ms=median_ms, iqr_ms=iqr_ms, min_ms=median_ms, mean_ms=median_ms,
+        stddev_ms=iqr_ms, rounds=rounds, iterations=1, samples_ms=[median_ms] * rounds,
+    )
+
+
+def record(operation: str, median_ms: float, dtype: str = "float32", iqr_ms: float = 0.0, **params) -> Record:
+    return Record(Case(operation, tuple(params.items()), dtype, "cpu"), latency(median_ms, iqr_ms))

@@ -1,0 +1,81 @@
+"""python -m calibration: schema, show, run; and the calibrate_hardware API."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from factories import metadata, record
+
+from calibration import calibrate_hardware, load_calibration
+from calibration.cli import main
+from calibration.fold import fold
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_schema_prints_the_json_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "HardwareCalibration"
+
+
+def test_show_prints_the_summary(tmp_path, capsys):
+    cal = fold([record("matmul", 10.0, M=1024, K=1024, N=1024, path="aten")], metadata(hardware_name="box-1"))
+    path = cal.save(tmp_path / "p.json")
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Hardware calibration: box-1" in out
+    assert "matmul float32" in out and "214.7 GFLOPS" in out  # 2*1024^3 / 10 ms
+    assert "matmul[M=1024,K=1024,N=1024,path=aten]" in out
+
+
+def test_show_bad_profile_exits_2_with_the_reason(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    path.write_text('{"schema_version": 99}')
+    assert main(["show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "schema_version" in err and "99" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--peak-gflops", "-1"], "--peak-gflops (GFLOPS) must be a positive number, got '-1'"),
+        (["--peak-bandwidth", "fast"], "must be a positive number, got 'fast'"),
+        (["--operations", "convv"], "unknown operation or family 'convv'"),
+        (["--threads", "0"], "--threads must be a positive integer, got '0'"),
+        (["--device", "tpu"], "--device must be one of cpu, cuda, got 'tpu'"),
+    ],
+)
+def test_run_rejects_bad_values(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--output", str(tmp_path / "p.json"), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_calibrates_through_pytest(tmp_path):
+    out = tmp_path / "p.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "calibration", "run", "--hardware", "ci-box", "--peak-gflops", "100",
+         "--operations", "dispatch", "--quick", "--output", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cal = load_calibration(out)
+    assert cal.metadata.hardware_name == "ci-box"
+    assert cal.peak_gflops["float32"].value == 100.0
+    assert list(cal.operation_profiles) == ["dispatch[n=1]/float32/cpu"]
+
+
+def test_calibrate_hardware_api(tmp_path):
+    out = tmp_path / "api.json"
+    cal = calibrate_hardware(
+        hardware_name="api-box", theoretical_bandwidth_gbps=50.0, output_path=out,
+        operations=["dispatch"], quick=True, bench_dir=REPO / "bench",
+    )
+    assert cal.metadata.hardware_name == "api-box"
+    assert cal.peak_bandwidth_gbps.value == 50.0
+    assert load_calibration(out) == cal

@@ -1,0 +1,115 @@
+"""Folding synthetic timings into a profile, and looking entries up again."""
+
+import math
+
+import pytest
+from factories import metadata, record
+
+from calibration.fold import fold
+from calibration.roofline import Bottleneck
+from calibration.schema import Peak, PeakSource
+
+
+def matmul(n: int, ms: float, path: str = "aten", dtype: str = "float32"):
+    return record("matmul", ms, dtype=dtype, M=n, K=n, N=n, path=path)
+
+
+@pytest.fixture
+def profile():
+    records = [
+        # 2*1024^3 FLOP: 10.7374 ms -> 200 GFLOPS; the oneDNN path half as fast
+        matmul(1024, 2 * 1024**3 / 200e9 * 1e3),
+        matmul(1024, 2 * 1024**3 / 100e9 * 1e3, path="mkldnn"),
+        # 2*256^3 FLOP at 50 GFLOPS
+        matmul(256, 2 * 256**3 / 50e9 * 1e3),
+        # triad, 3 words * 4 B * n: DRAM-sized at 40 GB/s, L2-sized at 120 GB/s
+        record("stream_triad", 3 * 4 * (1 << 25) / 40e9 * 1e3, n=1 << 25),
+        record("stream_triad", 3 * 4 * (1 << 14) / 120e9 * 1e3, n=1 << 14),
+        record("stream_copy", 2 * 4 * (1 << 25) / 30e9 * 1e3, n=1 << 25),
+        record("dispatch", 0.002, n=1),
+        # add of 2^24 floats (192 MiB moved, DRAM) at 20 GB/s
+        record("add", 3 * 4 * (1 << 24) / 20e9 * 1e3, iqr_ms=5.0, n=1 << 24),
+    ]
+    return fold(records, metadata(), peak_gflops={"float32": Peak(value=400.0, source=PeakSource.USER)})
+
+
+def test_measured_summary(profile):
+    m = profile.measured
+    assert m.matmul_gflops["float32"] == pytest.approx(200.0)
+    assert m.matmul_gflops_by_path["float32"] == pytest.approx({"aten": 200.0, "mkldnn": 100.0})
+    assert m.stream_gbps == pytest.approx({"stream_triad": 40.0, "stream_copy": 30.0})
+    assert m.bandwidth_by_level_gbps == pytest.approx({"DRAM": 40.0, "L2": 120.0})
+    assert m.dispatch_overhead_us == pytest.approx(2.0)
+
+
+def test_efficiencies_divide_by_measured_ceilings_not_the_datasheet(profile):
+    small = profile.get_operation("matmul", M=256, K=256, N=256)
+    assert small.gflops == pytest.approx(50.0)
+    assert small.compute_ceiling_gflops == pytest.approx(200.0)
+    assert small.compute_efficiency == pytest.approx(0.25)
+    mkldnn = profile.get_operation("matmul", M=1024, K=1024, N=1024, path="mkldnn")
+    assert mkldnn.compute_efficiency == pytest.approx(0.5)
+
+
+def test_bandwidth_efficiency_and_bottleneck(profile):
+    add = profile.get_operation("add", n=1 << 24)
+    assert add.memory_level == "DRAM"
+    assert add.gbps == pytest.approx(20.0)
+    assert add.bandwidth_ceiling_gbps == pytest.approx(40.0)
+    assert add.bandwidth_efficiency == pytest.approx(0.5)
+    assert add.bottleneck == Bottleneck.MEMORY
+    assert add.noisy  # IQR 5 ms of ~10 ms
+    big = profile.get_operation("matmul", M=1024, K=1024, N=1024)
+    # AI = 2*1024^3 / (3*1024^2*4) = 170.7 FLOP/B > ridge 200/40 = 5
+    assert big.arithmetic_intensity == pytest.approx(2 * 1024 / 12)
+    assert big.bottleneck == Bottleneck.COMPUTE
+    copy = profile.get_operation("stream_copy", n=1 << 25)
+    assert copy.compute_efficiency is None and copy.arithmetic_intensity == 0.0
+
+
+def test_get_efficiency_exact_and_interpolated(profile):
+    assert profile.get_efficiency("matmul", M=1024, K=1024, N=1024) == pytest.approx(1.0)
+    # 512^3 lies halfway between 256^3 and 1024^3 in log FLOPs: (0.25 + 1.0) / 2
+    assert profile.get_efficiency("matmul", M=512, K=512, N=512) == pytest.approx(0.625)
+    # clamped at both ends
+    assert profile.get_efficiency("matmul", M=64, K=64, N=64) == pytest.approx(0.25)
+    assert profile.get_efficiency("matmul", M=8192, K=8192, N=8192) == pytest.approx(1.0)
+    # another path only sees its own entries
+    assert profile.get_efficiency("matmul", M=64, K=64, N=64, path="mkldnn") == pytest.approx(0.5)
+
+
+def test_get_efficiency_picks_the_bounding_metric(profile):
+    assert profile.get_efficiency("add", n=1 << 24) == pytest.approx(0.5)  # bandwidth
+    compute = profile.get_efficiency("add", n=1 << 24, metric="compute")
+    assert compute == pytest.approx((1 << 24) / (3 * 4 * (1 << 24) / 20e9) / 1e9 / 200.0)
+
+
+def test_lookup_errors_name_what_is_missing(profile):
+    with pytest.raises(KeyError, match="unknown operation 'matmull'"):
+        profile.get_efficiency("matmull", M=1)
+    with pytest.raises(KeyError, match="no conv2d entries"):
+        profile.get_efficiency("conv2d", N=1, CIN=3, COUT=8, H=8, W=8, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    with pytest.raises(KeyError, match="needs parameters N"):
+        profile.get_efficiency("matmul", M=4, K=4)
+    assert profile.get_operation("matmul", M=3, K=3, N=3) is None
+    assert profile.get_operation("matmul", M=1024, K=1024, N=1024, dtype="bfloat16") is None
+
+
+def test_without_matmul_the_user_peak_is_the_fallback_ceiling():
+    cal = fold(
+        [record("linear", 2 * 128 * 768 * 3072 / 100e9 * 1e3, B=128, IN=768, OUT=3072)],
+        metadata(),
+        peak_gflops={"float32": Peak(value=400.0, source=PeakSource.USER)},
+    )
+    entry = next(iter(cal.operation_profiles.values()))
+    assert entry.compute_ceiling_gflops == 400.0
+    assert entry.compute_efficiency == pytest.approx(entry.gflops / 400.0)
+    assert entry.bandwidth_ceiling_gbps is None and entry.bandwidth_efficiency is None
+
+
+def test_without_any_ceiling_efficiency_is_unknown_not_invented():
+    cal = fold([record("relu", 1.0, n=1 << 20)], metadata())
+    entry = next(iter(cal.operation_profiles.values()))
+    assert entry.compute_efficiency is None and entry.bandwidth_efficiency is None
+    assert entry.bottleneck == Bottleneck.UNKNOWN
+    assert not math.isnan(entry.gbps)

@@ -1,0 +1,190 @@
+"""FLOP and byte models against hand counts and torch's FlopCounterMode."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from calibration import machine
+from calibration.ops import (
+    DTYPES,
+    ELEMENTWISE_FLOPS,
+    FAMILIES,
+    OPERATIONS,
+    Case,
+    dtype_unsupported_reason,
+    resolve_selection,
+)
+
+
+def case(operation: str, dtype: str = "float32", **params) -> Case:
+    return Case(operation, tuple(params.items()), dtype, "cpu")
+
+
+def counted_flops(kernel) -> int:
+    with FlopCounterMode(display=False) as counter:
+        kernel()
+    return counter.get_total_flops()
+
+
+# ------------------------------------------------------------------ hand counts
+
+
+def test_matmul_square_hand_count():
+    c = case("matmul", M=1024, K=1024, N=1024, path="aten")
+    assert c.flops == 2 * 1024**3 == 2_147_483_648
+    assert c.bytes == 3 * 1024 * 1024 * 4 == 12_582_912
+
+
+def test_matmul_skinny_hand_count():
+    c = case("matmul", M=64, K=4096, N=1024, path="aten")
+    assert c.flops == 2 * 64 * 4096 * 1024 == 536_870_912
+    assert c.bytes == (64 * 4096 + 4096 * 1024 + 64 * 1024) * 4 == 18_087_936
+
+
+def test_bfloat16_halves_the_bytes_not_the_flops():
+    f32 = case("matmul", M=256, K=256, N=256, path="aten")
+    bf16 = case("matmul", "bfloat16", M=256, K=256, N=256, path="aten")
+    assert bf16.flops == f32.flops
+    assert bf16.bytes * 2 == f32.bytes
+
+
+def test_linear_counts_the_bias_add():
+    c = case("linear", B=128, IN=768, OUT=3072)
+    assert c.flops == 2 * 128 * 768 * 3072 + 128 * 3072 == 604_372_992
+    assert c.bytes == (128 * 768 + 3072 * 768 + 3072 + 128 * 3072) * 4 == 11_415_552
+
+
+def test_conv_resnet_stem_hand_count():
+    # 7x7/2 stem on 224x224: 112x112 outputs, 3*7*7 = 147 MACs each per output channel.
+    c = case("conv2d", N=1, CIN=3, COUT=64, H=224, W=224, K=7, STRIDE=2, PAD=3, GROUPS=1)
+    assert c.flops == 2 * 64 * 112 * 112 * 147 == 236_027_904
+    assert c.bytes == (3 * 224 * 224 + 64 * 3 * 49 + 64 * 112 * 112) * 4
+
+
+def test_depthwise_conv_hand_count():
+    c = case("conv2d", N=1, CIN=144, COUT=144, H=56, W=56, K=3, STRIDE=2, PAD=1, GROUPS=144)
+    assert c.flops == 2 * 144 * 28 * 28 * 9 == 2_032_128
+    assert c.bytes == (144 * 56 * 56 + 144 * 9 + 144 * 28 * 28) * 4
+
+
+def test_stream_bytes_follow_the_stream_convention():
+    n = 1 << 20
+    assert case("stream_copy", n=n).bytes == 2 * 4 * n
+    assert case("stream_scale", n=n).bytes == 2 * 4 * n
+    assert case("stream_add", n=n).bytes == 3 * 4 * n
+    assert case("stream_triad", n=n).bytes == 3 * 4 * n
+    assert case("stream_copy", n=n).flops == 0
+    assert case("stream_triad", n=n).flops == 2 * n
+
+
+def test_elementwise_counts():
+    n = 1000
+    assert case("add", n=n).bytes == 3 * 4 * n
+    assert case("relu", n=n).bytes == 2 * 4 * n
+    assert case("gelu", n=n).flops == ELEMENTWISE_FLOPS["gelu"] * n
+    assert case("dispatch", n=1).flops == 1
+    assert case("dispatch", n=1).bytes == 12
+
+
+def test_norm_and_softmax_counts():
+    assert case("softmax", ROWS=10, COLS=20).bytes == 2 * 200 * 4
+    assert case("layernorm", ROWS=10, COLS=20).bytes == (2 * 200 + 2 * 20) * 4
+    assert case("batchnorm", N=1, C=8, H=4, W=4).bytes == (2 * 128 + 4 * 8) * 4
+    assert case("batchnorm", N=1, C=8, H=4, W=4).flops == 2 * 128
+
+
+def test_pool_counts():
+    # ResNet max pool 3x3/2 pad 1 on 112x112 -> 56x56; the eager kernel writes int64 indices.
+    mp = case("maxpool", N=1, C=64, H=112, W=112, K=3, STRIDE=2, PAD=1)
+    outputs = 64 * 56 * 56
+    assert mp.flops == outputs * 8
+    assert mp.bytes == 64 * 112 * 112 * 4 + outputs * (4 + 8)
+    ap = case("avgpool", N=1, C=512, H=7, W=7, K=7, STRIDE=7, PAD=0)
+    assert ap.flops == 512 * 49
+    assert ap.bytes == (512 * 49 + 512) * 4
+
+
+# ------------------------------------------------------------------ FlopCounterMode
+
+GEMM_LIKE = [
+    case("matmul", M=64, K=96, N=32, path="aten"),
+    case("bmm", BATCH=3, M=16, K=8, N=24),
+    case("conv2d", N=1, CIN=8, COUT=16, H=20, W=20, K=3, STRIDE=1, PAD=1, GROUPS=1),
+    case("conv2d", N=2, CIN=8, COUT=16, H=20, W=20, K=3, STRIDE=2, PAD=1, GROUPS=1),
+    case("conv2d", N=1, CIN=8, COUT=8, H=14, W=14, K=3, STRIDE=1, PAD=1, GROUPS=8),
+    case("conv2d", N=1, CIN=8, COUT=4, H=14, W=14, K=1, STRIDE=1, PAD=0, GROUPS=1),
+]
+
+
+@pytest.mark.parametrize("c", GEMM_LIKE, ids=lambda c: c.key)
+def test_gemm_and_conv_flops_match_flop_counter(c):
+    assert c.flops == counted_flops(c.build())
+
+
+def test_linear_flops_are_flop_counter_plus_bias():
+    c = case("linear", B=4, IN=32, OUT=16)
+    assert c.flops == counted_flops(c.build()) + 4 * 16
+
+
+@pytest.mark.parametrize("path", ["mkldnn", "mkldnn_packed"])
+def test_onednn_matmul_paths_compute_the_same_product(path):
+    # the builder asserts the product against torch.mm before returning the kernel
+    kernel = case("matmul", M=32, K=64, N=48, path=path).build()
+    assert kernel() is not None
+
+
+# ------------------------------------------------------------------ every registered case
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_every_operation_builds_runs_and_counts(name):
+    op = OPERATIONS[name]
+    for quick in (True, False):
+        cases = op.cases(quick=quick, device="cpu")
+        assert cases, f"{name} has no {'quick' if quick else 'full'} cases"
+        for c in cases:
+            assert c.flops >= 0 and c.bytes > 0
+            assert c.key.startswith(f"{name}[") and c.key.endswith("/cpu")
+    smallest = min(op.cases(quick=True, device="cpu"), key=lambda c: c.bytes)
+    if dtype_unsupported_reason(smallest.dtype, "cpu") is None and smallest.bytes < 64 << 20:
+        smallest.build()()
+
+
+def test_quick_is_a_small_subset():
+    for op in OPERATIONS.values():
+        assert len(op.shapes(True)) <= 4
+        assert len(op.shapes(True)) <= len(op.shapes(False))
+
+
+def test_full_set_spans_sizes():
+    assert len(OPERATIONS["matmul"].shapes(False)) >= 8
+    assert len(OPERATIONS["conv2d"].shapes(False)) >= 5
+
+
+def test_keys_are_unique():
+    keys = [c.key for op in OPERATIONS.values() for c in op.cases(quick=False, device="cpu")]
+    assert len(keys) == len(set(keys))
+
+
+def test_stream_arrays_are_four_times_the_last_level_cache(monkeypatch):
+    monkeypatch.setattr(machine, "cache_sizes", lambda: {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20})
+    n = machine.stream_elements()
+    assert n * 4 >= 4 * (32 << 20)
+    assert machine.triad_sweep_elements(quick=True) == (1024, 16384, 1 << 20, n)
+    full = machine.triad_sweep_elements(quick=False)
+    assert full[0] == 1024 and full[-1] == n and len(full) >= 6
+
+
+def test_dtype_support_reasons():
+    assert dtype_unsupported_reason("float32", "cpu") is None
+    assert "CUDA" in dtype_unsupported_reason("tf32", "cpu")
+    assert "unknown dtype" in dtype_unsupported_reason("float8", "cpu")
+    assert set(DTYPES) >= {"float32", "bfloat16", "float16", "tf32"}
+
+
+def test_selection_by_family_and_name():
+    assert resolve_selection(["memory"]) == set(FAMILIES["memory"])
+    assert resolve_selection(["matmul", "relu"]) == {"matmul", "relu"}
+    assert resolve_selection(["all"]) == set(OPERATIONS)
+    with pytest.raises(ValueError, match="unknown operation or family 'convv'.*families:"):
+        resolve_selection(["convv"])
