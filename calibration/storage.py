@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from calibration.schema import SCHEMA_VERSION, HardwareCalibration
 
 # How many validation problems to list before summarising the rest.
 MAX_REPORTED_ERRORS = 8
+
+# What json reports an error at when the text ends inside a token: a literal or number cut
+# short ("tr", "-", "1." leaves ".", "1e" leaves "e"). A string cut short is "Unterminated".
+_CUT_TOKEN = re.compile(r"-|t|tr|tru|f|fa|fal|fals|n|nu|nul|\.|[eE][-+]?")
 
 
 class ProfileError(ValueError):
@@ -72,6 +77,17 @@ def _describe_location(loc: tuple[str | int, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+def _looks_truncated(text: str, exc: json.JSONDecodeError) -> bool:
+    """Whether the JSON error is the text ending early, not a wrong character."""
+    tail = text[exc.pos:].rstrip()
+    return (
+        not tail
+        # strict json only says "Unterminated string" when the text ends inside one
+        or exc.msg.startswith("Unterminated string")
+        or (exc.msg != "Extra data" and _CUT_TOKEN.fullmatch(tail) is not None)
+    )
+
+
 def load_calibration(path: str | Path) -> HardwareCalibration:
     """Read and validate a profile; any problem raises ProfileError naming file and field."""
     path = Path(path)
@@ -86,7 +102,7 @@ def load_calibration(path: str | Path) -> HardwareCalibration:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) else ""
+        hint = " (the file looks truncated)" if _looks_truncated(text, exc) else ""
         raise ProfileError(
             f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}"
         ) from None

@@ -1,0 +1,334 @@
+"""The pytest plugin end to end: pytest runs in a subprocess on a one-case bench file.
+
+Each run imports torch in a fresh interpreter (the plugin sets torch's thread count and
+device state, which must not leak into this process), so there are few runs and each
+times only the 1-element ``dispatch`` add with ``--quick``. No assertion reads a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from factories import metadata, record
+
+from calibration import SCHEMA_VERSION, ProfileError, load_calibration, options
+from calibration.fold import fold
+from calibration.ops import FAMILIES
+
+KEY = "dispatch[n=1]/float32/cpu"
+# The plugin is named explicitly (not left to the entry point); hypothesis's plugin is off
+# because it adds a second of imports to every run and nothing here uses it.
+PLUGIN_ARGS = ("-p", "calibration.plugin", "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+DISPATCH_BENCH = """
+    import pathlib
+
+    import pytest
+
+
+    @pytest.mark.operation("dispatch")
+    def test_dispatch(op_case, calibrate):
+        pathlib.Path(__file__).with_name("ran.marker").touch()
+        calibrate(op_case)
+"""
+
+
+@pytest.fixture
+def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A pytester directory holding the dispatch bench file (``test_bench.py``)."""
+    # The runs need pytest-benchmark's fixture from its entry point.
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    pytester.makepyfile(test_bench=DISPATCH_BENCH)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick", *args)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_calibrate_out_writes_a_loadable_profile(bench):
+    result = run(bench, "--calibrate-out=p.json")
+
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["calibration profile written to p.json"])
+    profile = load_calibration(bench.path / "p.json")
+    assert list(profile.operation_profiles) == [KEY]
+    entry = profile.operation_profiles[KEY]
+    assert entry.latency.rounds >= 1
+    assert (entry.flops, entry.bytes) == (1, 12)  # one add; two float32 reads, one write
+    assert profile.metadata.device_type == "cpu"
+    assert profile.metadata.quick is True
+
+
+def test_help_lists_every_calibration_option(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--help")
+
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines([
+        "hardware calibration (calibration package):",
+        "*--calibrate-out=PATH*",
+        "*--quick*",
+        "*--hardware=NAME*",
+        "*--peak-gflops=GFLOPS*",
+        "*--peak-bandwidth=GBPS*",
+        "*--device=DEVICE*",
+        "*--threads=N*",
+        "*--operations=LIST*",
+    ])
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("missing/p.json", "ERROR: --calibrate-out: missing/p.json: directory missing does not exist"),
+        ("outdir", "ERROR: --calibrate-out: outdir is a directory; give a file path such as outdir/profile.json"),
+    ],
+    ids=["parent-missing", "is-a-directory"],
+)
+def test_unwritable_calibrate_out_fails_before_any_benchmark(bench, target, message):
+    (bench.path / "outdir").mkdir()
+
+    result = run(bench, f"--calibrate-out={target}")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert not (bench.path / "ran.marker").exists()
+    assert not (bench.path / "missing").exists()
+    assert list((bench.path / "outdir").iterdir()) == []  # no probe file left behind
+
+
+def test_benchmark_disable_writes_no_profile_and_says_why(bench):
+    result = run(bench, "--benchmark-disable", "--calibrate-out=p.json")
+
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["calibration profile not written: --benchmark-disable runs each case once*"])
+    assert (bench.path / "ran.marker").exists()  # the case still ran, untimed
+    assert not (bench.path / "p.json").exists()
+
+
+def test_xdist_worker_writes_no_profile(bench, monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+
+    result = run(bench, "--calibrate-out=p.json")
+
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=1)
+    assert not (bench.path / "p.json").exists()
+    result.stdout.no_fnmatch_line("*calibration profile*")  # a worker leaves the telling to the controller
+
+
+# --------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "named"),
+    [
+        (options.parse_peak_gflops, "-5", "'-5'"),
+        (options.parse_peak_gflops, "abc", "'abc'"),
+        (options.parse_peak_gflops, "0", "'0'"),
+        (options.parse_peak_gflops, "nan", "'nan'"),
+        (options.parse_peak_gflops, "inf", "'inf'"),
+        (options.parse_peak_gflops, "fp99=3", "'fp99=3'"),
+        (options.parse_peak_gflops, "float32=510,fp99=3", "'fp99=3'"),
+        (options.parse_peak_gflops, "float32=-1", "'-1'"),
+        (options.parse_peak_gflops, "float32=", "''"),
+        (options.parse_peak_bandwidth, "0", "'0'"),
+        (options.parse_peak_bandwidth, "-1", "'-1'"),
+        (options.parse_peak_bandwidth, "abc", "'abc'"),
+        (options.parse_peak_bandwidth, "inf", "'inf'"),
+    ],
+)
+def test_bad_peak_values_are_rejected_naming_the_value(parse, text, named):
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        parse(text)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "expected"),
+    [
+        (options.parse_peak_gflops, "510", {"float32": 510.0}),
+        (options.parse_peak_gflops, "float32=510, bfloat16=1020", {"float32": 510.0, "bfloat16": 1020.0}),
+        (options.parse_peak_bandwidth, "68.5", 68.5),
+    ],
+)
+def test_good_peak_values_parse(parse, text, expected):
+    assert parse(text) == expected
+
+
+def test_bad_peak_is_a_usage_error_on_the_command_line(bench):
+    # "-5" as its own argument: argparse must take it as the value, not as an option.
+    result = run(bench, "--peak-gflops", "-5", "--calibrate-out=p.json")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*argument --peak-gflops: --peak-gflops (GFLOPS) must be a positive number, got '-5'"])
+    assert not (bench.path / "ran.marker").exists()
+
+
+# --------------------------------------------------------------------------- interrupted
+
+
+def test_interrupted_run_leaves_the_existing_profile_alone(bench):
+    bench.makepyfile(test_zstop="""
+        def test_stop():
+            raise KeyboardInterrupt
+    """)
+    out = bench.path / "p.json"
+    out.write_text('{"precious": true}\n')
+
+    result = run(bench, "test_bench.py", "test_zstop.py", "--calibrate-out=p.json")
+
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "*dispatch[[]n=1[]]*float32*",  # the case was calibrated and folded...
+        "calibration profile not written: the run was interrupted; p.json was left as it was.",
+    ])
+    assert out.read_text() == '{"precious": true}\n'  # ...but not saved over the old profile
+    assert sorted(p.name for p in bench.path.glob(".p.json.*")) == []  # no temporary or probe file
+
+
+# --------------------------------------------------------------------------- pytest-benchmark
+
+
+def test_pytest_benchmark_json_is_written_beside_the_profile(bench):
+    result = run(bench, "--benchmark-json=bench.json", "--calibrate-out=p.json")
+
+    assert result.ret == pytest.ExitCode.OK
+    assert KEY in load_calibration(bench.path / "p.json").operation_profiles
+    benchmarks = json.loads((bench.path / "bench.json").read_text())["benchmarks"]
+    assert [b["name"] for b in benchmarks] == ["test_dispatch[n=1/float32/cpu]"]
+    assert benchmarks[0]["extra_info"]["calibration_key"] == KEY
+    assert benchmarks[0]["group"] == "dispatch"
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_operations_deselects_other_families(bench):
+    result = run(bench, "--operations", "matmul", "--calibrate-out=p.json")
+
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.assert_outcomes(deselected=1)
+    result.stdout.fnmatch_lines(["calibration profile not written: no calibration case ran*"])
+    assert not (bench.path / "ran.marker").exists()
+    assert not (bench.path / "p.json").exists()
+
+
+def test_unknown_operation_is_a_usage_error_listing_the_families(bench):
+    result = run(bench, "--operations", "nosuch")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    families = ", ".join(sorted(FAMILIES))
+    assert "dispatch" in families and "matmul" in families
+    result.stderr.fnmatch_lines([f"*argument --operations: unknown operation or family 'nosuch'; families: {families};*"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_device_cuda_without_cuda_is_a_usage_error(bench):
+    result = run(bench, "--device", "cuda")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --device cuda: CUDA is not available*"])
+    assert not (bench.path / "ran.marker").exists()
+
+
+def test_op_case_without_operation_marker_is_a_clear_error(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makepyfile(test_unmarked="""
+        def test_unmarked(op_case, calibrate):
+            calibrate(op_case)
+    """)
+
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick")
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "*test_unmarked.py::test_unmarked: a test using op_case needs @pytest.mark.operation(NAME)*"
+    ])
+    assert result.ret != pytest.ExitCode.OK
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+@pytest.fixture(scope="module")
+def profile_text(tmp_path_factory) -> str:
+    """A saved one-entry profile (synthetic timing, real save path)."""
+    path = tmp_path_factory.mktemp("profile") / "p.json"
+    fold([record("dispatch", 0.002, n=1)], metadata()).save(path)
+    load_calibration(path)  # the unmodified file is valid
+    return path.read_text()
+
+
+def test_truncated_profile_names_the_file(profile_text, tmp_path):
+    path = tmp_path / "cut.json"
+    end = len(profile_text.rstrip())
+    for cut in range(1, end):
+        path.write_text(profile_text[:cut])
+        with pytest.raises(ProfileError) as info:
+            load_calibration(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: not valid JSON at line "), (cut, message)
+        assert message.endswith("(the file looks truncated)"), (cut, message)
+
+
+@pytest.mark.parametrize(
+    "text", ['{"schema_version": 1,}', '{"schema_version": tx}', '{"schema_version": 1.}', '{"a": 1}t']
+)
+def test_malformed_but_complete_json_is_not_called_truncated(tmp_path, text):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match="not valid JSON") as info:
+        load_calibration(path)
+    assert str(path) in str(info.value)
+    assert "truncated" not in str(info.value)
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 0, str(SCHEMA_VERSION)])
+def test_wrong_schema_version_names_the_file_and_the_field(profile_text, tmp_path, version):
+    data = json.loads(profile_text)
+    data["schema_version"] = version
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+
+    with pytest.raises(ProfileError) as info:
+        load_calibration(path)
+    assert str(info.value).startswith(f"{path}: field 'schema_version' is {version!r}; ")
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "field"),
+    [
+        (("operation_profiles", KEY, "latency", "rounds"), "many", f"operation_profiles.{KEY}.latency.rounds"),
+        (("operation_profiles", KEY, "flops"), "one", f"operation_profiles.{KEY}.flops"),
+        (("metadata", "quick"), "maybe", "metadata.quick"),
+        (("metadata", "threads"), [2], "metadata.threads"),
+        (("measured", "dispatch_overhead_us"), {"us": 2}, "measured.dispatch_overhead_us"),
+    ],
+)
+def test_field_of_the_wrong_type_names_the_file_and_the_field(profile_text, tmp_path, where, value, field):
+    data = json.loads(profile_text)
+    parent = data
+    for part in where[:-1]:
+        parent = parent[part]
+    assert where[-1] in parent
+    parent[where[-1]] = value
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+
+    with pytest.raises(ProfileError) as info:
+        load_calibration(path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: invalid profile:"
+    assert [line for line in lines[1:] if line.startswith(f"  field '{field}': ")], lines
