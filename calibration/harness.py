@@ -101,18 +101,23 @@ def latency_from_pytest_benchmark(bench_stats, iterations: int) -> LatencyStats:
     )
 
 
+def time_kernel(benchmark, kernel: Kernel, *, device: str, budget: Budget) -> LatencyStats | None:
+    """Time ``kernel`` with the pytest-benchmark fixture; None when benchmarking is disabled."""
+    if not benchmark.enabled:
+        benchmark(kernel)  # runs once, as pytest-benchmark does when disabled
+        return None
+    p = plan(estimate_call_seconds(kernel, synchronizer(device)), budget)
+    benchmark.pedantic(kernel, rounds=p.rounds, iterations=p.iterations, warmup_rounds=1)
+    metadata = benchmark.stats
+    return latency_from_pytest_benchmark(metadata.stats, metadata.iterations)
+
+
 def measure(benchmark, case: Case, budget: Budget) -> Record | None:
-    """Time ``case`` with the pytest-benchmark fixture; None when benchmarking is disabled."""
+    """Time an operation case; None when benchmarking is disabled."""
     kernel = case.build()
     benchmark.group = case.operation
     benchmark.extra_info.update(
         calibration_key=case.key, flops=case.flops, bytes=case.bytes, dtype=case.dtype
     )
-    if not benchmark.enabled:
-        benchmark(kernel)  # runs once, as pytest-benchmark does when disabled
-        return None
-    call = estimate_call_seconds(kernel, synchronizer(case.device))
-    p = plan(call, budget)
-    benchmark.pedantic(kernel, rounds=p.rounds, iterations=p.iterations, warmup_rounds=1)
-    metadata = benchmark.stats
-    return Record(case=case, latency=latency_from_pytest_benchmark(metadata.stats, metadata.iterations))
+    latency = time_kernel(benchmark, kernel, device=case.device, budget=budget)
+    return None if latency is None else Record(case=case, latency=latency)

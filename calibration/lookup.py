@@ -100,3 +100,68 @@ def efficiency_at(
     if not points:
         raise KeyError(f"no {operation} entry in the profile has a {metric} efficiency")
     return roofline.interpolate_log(flops if use_flops else nbytes, points)
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def _fusion_entries(cal: HardwareCalibration, pattern: str, variant: str | None, dtype: str, device: str):
+    return [
+        entry
+        for entry in cal.fusion_profiles.get(pattern, [])
+        if entry.dtype == dtype and entry.device == device and (variant is None or entry.variant == variant)
+    ]
+
+
+def _by_shape(entries) -> dict[tuple, list]:
+    """Entries grouped by shape, the fastest fused variant first in each group."""
+    groups: dict[tuple, list] = {}
+    for entry in entries:
+        groups.setdefault(tuple(sorted(entry.params.items(), key=str)), []).append(entry)
+    for group in groups.values():
+        group.sort(key=lambda e: e.speedup, reverse=True)
+    return groups
+
+
+def _query_flops(pattern: str, shape: Mapping[str, ParamValue]) -> int | None:
+    from calibration.fusion import PATTERNS
+
+    spec = PATTERNS.get(pattern)
+    if spec is None or not shape:
+        return None
+    try:
+        return spec.flops(shape)
+    except KeyError as exc:
+        raise KeyError(f"{pattern} needs parameter {exc.args[0]} to find the nearest calibrated size") from None
+
+
+def nearest_fusion(cal, pattern, variant, dtype, device, shape):
+    groups = _by_shape(_fusion_entries(cal, pattern, variant, dtype, device))
+    if not groups:
+        return None
+    for group in groups.values():
+        if shape and all(group[0].params.get(k) == v for k, v in shape.items()):
+            return group[0]
+    ordered = sorted(groups.values(), key=lambda g: g[0].flops)
+    flops = _query_flops(pattern, shape)
+    if flops is None or flops <= 0:
+        return ordered[len(ordered) // 2][0]
+    import math
+
+    return min(ordered, key=lambda g: abs(math.log(max(g[0].flops, 1)) - math.log(flops)))[0]
+
+
+def fusion_speedup(cal, pattern, default, variant, dtype, device, shape) -> float:
+    groups = _by_shape(_fusion_entries(cal, pattern, variant, dtype, device))
+    if not groups:
+        return default
+    best = [group[0] for group in groups.values()]
+    for entry in best:
+        if shape and all(entry.params.get(k) == v for k, v in shape.items()):
+            return entry.speedup
+    flops = _query_flops(pattern, shape)
+    if flops is None or flops <= 0:
+        speedups = sorted(entry.speedup for entry in best)
+        middle = len(speedups) // 2
+        return speedups[middle] if len(speedups) % 2 else (speedups[middle - 1] + speedups[middle]) / 2
+    return roofline.interpolate_log(flops, [(max(e.flops, 1), e.speedup) for e in best])

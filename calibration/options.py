@@ -68,3 +68,15 @@ def parse_operations(text: str) -> frozenset[str]:
         return frozenset(resolve_selection(names))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_fusion_patterns(text: str) -> frozenset[str]:
+    from calibration.fusion import resolve_families
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--fusion-patterns needs at least one family or pattern name")
+    try:
+        return frozenset(resolve_families(names))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

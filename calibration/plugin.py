@@ -7,13 +7,14 @@ translates between pytest and the pure modules (``fold``, ``storage``, ``report`
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from calibration import harness, machine, options
-from calibration.fold import Record, fold
+from calibration import fusion, harness, machine, options
+from calibration.fold import FusionRecord, Record, fold, unpaired
 from calibration.ops import OPERATIONS, dtype_unsupported_reason
 from calibration.schema import Peak, PeakSource
 from calibration.storage import ProfileError, check_writable
@@ -28,6 +29,10 @@ HELP_PEAK_GFLOPS = (
 HELP_PEAK_BW = "Theoretical peak memory bandwidth in GB/s. Default: %(default)r (unknown)."
 HELP_DEVICE = "Device to calibrate: cpu or cuda. Default: cuda when available, else cpu."
 HELP_THREADS = "torch.set_num_threads(N) for the run. Default: torch's default."
+HELP_FUSION = (
+    "Comma-separated fusion families (linear, conv, attention, elementwise, all) or pattern names. "
+    "Given alone it runs only fusion cases; --operations alone runs only operation cases. Default: all."
+)
 HELP_OPERATIONS = (
     "Comma-separated operation families or names to calibrate "
     f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'). Default: all."
@@ -43,13 +48,17 @@ class CalibrationState:
     peak_gflops: dict[str, float]
     peak_bandwidth: float | None
     selection: frozenset[str] | None
+    fusion_selection: frozenset[str] | None
     records: list[Record] = field(default_factory=list)
+    fusion_records: list[FusionRecord] = field(default_factory=list)
     not_written: str | None = None  # why no profile is written, when one was asked for
     written: Path | None = None
+    unpaired: list[str] = field(default_factory=list)
     calibration: object | None = None
 
 
 STATE = pytest.StashKey[CalibrationState]()
+FUSION_DTYPES = {"cpu": ("float32",), "cuda": ("float32", "float16")}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,6 +74,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--threads", metavar="N", type=options.parse_threads, default=None, help=HELP_THREADS)
     group.addoption("--operations", metavar="LIST", type=options.parse_operations, default=None,
                     help=HELP_OPERATIONS)
+    group.addoption("--fusion-patterns", metavar="LIST", type=options.parse_fusion_patterns, default=None,
+                    help=HELP_FUSION)
 
 
 def _xdist_active(config: pytest.Config) -> bool:
@@ -78,6 +89,9 @@ def _xdist_active(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "operation(name): parametrize the test's op_case over the registry's cases for name"
+    )
+    config.addinivalue_line(
+        "markers", "fusion(family): parametrize the test's fusion_case over that family's patterns and variants"
     )
     import torch
 
@@ -99,6 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
         peak_gflops=config.getoption("peak_gflops") or {},
         peak_bandwidth=config.getoption("peak_bandwidth"),
         selection=config.getoption("operations"),
+        fusion_selection=config.getoption("fusion_patterns"),
     )
     config.stash[STATE] = state
     if state.out is None:
@@ -122,29 +137,89 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "op_case" not in metafunc.fixturenames:
-        return
-    marker = metafunc.definition.get_closest_marker("operation")
-    if marker is None or not marker.args:
+    if "op_case" in metafunc.fixturenames:
+        _parametrize_operation(metafunc)
+    if "fusion_case" in metafunc.fixturenames:
+        _parametrize_fusion(metafunc)
+
+
+def _marker_arg(metafunc: pytest.Metafunc, marker: str, fixture: str, known) -> str:
+    mark = metafunc.definition.get_closest_marker(marker)
+    if mark is None or not mark.args:
         raise pytest.UsageError(
-            f"{metafunc.definition.nodeid}: a test using op_case needs @pytest.mark.operation(NAME)"
+            f"{metafunc.definition.nodeid}: a test using {fixture} needs @pytest.mark.{marker}(NAME)"
         )
-    name = marker.args[0]
-    if name not in OPERATIONS:
+    name = mark.args[0]
+    if name not in known:
         raise pytest.UsageError(
-            f"{metafunc.definition.nodeid}: unknown operation {name!r}; known: {', '.join(sorted(OPERATIONS))}"
+            f"{metafunc.definition.nodeid}: unknown {marker} {name!r}; known: {', '.join(sorted(known))}"
         )
+    return name
+
+
+def _parametrize_operation(metafunc: pytest.Metafunc) -> None:
+    name = _marker_arg(metafunc, "operation", "op_case", OPERATIONS)
     state = metafunc.config.stash[STATE]
     cases = OPERATIONS[name].cases(quick=state.quick, device=state.device)
     metafunc.parametrize("op_case", cases, ids=[case.id for case in cases])
+
+
+def _parametrize_fusion(metafunc: pytest.Metafunc) -> None:
+    family = _marker_arg(metafunc, "fusion", "fusion_case", fusion.FAMILIES)
+    state = metafunc.config.stash[STATE]
+    dtypes = FUSION_DTYPES[state.device]
+    cases = [
+        case
+        for pattern in fusion.PATTERNS.values()
+        if pattern.family == family
+        for case in pattern.cases(quick=state.quick, device=state.device, dtypes=dtypes)
+    ]
+    metafunc.parametrize("fusion_case", cases, ids=[case.id for case in cases])
+
+
+def _case_of(item: pytest.Item):
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("op_case") or params.get("fusion_case")
+
+
+def _selected(state: CalibrationState, case) -> bool:
+    if isinstance(case, fusion.FusionCase):
+        if state.fusion_selection is None:
+            return state.selection is None
+        return case.pattern in state.fusion_selection
+    if state.selection is None:
+        return state.fusion_selection is None
+    return case.operation in state.selection
+
+
+def _shuffle_twins(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Put each pattern's variants in a random order (seeded by its key, so runs are
+    repeatable) so that no variant is always timed first, right after a cold start."""
+    out: list[pytest.Item] = []
+    i = 0
+    while i < len(items):
+        case = _case_of(items[i])
+        if not isinstance(case, fusion.FusionCase):
+            out.append(items[i])
+            i += 1
+            continue
+        j = i
+        while j < len(items) and isinstance(_case_of(items[j]), fusion.FusionCase) \
+                and _case_of(items[j]).shape_key == case.shape_key:
+            j += 1
+        group = items[i:j]
+        random.Random(case.shape_key).shuffle(group)
+        out.extend(group)
+        i = j
+    return out
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE]
     keep, drop = [], []
     for item in items:
-        case = getattr(item, "callspec", None) and item.callspec.params.get("op_case")
-        if case is not None and state.selection is not None and case.operation not in state.selection:
+        case = _case_of(item)
+        if case is not None and not _selected(state, case):
             drop.append(item)
             continue
         if case is not None and state.device == "cuda":
@@ -152,12 +227,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    items[:] = _shuffle_twins(keep)
 
 
 @pytest.fixture
 def calibrate(request: pytest.FixtureRequest, benchmark):
-    """``calibrate(case)`` times the case with pytest-benchmark and records it for the profile."""
+    """``calibrate(case)`` times an operation or fusion case and records it for the profile."""
     state = request.config.stash[STATE]
     budget = harness.Budget.for_run(state.quick)
 
@@ -165,12 +240,37 @@ def calibrate(request: pytest.FixtureRequest, benchmark):
         reason = dtype_unsupported_reason(case.dtype, case.device)
         if reason:
             pytest.skip(reason)
+        if isinstance(case, fusion.FusionCase):
+            return _calibrate_fusion(state, benchmark, case, budget)
         record = harness.measure(benchmark, case, budget)
         if record is not None:
             state.records.append(record)
         return record
 
     return run
+
+
+def _calibrate_fusion(state: CalibrationState, benchmark, case, budget: harness.Budget):
+    import torch
+
+    from calibration.fusion_runner import CompilerUnavailable, prepare
+
+    with torch.no_grad():
+        try:
+            prepared = prepare(case)  # raises AssertionError when fused != unfused
+        except CompilerUnavailable as exc:
+            pytest.skip(str(exc))
+        benchmark.group = case.shape_key
+        benchmark.extra_info.update(
+            calibration_key=case.key, variant=case.variant, flops=case.flops, bytes=case.bytes,
+            compile_seconds=prepared.compile_seconds,
+        )
+        latency = harness.time_kernel(benchmark, prepared.kernel, device=case.device, budget=budget)
+    if latency is None:
+        return None
+    record = FusionRecord(case, latency, prepared.compile_seconds)
+    state.fusion_records.append(record)
+    return record
 
 
 def _peaks(state: CalibrationState) -> tuple[dict[str, Peak], Peak | None]:
@@ -181,7 +281,7 @@ def _peaks(state: CalibrationState) -> tuple[dict[str, Peak], Peak | None]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
-    if state is None or not state.records or os.environ.get("PYTEST_XDIST_WORKER"):
+    if state is None or not (state.records or state.fusion_records) or os.environ.get("PYTEST_XDIST_WORKER"):
         if state is not None and state.out is not None and state.not_written is None:
             state.not_written = "no calibration case ran (deselected, skipped or failed)."
         return
@@ -190,7 +290,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         command=list(session.config.invocation_params.args),
     )
     peak_gflops, peak_bandwidth = _peaks(state)
-    state.calibration = fold(state.records, metadata, peak_gflops=peak_gflops, peak_bandwidth=peak_bandwidth)
+    state.calibration = fold(state.records, metadata, fusion_records=state.fusion_records,
+                             peak_gflops=peak_gflops, peak_bandwidth=peak_bandwidth)
+    state.unpaired = unpaired(state.fusion_records)
     if state.out is None or state.not_written:
         return
     if exitstatus == pytest.ExitCode.INTERRUPTED:
@@ -207,6 +309,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_sep("-", "calibration")
         for line in state.calibration.summary().splitlines():
             terminalreporter.write_line(line)
+    for key in state.unpaired:
+        terminalreporter.write_line(f"no speedup for {key}: its unfused twin did not run (deselected?)", yellow=True)
     if state.written is not None:
         terminalreporter.write_line(f"calibration profile written to {state.written}", green=True)
     elif state.not_written:

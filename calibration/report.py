@@ -101,6 +101,47 @@ def render_summary(cal: HardwareCalibration) -> str:
     if noisy:
         lines.append(f"  {noisy} entr{'y is' if noisy == 1 else 'ies are'} noisy (IQR > 10% of median): "
                      "rerun on a quieter machine before trusting them")
-    if cal.fusion_profiles:
-        lines.append(f"\nFusion profiles: {len(cal.fusion_profiles)}")
+    lines += _fusion(cal)
     return "\n".join(lines)
+
+
+def _range(values: list[float], fmt: str = ".2f", suffix: str = "x") -> str:
+    low, high = min(values), max(values)
+    return f"{low:{fmt}}{suffix}" if low == high else f"{low:{fmt}}-{high:{fmt}}{suffix}"
+
+
+def _fusion(cal: HardwareCalibration) -> list[str]:
+    if not cal.fusion_profiles:
+        return []
+    lines = [
+        "",
+        "Fusion (speedup = unfused median / fused median, range over sizes; verdicts count sizes):",
+        f"  {'pattern':<26} {'variant':<9} {'sizes':>5} {'speedup':>12} {'95% CI':>13} {'traffic':>8}  verdicts",
+    ]
+    by_family: dict[str, dict[str, list]] = {}
+    for pattern, entries in cal.fusion_profiles.items():
+        for entry in entries:
+            by_family.setdefault(entry.family, {}).setdefault(pattern, []).append(entry)
+    for family in sorted(by_family):
+        lines.append(f"  [{family}]")
+        for pattern, entries in by_family[family].items():
+            variants: dict[str, list] = {}
+            for entry in entries:
+                variants.setdefault(entry.variant, []).append(entry)
+            for variant, group in sorted(variants.items()):
+                lows = [e.speedup_ci_low for e in group if e.speedup_ci_low is not None]
+                highs = [e.speedup_ci_high for e in group if e.speedup_ci_high is not None]
+                ci = f"{min(lows):.2f}-{max(highs):.2f}" if lows and highs else "-"
+                counts: dict[str, int] = {}
+                for e in group:
+                    counts[e.verdict.value] = counts.get(e.verdict.value, 0) + 1
+                verdicts = ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
+                reduction = _range([-100 * e.memory_reduction for e in group], ".0f", "%")
+                lines.append(
+                    f"  {pattern:<26} {variant:<9} {len(group):>5} {_range([e.speedup for e in group]):>12} "
+                    f"{ci:>13} {reduction:>8}  {verdicts}"
+                )
+    hurts = sorted({e.pattern for es in cal.fusion_profiles.values() for e in es if e.verdict.value == "avoid"})
+    if hurts:
+        lines.append(f"  fusion hurts (avoid at some size): {', '.join(hurts)}")
+    return lines

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 from calibration.keys import ParamValue
 from calibration.roofline import Bottleneck
+from calibration.verdict import Verdict
 
 SCHEMA_VERSION = 1
 
@@ -90,6 +91,39 @@ class LatencyStats(_Model):
     )
 
 
+class FusionCalibration(_Model):
+    """One fused variant of one pattern at one shape, against its unfused twin."""
+
+    key: str = Field(description="pattern[params]/dtype/device/variant")
+    pattern: str
+    family: str
+    operators: list[str]
+    params: dict[str, ParamValue]
+    dtype: str
+    device: str
+    variant: str = Field(description="library or compiled")
+    fused_kernel: str = Field(description="what runs in the fused variant")
+    flops: int = Field(ge=0, description="the same for both forms")
+    unfused_bytes: int = Field(ge=0)
+    fused_bytes: int = Field(ge=0, description="ideal single-kernel traffic")
+    memory_reduction: float = Field(description="1 - fused_bytes / unfused_bytes")
+    unfused: LatencyStats
+    fused: LatencyStats
+    speedup: float = Field(gt=0, description="unfused median / fused median")
+    speedup_ci_low: float | None = Field(description="95% bootstrap interval of the speedup")
+    speedup_ci_high: float | None
+    unfused_gflops: float = Field(ge=0)
+    fused_gflops: float = Field(ge=0)
+    unfused_arithmetic_intensity: float | None
+    fused_arithmetic_intensity: float | None
+    unfused_bottleneck: Bottleneck
+    fused_bottleneck: Bottleneck
+    verdict: Verdict
+    compile_seconds: float | None = Field(
+        default=None, description="first call of the compiled variant (compilation), excluded from timing"
+    )
+
+
 class OperationCalibration(_Model):
     key: str
     operation: str
@@ -135,7 +169,9 @@ class HardwareCalibration(_Model):
     peak_bandwidth_gbps: Peak | None = None
     measured: MeasuredSummary = Field(default_factory=MeasuredSummary)
     operation_profiles: dict[str, OperationCalibration] = Field(default_factory=dict)
-    fusion_profiles: dict[str, Any] = Field(default_factory=dict)
+    fusion_profiles: dict[str, list[FusionCalibration]] = Field(
+        default_factory=dict, description="pattern name -> one entry per shape, dtype and fused variant"
+    )
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | Path) -> Path:
@@ -170,6 +206,27 @@ class HardwareCalibration(_Model):
         from calibration.lookup import efficiency_at
 
         return efficiency_at(self, operation, dtype, device or self.metadata.device_type, params, metric)
+
+    def get_fusion_pattern(
+        self, pattern: str, *, variant: str | None = None, dtype: str = "float32", device: str | None = None,
+        **shape: ParamValue,
+    ) -> FusionCalibration | None:
+        """The entry at this shape (or the nearest calibrated size); the fastest fused
+        variant unless ``variant`` is given; None when the pattern was never calibrated."""
+        from calibration.lookup import nearest_fusion
+
+        return nearest_fusion(self, pattern, variant, dtype, device or self.metadata.device_type, shape)
+
+    def get_fusion_speedup(
+        self, pattern: str, default: float = 1.0, *, variant: str | None = None, dtype: str = "float32",
+        device: str | None = None, **shape: ParamValue,
+    ) -> float:
+        """Measured speedup of fusing ``pattern``: exact shape, else interpolated between
+        calibrated sizes in log FLOPs; with no shape, the median over sizes; ``default``
+        when the pattern was never calibrated."""
+        from calibration.lookup import fusion_speedup
+
+        return fusion_speedup(self, pattern, default, variant, dtype, device or self.metadata.device_type, shape)
 
     def compute_ceiling(self, dtype: str) -> float | None:
         measured = self.measured.matmul_gflops.get(dtype)

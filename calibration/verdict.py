@@ -1,0 +1,56 @@
+"""Is a fused variant faster than its unfused twin? Pure statistics, no torch, no pytest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+import numpy as np
+
+# Resamples for the bootstrap interval of the speedup; 2000 keeps the 2.5/97.5 percentiles
+# stable to about 1% of their width and costs a few milliseconds per pair.
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+# A gain smaller than this is not worth a fusion decision even when it is significant:
+# separately timed cases drift by 3-5% on a shared machine (see shared/MACHINE.md).
+MIN_EFFECT = 0.05
+# Without raw samples (a profile from the predecessor) only a large effect counts.
+POINT_ESTIMATE_MARGIN = 0.10
+
+
+class Verdict(str, Enum):
+    FUSE = "fuse"
+    NEUTRAL = "neutral"
+    AVOID = "avoid"
+
+
+def speedup_interval(
+    unfused_ms: Sequence[float], fused_ms: Sequence[float], *, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap CI of median(unfused) / median(fused) from the raw per-round samples."""
+    a = np.asarray(unfused_ms, dtype=float)
+    b = np.asarray(fused_ms, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("speedup_interval needs samples of both variants")
+    rng = np.random.default_rng(seed)
+    med_a = np.median(a[rng.integers(0, a.size, (BOOTSTRAP_RESAMPLES, a.size))], axis=1)
+    med_b = np.median(b[rng.integers(0, b.size, (BOOTSTRAP_RESAMPLES, b.size))], axis=1)
+    ratios = med_a / med_b
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def decide(speedup: float, low: float | None, high: float | None) -> Verdict:
+    """fuse: significantly faster by at least MIN_EFFECT; avoid: significantly slower by as much."""
+    if low is None or high is None:
+        if speedup >= 1 + POINT_ESTIMATE_MARGIN:
+            return Verdict.FUSE
+        if speedup <= 1 - POINT_ESTIMATE_MARGIN:
+            return Verdict.AVOID
+        return Verdict.NEUTRAL
+    if low > 1 and speedup >= 1 + MIN_EFFECT:
+        return Verdict.FUSE
+    if high < 1 and speedup <= 1 - MIN_EFFECT:
+        return Verdict.AVOID
+    return Verdict.NEUTRAL
