@@ -160,7 +160,7 @@ def fold(
             compute_efficiency=roofline.efficiency(attained_gflops, compute_ceiling),
             bandwidth_efficiency=roofline.efficiency(attained_gbps, bandwidth_ceiling),
             bottleneck=roofline.classify(flops, nbytes, cal.compute_ceiling(case.dtype), bandwidth_ceiling),
-            noisy=stats.is_noisy(record.latency.median_ms, record.latency.iqr_ms),
+            noisy=stats.is_noisy(record.latency.median_ms, record.latency.iqr_ms or 0.0),
         )
     fusion_records = list(fusion_records)
     unfused = {r.case.shape_key: r for r in fusion_records if r.case.variant == "unfused"}

@@ -67,11 +67,12 @@ def _row(entry: OperationCalibration) -> str:
     name = f"{entry.operation}[{format_params(entry.params)}]"
     if len(name) > 44:
         name = name[:43] + "~"
-    spread = entry.latency.iqr_ms / entry.latency.median_ms if entry.latency.median_ms else 0.0
+    iqr = entry.latency.iqr_ms
+    spread = iqr / entry.latency.median_ms if iqr is not None and entry.latency.median_ms else None
     flag = " noisy" if entry.noisy else ""
     return (
         f"  {name:<44} {entry.dtype:<8} {_latency(entry.latency.median_ms):>11} "
-        f"{100 * spread:5.1f}% {entry.gflops:8.1f} {entry.gbps:7.1f} "
+        f"{_pct(spread):>6} {entry.gflops:8.1f} {entry.gbps:7.1f} "
         f"{_num(entry.arithmetic_intensity, '.2f'):>6} {_pct(entry.compute_efficiency):>5} "
         f"{_pct(entry.bandwidth_efficiency):>5} {entry.bottleneck.value:<7}{flag}"
     )
@@ -79,11 +80,13 @@ def _row(entry: OperationCalibration) -> str:
 
 def render_summary(cal: HardwareCalibration) -> str:
     md = cal.metadata
+    threads = f"{md.threads} threads" if md.threads else "threads unknown"
     lines = [
         "=" * WIDTH,
         f"Hardware calibration: {md.hardware_name}",
-        f"  {md.device_type}: {md.device_name} | {md.threads} threads | torch {md.torch_version} | "
+        f"  {md.device_type}: {md.device_name} | {threads} | torch {md.torch_version or 'unknown'} | "
         f"{md.date:%Y-%m-%d %H:%M} UTC{' | quick' if md.quick else ''}",
+        *([f"  upgraded from {md.upgraded_from}"] if md.upgraded_from else []),
         "=" * WIDTH,
         *_peaks(cal),
         *_measured(cal),

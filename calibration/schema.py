@@ -46,48 +46,57 @@ class CudaInfo(_Model):
 
 
 class Metadata(_Model):
+    """Where and how a profile was measured. A value that could not be read is null."""
+
     hardware_name: str
     device_type: Literal["cpu", "cuda"]
     device_name: str
-    cpu_model: str
-    physical_cores: int | None
-    logical_cpus: int
-    usable_cpus: int
-    threads: int = Field(description="torch.get_num_threads() during the run")
-    interop_threads: int
-    memory_gib: float | None
-    cache_sizes: dict[str, int] = Field(description="per-core data cache bytes by level")
-    cpu_capability: str | None = Field(description="ATen's vector ISA (e.g. AVX2, AVX512)")
-    os: str
-    python_version: str
-    torch_version: str
-    numpy_version: str | None
-    pydantic_version: str | None
-    pytest_version: str | None
-    pytest_benchmark_version: str | None
-    calibration_version: str | None
+    cpu_model: str | None = None
+    physical_cores: int | None = None
+    logical_cpus: int | None = None
+    usable_cpus: int | None = None
+    threads: int | None = Field(default=None, description="torch.get_num_threads() during the run")
+    interop_threads: int | None = None
+    memory_gib: float | None = None
+    cache_sizes: dict[str, int] = Field(default_factory=dict, description="per-core data cache bytes by level")
+    cpu_capability: str | None = Field(default=None, description="ATen's vector ISA (e.g. AVX2, AVX512)")
+    os: str | None = None
+    python_version: str | None = None
+    torch_version: str | None = None
+    numpy_version: str | None = None
+    pydantic_version: str | None = None
+    pytest_version: str | None = None
+    pytest_benchmark_version: str | None = None
+    calibration_version: str | None = None
     date: datetime
-    git_commit: str | None
-    git_dirty: bool | None
-    allocator: dict[str, str | None]
-    thread_env: dict[str, str | None]
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    allocator: dict[str, str | None] = Field(default_factory=dict)
+    thread_env: dict[str, str | None] = Field(default_factory=dict)
     cuda: CudaInfo | None = None
-    quick: bool
-    command: list[str]
+    quick: bool | None = None
+    command: list[str] = Field(default_factory=list)
+    upgraded_from: str | None = Field(
+        default=None, description="set when the profile was converted from another layout"
+    )
 
 
 class LatencyStats(_Model):
-    """pytest-benchmark's statistics of one case, per call, in milliseconds."""
+    """Per-call latency statistics of one case, in milliseconds."""
 
     median_ms: float = Field(ge=0)
-    iqr_ms: float = Field(ge=0)
-    min_ms: float = Field(ge=0)
+    iqr_ms: float | None = Field(ge=0)
+    min_ms: float | None = Field(ge=0)
     mean_ms: float = Field(ge=0)
-    stddev_ms: float = Field(ge=0)
+    stddev_ms: float | None = Field(ge=0)
     rounds: int = Field(ge=1)
-    iterations: int = Field(ge=1, description="calls per timed round")
+    iterations: int | None = Field(ge=1, description="calls per timed round")
     samples_ms: list[float] = Field(
         default_factory=list, description="per-call time of each round (at most 200, in run order)"
+    )
+    source: str = Field(
+        default="pytest-benchmark",
+        description="who computed these; a converted profile may only have had a mean",
     )
 
 

@@ -6,10 +6,12 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from calibration import legacy
 from calibration.schema import SCHEMA_VERSION, HardwareCalibration
 
 # How many validation problems to list before summarising the rest.
@@ -22,6 +24,10 @@ _CUT_TOKEN = re.compile(r"-|t|tr|tru|f|fa|fal|fals|n|nu|nul|\.|[eE][-+]?")
 
 class ProfileError(ValueError):
     """A profile file that cannot be read: the message names the file and the field."""
+
+
+class LegacyProfileWarning(UserWarning):
+    """A profile in the predecessor's layout was converted on load."""
 
 
 def save_calibration(calibration: HardwareCalibration, path: str | Path) -> Path:
@@ -108,10 +114,24 @@ def load_calibration(path: str | Path) -> HardwareCalibration:
         ) from None
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
+    if legacy.is_legacy(data):
+        try:
+            calibration = legacy.upgrade(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"field {exc.args[0]!r} is missing" if isinstance(exc, KeyError) else str(exc)
+            raise ProfileError(f"{path}: a profile in {legacy.PREDECESSOR} that cannot be read: {detail}") from None
+        warnings.warn(
+            f"{path}: upgraded from {legacy.PREDECESSOR}; save it to write the current schema "
+            f"(version {SCHEMA_VERSION})",
+            LegacyProfileWarning,
+            stacklevel=2,
+        )
+        return calibration
     version = data.get("schema_version")
     if version is None:
         raise ProfileError(
-            f"{path}: field 'schema_version' is missing; this is not a calibration profile"
+            f"{path}: field 'schema_version' is missing and it is not in {legacy.PREDECESSOR} either "
+            f"(no 'theoretical_peak_gflops'); this is not a calibration profile"
         )
     if version != SCHEMA_VERSION:
         raise ProfileError(
