@@ -60,23 +60,21 @@ def parse_device(text: str) -> str:
     return text
 
 
-def parse_operations(text: str) -> frozenset[str]:
+def _parse_names(text: str, option: str, resolve) -> frozenset[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise argparse.ArgumentTypeError("--operations needs at least one family or operation name")
+        raise argparse.ArgumentTypeError(f"{option} needs at least one family or name")
     try:
-        return frozenset(resolve_selection(names))
+        return frozenset(resolve(names))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_operations(text: str) -> frozenset[str]:
+    return _parse_names(text, "--operations", resolve_selection)
 
 
 def parse_fusion_patterns(text: str) -> frozenset[str]:
     from calibration.fusion import resolve_families
 
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("--fusion-patterns needs at least one family or pattern name")
-    try:
-        return frozenset(resolve_families(names))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _parse_names(text, "--fusion-patterns", resolve_families)
