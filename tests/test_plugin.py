@@ -83,6 +83,7 @@ def test_help_lists_every_calibration_option(pytester, monkeypatch):
         "*--device=DEVICE*",
         "*--threads=N*",
         "*--operations=LIST*",
+        "*--fusion-patterns=LIST*",
     ])
 
 
@@ -332,3 +333,69 @@ def test_field_of_the_wrong_type_names_the_file_and_the_field(profile_text, tmp_
     lines = str(info.value).splitlines()
     assert lines[0] == f"{path}: invalid profile:"
     assert [line for line in lines[1:] if line.startswith(f"  field '{field}': ")], lines
+
+
+# --------------------------------------------------------------------------- fusion
+
+BROKEN_FUSION_BENCH = """
+    import dataclasses
+
+    import pytest
+
+    from calibration import fusion
+
+
+    REAL = fusion.PATTERNS["Add_ReLU"]
+
+
+    def _broken_build(params, dtype, device):
+        instance = REAL.build(params, dtype, device)
+        real = instance.library
+        return dataclasses.replace(instance, library=lambda: real() + 1.0)
+
+
+    fusion.PATTERNS["Add_ReLU"] = dataclasses.replace(REAL, build=_broken_build)
+
+
+    @pytest.mark.fusion("elementwise")
+    def test_elementwise_fusion(fusion_case, calibrate):
+        calibrate(fusion_case)
+"""
+
+
+def test_a_fused_variant_that_disagrees_fails_and_is_never_recorded(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makepyfile(test_fusion_bench=BROKEN_FUSION_BENCH)
+    result = pytester.runpytest_subprocess(
+        *PLUGIN_ARGS, "--quick", "--fusion-patterns", "Add_ReLU", "-k", "not compiled", "--calibrate-out=p.json",
+    )
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    # deselected: the other elementwise patterns and Add_ReLU's compiled variant
+    result.assert_outcomes(passed=1, failed=1, deselected=9)
+    result.stdout.fnmatch_lines(["*fused output differs from the unfused output*"])
+    profile = load_calibration(pytester.path / "p.json")
+    assert profile.fusion_profiles == {}  # the only fused variant failed: no speedup recorded
+
+
+def test_fusion_patterns_select_families_and_twins_run_in_shuffled_order(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    bench_dir = __import__("pathlib").Path(__file__).resolve().parent.parent / "bench"
+    result = pytester.runpytest_subprocess(
+        *PLUGIN_ARGS, str(bench_dir), "--fusion-patterns", "conv,elementwise", "--collect-only", "-q",
+    )
+    assert result.ret == pytest.ExitCode.OK
+    ids = [line for line in result.stdout.lines if "::" in line]
+    assert ids and all("test_conv_fusion" in i or "test_elementwise_fusion" in i for i in ids)
+    # twins are adjacent, and not every group starts with the unfused variant
+    groups: dict[str, list[str]] = {}
+    for line in ids:
+        shape, variant = line.rsplit("/", 1)
+        groups.setdefault(shape, []).append(variant.rstrip("]"))
+    assert all(len(v) == len(set(v)) >= 2 for v in groups.values())
+    firsts = {variants[0] for variants in groups.values()}
+    assert firsts - {"unfused"}, "every pattern times its unfused variant first"
+    positions = [ids.index(line) for line in ids]
+    assert positions == sorted(positions)
+    # operations are not selected when only --fusion-patterns is given
+    assert not any("test_conv2d" in i for i in ids)
