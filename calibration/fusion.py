@@ -221,10 +221,12 @@ def _linear_fused_bytes(p: Params, size: int) -> int:
 
 
 def _dropout_unfused_bytes(p: Params, size: int) -> int:
-    # train: dropout reads Y, writes Y, and writes then reads a mask of Y elements
+    # train, eager CPU dropout is three kernels over a mask of Y elements in Y's dtype:
+    # bernoulli_ writes it, div_ rescales it in place (read + write), and the multiply
+    # reads Y and the mask and writes the output. Eval-mode dropout launches nothing.
     x, w, b, y = _linear_sizes(p)
     passes = 3  # GEMM, bias, relu
-    dropout = 4 * y if p["train"] else 0
+    dropout = (1 + 2 + 3) * y if p["train"] else 0
     return (x + w + b + (2 * passes - 1) * y + dropout) * size
 
 
