@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from calibration import roofline, stats, verdict
 from calibration.fusion import FusionCase
-from calibration.ops import OPERATIONS, Case
+from calibration.ops import DTYPES, OPERATIONS, Case
 from calibration.schema import (
     FusionCalibration,
     HardwareCalibration,
@@ -36,6 +36,8 @@ class FusionRecord:
     case: FusionCase
     latency: LatencyStats
     compile_seconds: float | None = None
+    # The unfused twin timed in the same rounds (fused variants); None for the unfused case.
+    baseline: LatencyStats | None = None
 
 
 def _seconds(record: Record) -> float:
@@ -44,24 +46,36 @@ def _seconds(record: Record) -> float:
 
 def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> MeasuredSummary:
     summary = MeasuredSummary()
+
+    def best(table: dict, key: str, value: float) -> None:
+        table[key] = max(table.get(key, 0.0), value)
+
     for record in records:
         case, seconds = record.case, _seconds(record)
+        rate, bandwidth = roofline.gflops(case.flops, seconds), roofline.gbps(case.bytes, seconds)
+        level = roofline.level_for_working_set(case.bytes, cache_sizes)
+        if case.flops:
+            best(summary.compute_ceiling_gflops, case.dtype, rate)
+        best(summary.bandwidth_by_level_gbps, level, bandwidth)
         if case.operation == "matmul":
-            rate = roofline.gflops(case.flops, seconds)
-            path = str(case.param_dict["path"])
-            by_path = summary.matmul_gflops_by_path.setdefault(case.dtype, {})
-            by_path[path] = max(by_path.get(path, 0.0), rate)
-            summary.matmul_gflops[case.dtype] = max(summary.matmul_gflops.get(case.dtype, 0.0), rate)
+            best(summary.matmul_gflops_by_path.setdefault(case.dtype, {}), str(case.param_dict["path"]), rate)
+            best(summary.matmul_gflops, case.dtype, rate)
         elif case.operation in STREAM_KERNELS:
-            rate = roofline.gbps(case.bytes, seconds)
-            level = roofline.level_for_working_set(case.bytes, cache_sizes)
             if level == "DRAM":
-                summary.stream_gbps[case.operation] = max(summary.stream_gbps.get(case.operation, 0.0), rate)
+                best(summary.stream_gbps, case.operation, bandwidth)
             if case.operation == "stream_triad":
-                levels = summary.bandwidth_by_level_gbps
-                levels[level] = max(levels.get(level, 0.0), rate)
+                best(summary.triad_by_level_gbps, level, bandwidth)
         elif case.operation == "dispatch":
             summary.dispatch_overhead_us = record.latency.median_ms * 1e3
+    # A ceiling exists only where its reference ran (matmul for a dtype, the triad sweep or
+    # STREAM for a level): a run of conv cases alone must not score conv against itself.
+    summary.compute_ceiling_gflops = {
+        dtype: v for dtype, v in summary.compute_ceiling_gflops.items() if dtype in summary.matmul_gflops
+    }
+    referenced = set(summary.triad_by_level_gbps) | ({"DRAM"} if summary.stream_gbps else set())
+    summary.bandwidth_by_level_gbps = {
+        level: v for level, v in summary.bandwidth_by_level_gbps.items() if level in referenced
+    }
     return summary
 
 
@@ -69,16 +83,22 @@ def unpaired(records: Iterable[FusionRecord]) -> list[str]:
     """Keys of fused variants whose unfused twin did not run: no speedup can be given."""
     records = list(records)
     measured = {r.case.shape_key for r in records if r.case.variant == "unfused"}
-    return [r.case.key for r in records if r.case.variant != "unfused" and r.case.shape_key not in measured]
+    return [
+        r.case.key for r in records
+        if r.case.variant != "unfused" and r.baseline is None and r.case.shape_key not in measured
+    ]
 
 
-def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: FusionRecord) -> FusionCalibration:
+def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencyStats) -> FusionCalibration:
+    """``base``: the unfused latency, interleaved with the fused rounds where available."""
     case, spec = fused.case, fused.case.spec
-    flops, unfused_bytes, fused_bytes = case.flops, base.case.bytes, case.bytes
-    t_unfused, t_fused = base.latency.median_ms / 1e3, fused.latency.median_ms / 1e3
+    flops, fused_bytes = case.flops, case.bytes
+    unfused_bytes = spec.bytes_unfused(case.param_dict, DTYPES[case.dtype].itemsize)
+    t_unfused, t_fused = base.median_ms / 1e3, fused.latency.median_ms / 1e3
     speedup = t_unfused / t_fused
-    if base.latency.samples_ms and fused.latency.samples_ms:
-        low, high = verdict.speedup_interval(base.latency.samples_ms, fused.latency.samples_ms)
+    if base.samples_ms and fused.latency.samples_ms:
+        paired = fused.baseline is not None and len(base.samples_ms) == len(fused.latency.samples_ms)
+        low, high = verdict.speedup_interval(base.samples_ms, fused.latency.samples_ms, paired=paired)
     else:
         low = high = None
     compute = cal.compute_ceiling(case.dtype)
@@ -101,7 +121,7 @@ def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: FusionRec
         unfused_bytes=unfused_bytes,
         fused_bytes=fused_bytes,
         memory_reduction=1 - fused_bytes / unfused_bytes if unfused_bytes else 0.0,
-        unfused=base.latency,
+        unfused=base,
         fused=fused.latency,
         speedup=speedup,
         speedup_ci_low=low,
@@ -165,7 +185,8 @@ def fold(
     fusion_records = list(fusion_records)
     unfused = {r.case.shape_key: r for r in fusion_records if r.case.variant == "unfused"}
     for record in fusion_records:
-        base = unfused.get(record.case.shape_key)
+        standalone = unfused.get(record.case.shape_key)
+        base = record.baseline or (standalone.latency if standalone else None)
         if record.case.variant == "unfused" or base is None:
             continue
         entry = _fusion_entry(cal, record, base)

@@ -36,6 +36,8 @@ class CompilerUnavailable(RuntimeError):
 class Prepared:
     kernel: Callable[[], object]
     compile_seconds: float | None = None
+    # The unfused form on the same inputs, timed in the same rounds as a fused kernel.
+    baseline: Callable[[], object] | None = None
 
 
 def _with_reseed(instance: Instance, fn: Callable[[], object]) -> Callable[[], object]:
@@ -99,4 +101,4 @@ def prepare(case: FusionCase) -> Prepared:
         fused(), unfused(), **TOLERANCES[case.dtype],
         msg=lambda detail: f"{case.key}: fused output differs from the unfused output\n{detail}",
     )
-    return Prepared(fused, compile_seconds)
+    return Prepared(fused, compile_seconds, baseline=unfused)

@@ -10,6 +10,7 @@ and run with ``benchmark.pedantic``.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,55 @@ def time_kernel(benchmark, kernel: Kernel, *, device: str, budget: Budget) -> La
     benchmark.pedantic(kernel, rounds=p.rounds, iterations=p.iterations, warmup_rounds=1)
     metadata = benchmark.stats
     return latency_from_pytest_benchmark(metadata.stats, metadata.iterations)
+
+
+def latency_from_samples(samples_s: list[float]) -> LatencyStats:
+    """LatencyStats (ms) from per-call samples (s) timed here rather than by pytest-benchmark."""
+    q1, median, q3 = stats.quartiles(samples_s)
+    ms = 1e3
+    return LatencyStats(
+        median_ms=median * ms,
+        iqr_ms=(q3 - q1) * ms,
+        min_ms=min(samples_s) * ms,
+        mean_ms=statistics.fmean(samples_s) * ms,
+        stddev_ms=(statistics.stdev(samples_s) if len(samples_s) > 1 else 0.0) * ms,
+        rounds=len(samples_s),
+        iterations=1,
+        samples_ms=[t * ms for t in stats.subsample(samples_s)],
+        source="interleaved with the fused variant's rounds",
+    )
+
+
+def time_interleaved(
+    benchmark, kernel: Kernel, baseline: Kernel, *, device: str, budget: Budget
+) -> tuple[LatencyStats, LatencyStats] | None:
+    """Time ``kernel`` with pytest-benchmark and ``baseline`` just before each of its rounds.
+
+    Speedups between cases timed minutes apart on a shared machine drift by 20-30%
+    between runs; timing the twin in the same rounds (one call each, alternating) makes
+    the two share that drift, so their ratio and its interval are trustworthy. One call
+    per round because pytest-benchmark allows a per-round setup only then.
+    """
+    if not benchmark.enabled:
+        benchmark(kernel)
+        return None
+    sync = synchronizer(device)
+    call = estimate_call_seconds(kernel, sync) + estimate_call_seconds(baseline, sync)
+    rounds = min(MAX_ROUNDS, max(budget.min_rounds, int(budget.seconds / call)))
+    samples: list[float] = []
+
+    def time_baseline() -> None:
+        sync()
+        start = time.perf_counter()
+        baseline()
+        sync()
+        samples.append(time.perf_counter() - start)
+
+    warmup = 1
+    benchmark.pedantic(kernel, setup=time_baseline, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    metadata = benchmark.stats
+    fused = latency_from_pytest_benchmark(metadata.stats, metadata.iterations)
+    return fused, latency_from_samples(samples[warmup:])
 
 
 def measure(benchmark, case: Case, budget: Budget) -> Record | None:

@@ -265,10 +265,16 @@ def _calibrate_fusion(state: CalibrationState, benchmark, case, budget: harness.
             calibration_key=case.key, variant=case.variant, flops=case.flops, bytes=case.bytes,
             compile_seconds=prepared.compile_seconds,
         )
-        latency = harness.time_kernel(benchmark, prepared.kernel, device=case.device, budget=budget)
+        if prepared.baseline is None:
+            latency = harness.time_kernel(benchmark, prepared.kernel, device=case.device, budget=budget)
+            baseline = None
+        else:
+            timed = harness.time_interleaved(
+                benchmark, prepared.kernel, prepared.baseline, device=case.device, budget=budget)
+            latency, baseline = timed if timed is not None else (None, None)
     if latency is None:
         return None
-    record = FusionRecord(case, latency, prepared.compile_seconds)
+    record = FusionRecord(case, latency, prepared.compile_seconds, baseline)
     state.fusion_records.append(record)
     return record
 

@@ -54,10 +54,12 @@ def _measured(cal: HardwareCalibration) -> list[str]:
         lines.append(f"  STREAM (DRAM) GB/s: {kernels}{of_peak}")
     else:
         lines.append("  bandwidth: not measured in this run (the STREAM cases did not run)")
-    if m.bandwidth_by_level_gbps:
-        order = sorted(m.bandwidth_by_level_gbps, key=lambda lv: (lv == "DRAM", lv))
-        levels = "  ".join(f"{lv} {m.bandwidth_by_level_gbps[lv]:.1f}" for lv in order)
-        lines.append(f"  triad by level GB/s: {levels}")
+    for title, table in (("triad sweep by level", m.triad_by_level_gbps),
+                         ("bandwidth ceiling by level (best case)", m.bandwidth_by_level_gbps)):
+        if table:
+            order = sorted(table, key=lambda lv: (lv == "DRAM", lv))
+            levels = "  ".join(f"{lv} {table[lv]:.1f}" for lv in order)
+            lines.append(f"  {title} GB/s: {levels}")
     if m.dispatch_overhead_us is not None:
         lines.append(f"  dispatch overhead: {m.dispatch_overhead_us:.2f} us per call")
     return lines

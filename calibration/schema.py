@@ -156,8 +156,20 @@ class OperationCalibration(_Model):
 
 
 class MeasuredSummary(_Model):
+    """Ceilings measured in this run. A ceiling exists where its reference ran (matmul for
+    a dtype; the triad sweep or STREAM for a memory level) and is the best that any case
+    attained there, so noise in the one reference case cannot push an efficiency above 1.
+    The matmul, STREAM and triad figures show where the ceilings come from."""
+
+    compute_ceiling_gflops: dict[str, float] = Field(
+        default_factory=dict, description="per dtype: best GFLOPS of any operation case (in practice matmul)"
+    )
+    bandwidth_by_level_gbps: dict[str, float] = Field(
+        default_factory=dict,
+        description="per memory level: best GB/s of any operation case whose working set fits that level",
+    )
     matmul_gflops: dict[str, float] = Field(
-        default_factory=dict, description="best matmul GFLOPS per dtype over every path: the compute ceiling"
+        default_factory=dict, description="best matmul GFLOPS per dtype over every path"
     )
     matmul_gflops_by_path: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="dtype -> library path -> best GFLOPS"
@@ -165,8 +177,8 @@ class MeasuredSummary(_Model):
     stream_gbps: dict[str, float] = Field(
         default_factory=dict, description="STREAM copy/scale/add/triad at 4x the last-level cache"
     )
-    bandwidth_by_level_gbps: dict[str, float] = Field(
-        default_factory=dict, description="best triad bandwidth with the working set in each level"
+    triad_by_level_gbps: dict[str, float] = Field(
+        default_factory=dict, description="best triad sweep bandwidth with the working set in each level"
     )
     dispatch_overhead_us: float | None = None
 
@@ -238,18 +250,18 @@ class HardwareCalibration(_Model):
         return fusion_speedup(self, pattern, default, variant, dtype, device or self.metadata.device_type, shape)
 
     def compute_ceiling(self, dtype: str) -> float | None:
-        measured = self.measured.matmul_gflops.get(dtype)
+        measured = self.measured.compute_ceiling_gflops.get(dtype)
         if measured:
             return measured
         peak = self.peak_gflops.get(dtype)
         return peak.value if peak else None
 
     def dram_bandwidth(self) -> float | None:
-        for kernel in ("stream_triad", "stream_add", "stream_copy", "stream_scale"):
-            if kernel in self.measured.stream_gbps:
-                return self.measured.stream_gbps[kernel]
+        """Measured DRAM ceiling, else the best STREAM figure, else the user's peak."""
         if "DRAM" in self.measured.bandwidth_by_level_gbps:
             return self.measured.bandwidth_by_level_gbps["DRAM"]
+        if self.measured.stream_gbps:
+            return max(self.measured.stream_gbps.values())
         return self.peak_bandwidth_gbps.value if self.peak_bandwidth_gbps else None
 
     # ------------------------------------------------------------------ display

@@ -25,16 +25,24 @@ class Verdict(str, Enum):
 
 
 def speedup_interval(
-    unfused_ms: Sequence[float], fused_ms: Sequence[float], *, seed: int = 0
+    unfused_ms: Sequence[float], fused_ms: Sequence[float], *, paired: bool = False, seed: int = 0
 ) -> tuple[float, float]:
-    """Bootstrap CI of median(unfused) / median(fused) from the raw per-round samples."""
+    """Bootstrap CI of median(unfused) / median(fused) from the raw per-round samples.
+
+    ``paired``: sample i of each was timed in the same round, so rounds are resampled
+    together and drift that both shared cancels out of the interval.
+    """
     a = np.asarray(unfused_ms, dtype=float)
     b = np.asarray(fused_ms, dtype=float)
     if a.size == 0 or b.size == 0:
         raise ValueError("speedup_interval needs samples of both variants")
+    if paired and a.size != b.size:
+        raise ValueError(f"paired samples need equal counts, got {a.size} and {b.size}")
     rng = np.random.default_rng(seed)
-    med_a = np.median(a[rng.integers(0, a.size, (BOOTSTRAP_RESAMPLES, a.size))], axis=1)
-    med_b = np.median(b[rng.integers(0, b.size, (BOOTSTRAP_RESAMPLES, b.size))], axis=1)
+    index_a = rng.integers(0, a.size, (BOOTSTRAP_RESAMPLES, a.size))
+    index_b = index_a if paired else rng.integers(0, b.size, (BOOTSTRAP_RESAMPLES, b.size))
+    med_a = np.median(a[index_a], axis=1)
+    med_b = np.median(b[index_b], axis=1)
     ratios = med_a / med_b
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])

@@ -38,7 +38,11 @@ def test_measured_summary(profile):
     assert m.matmul_gflops["float32"] == pytest.approx(200.0)
     assert m.matmul_gflops_by_path["float32"] == pytest.approx({"aten": 200.0, "mkldnn": 100.0})
     assert m.stream_gbps == pytest.approx({"stream_triad": 40.0, "stream_copy": 30.0})
-    assert m.bandwidth_by_level_gbps == pytest.approx({"DRAM": 40.0, "L2": 120.0})
+    assert m.triad_by_level_gbps == pytest.approx({"DRAM": 40.0, "L2": 120.0})
+    # the ceilings: best of any case per dtype / per level
+    assert m.compute_ceiling_gflops == pytest.approx({"float32": 200.0})
+    assert m.bandwidth_by_level_gbps["DRAM"] == pytest.approx(40.0)
+    assert m.bandwidth_by_level_gbps["L2"] == pytest.approx(120.0)
     assert m.dispatch_overhead_us == pytest.approx(2.0)
 
 
@@ -113,3 +117,21 @@ def test_without_any_ceiling_efficiency_is_unknown_not_invented():
     assert entry.compute_efficiency is None and entry.bandwidth_efficiency is None
     assert entry.bottleneck == Bottleneck.UNKNOWN
     assert not math.isnan(entry.gbps)
+
+
+def test_a_case_faster_than_the_reference_raises_the_ceiling_not_efficiency_above_one():
+    # relu streams 2 words/element at 60 GB/s from DRAM, faster than triad's 40 GB/s
+    n = 1 << 24
+    cal = fold(
+        [
+            record("stream_triad", 3 * 4 * (1 << 25) / 40e9 * 1e3, n=1 << 25),
+            record("relu", 2 * 4 * n / 60e9 * 1e3, n=n),
+            record("add", 3 * 4 * n / 30e9 * 1e3, n=n),
+        ],
+        metadata(),
+    )
+    assert cal.measured.bandwidth_by_level_gbps["DRAM"] == pytest.approx(60.0)
+    assert cal.measured.stream_gbps["stream_triad"] == pytest.approx(40.0)
+    efficiencies = [e.bandwidth_efficiency for e in cal.operation_profiles.values()]
+    assert max(efficiencies) == pytest.approx(1.0)
+    assert cal.get_operation("add", n=n).bandwidth_efficiency == pytest.approx(0.5)
