@@ -121,7 +121,7 @@ def _fusion(cal: HardwareCalibration) -> list[str]:
     lines = [
         "",
         "Fusion (speedup = unfused median / fused median, range over sizes; verdicts count sizes):",
-        f"  {'pattern':<26} {'variant':<9} {'sizes':>5} {'speedup':>12} {'95% CI':>13} {'traffic':>8}  verdicts",
+        f"  {'pattern':<26} {'variant':<9} {'sizes':>5} {'speedup':>12} {'95% CI':>13} {'bytes saved':>11}  verdicts",
     ]
     by_family: dict[str, dict[str, list]] = {}
     for pattern, entries in cal.fusion_profiles.items():
@@ -141,10 +141,10 @@ def _fusion(cal: HardwareCalibration) -> list[str]:
                 for e in group:
                     counts[e.verdict.value] = counts.get(e.verdict.value, 0) + 1
                 verdicts = ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
-                reduction = _range([-100 * e.memory_reduction for e in group], ".0f", "%")
+                reduction = _range([100 * e.memory_reduction for e in group], ".0f", "%")
                 lines.append(
                     f"  {pattern:<26} {variant:<9} {len(group):>5} {_range([e.speedup for e in group]):>12} "
-                    f"{ci:>13} {reduction:>8}  {verdicts}"
+                    f"{ci:>13} {reduction:>11}  {verdicts}"
                 )
     hurts = sorted({e.pattern for es in cal.fusion_profiles.values() for e in es if e.verdict.value == "avoid"})
     if hurts:
