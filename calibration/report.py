@@ -111,8 +111,8 @@ def render_summary(cal: HardwareCalibration) -> str:
 
 
 def _range(values: list[float], fmt: str = ".2f", suffix: str = "x") -> str:
-    low, high = min(values), max(values)
-    return f"{low:{fmt}}{suffix}" if low == high else f"{low:{fmt}}-{high:{fmt}}{suffix}"
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return f"{low}{suffix}" if low == high else f"{low}-{high}{suffix}"
 
 
 def _fusion(cal: HardwareCalibration) -> list[str]:

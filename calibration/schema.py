@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
 from calibration.keys import ParamValue
 from calibration.roofline import Bottleneck
@@ -98,6 +98,12 @@ class LatencyStats(_Model):
         default="pytest-benchmark",
         description="who computed these; a converted profile may only have had a mean",
     )
+
+    @field_validator("samples_ms")
+    @classmethod
+    def _four_significant_digits(cls, samples: list[float]) -> list[float]:
+        # Run-to-run noise is percent-level; 4 digits keep a full profile a few times smaller.
+        return [float(f"{t:.4g}") for t in samples]
 
 
 class FusionCalibration(_Model):

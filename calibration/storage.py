@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,10 +31,15 @@ class LegacyProfileWarning(UserWarning):
     """A profile in the predecessor's layout was converted on load."""
 
 
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,\s*)*-?[0-9][0-9.eE+-]*)\s*\]")
+
+
 def save_calibration(calibration: HardwareCalibration, path: str | Path) -> Path:
     """Write ``calibration`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
-    text = calibration.model_dump_json(indent=1)
+    # Indented for people, but each list of numbers (raw samples) on one line.
+    text = _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]",
+                            calibration.model_dump_json(indent=1))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
