@@ -177,7 +177,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str]):
+def load_average() -> float | None:
+    """1-minute load average: how many runnable processes competed for the CPUs."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str],
+             load_before: float | None = None):
     """The profile's metadata for a run on ``device`` in this process."""
     import torch
 
@@ -225,4 +234,6 @@ def describe(*, device: str, hardware_name: str | None, quick: bool, command: li
         cuda=cuda,
         quick=quick,
         command=[sys.argv[0], *command] if command else list(sys.argv),
+        load_average_before=load_before,
+        load_average_after=load_average(),
     )

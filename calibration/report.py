@@ -22,6 +22,22 @@ def _latency(ms: float) -> str:
     return f"{ms * 1e3:.2f} us"
 
 
+# A run that starts with more runnable processes than half the CPUs shares cores and
+# memory bandwidth with them: on this project's 2-core machine that turned every 1 Mi
+# element op into an ~8 ms OpenMP wait, with a tight (not noisy-looking) IQR.
+BUSY_LOAD_PER_CPU = 0.5
+
+
+def _busy(cal: HardwareCalibration) -> list[str]:
+    md = cal.metadata
+    cpus = md.usable_cpus or md.logical_cpus
+    load = md.load_average_before
+    if load is None or not cpus or load <= BUSY_LOAD_PER_CPU * cpus:
+        return []
+    return [f"  WARNING: the machine was busy when the run started (1-min load {load:.2f} on {cpus} CPUs): "
+            "other work competed for cores and memory; rerun on an idle machine before trusting these numbers"]
+
+
 def _peaks(cal: HardwareCalibration) -> list[str]:
     lines = ["Theoretical peaks (only as given; never assumed):"]
     if cal.peak_gflops:
@@ -89,6 +105,7 @@ def render_summary(cal: HardwareCalibration) -> str:
         f"  {md.device_type}: {md.device_name} | {threads} | torch {md.torch_version or 'unknown'} | "
         f"{md.date:%Y-%m-%d %H:%M} UTC{' | quick' if md.quick else ''}",
         *([f"  upgraded from {md.upgraded_from}"] if md.upgraded_from else []),
+        *_busy(cal),
         "=" * WIDTH,
         *_peaks(cal),
         *_measured(cal),

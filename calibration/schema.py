@@ -76,6 +76,10 @@ class Metadata(_Model):
     cuda: CudaInfo | None = None
     quick: bool | None = None
     command: list[str] = Field(default_factory=list)
+    load_average_before: float | None = Field(
+        default=None, description="1-minute load average when the run started; above half the CPUs, "
+        "other work was competing with the benchmarks")
+    load_average_after: float | None = None
     upgraded_from: str | None = Field(
         default=None, description="set when the profile was converted from another layout"
     )

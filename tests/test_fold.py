@@ -135,3 +135,10 @@ def test_a_case_faster_than_the_reference_raises_the_ceiling_not_efficiency_abov
     efficiencies = [e.bandwidth_efficiency for e in cal.operation_profiles.values()]
     assert max(efficiencies) == pytest.approx(1.0)
     assert cal.get_operation("add", n=n).bandwidth_efficiency == pytest.approx(0.5)
+
+
+def test_summary_warns_when_the_machine_was_busy():
+    busy = fold([record("relu", 1.0, n=1 << 20)], metadata(load_average_before=3.5, usable_cpus=2))
+    idle = fold([record("relu", 1.0, n=1 << 20)], metadata(load_average_before=0.2, usable_cpus=2))
+    assert "WARNING: the machine was busy when the run started (1-min load 3.50 on 2 CPUs)" in busy.summary()
+    assert "busy" not in idle.summary()
