@@ -1,4 +1,4 @@
-"""``python -m calibration``: schema, show, run."""
+"""``python -m calibration``: schema, show, run, compare."""
 
 from __future__ import annotations
 
@@ -52,6 +52,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return int(pytest.main(argv))
 
 
+def _load_for_compare(path: str):
+    """The profile, or ProfileError; an upgrade warning goes to stderr as one line."""
+    import warnings
+
+    from calibration.storage import load_calibration
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        profile = load_calibration(path)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    return profile
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from calibration.compare import NothingInCommon, compare
+    from calibration.compare_report import RENDERERS
+    from calibration.storage import ProfileError
+
+    try:
+        base, new = _load_for_compare(args.base), _load_for_compare(args.new)
+        comparison = compare(base, new, metric=args.metric, threshold=args.threshold, alpha=args.alpha,
+                             base_name=args.base, new_name=args.new)
+    except (ProfileError, NothingInCommon) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(RENDERERS[args.format](comparison))
+    return 1 if comparison.regressed else 0
+
+
+COMPARE_EPILOG = """\
+exit status: 0 nothing regressed, 1 at least one entry regressed, 2 bad input (a profile
+that cannot be read, another schema version, nothing in common, a bad option value).
+An entry regressed when its metric got worse by more than --threshold AND the change is
+significant: a two-sided Mann-Whitney U test on the stored per-round samples gives
+p < --alpha. Profiles without samples (upgraded from the predecessor) fall back to
+non-overlapping median intervals (median +- 1.57 IQR / sqrt(rounds)); without an IQR an
+entry is not testable and never regresses. Entries in only one profile are listed, and
+fusion verdicts that flipped are reported; neither fails the comparison.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,7 +121,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bench-dir", metavar="DIR", help="the bench/ folder (default: ./bench)")
     run.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="passed on to pytest")
     run.set_defaults(func=_cmd_run)
+
+    _add_compare(sub)
     return parser
+
+
+def _add_compare(sub) -> None:
+    from calibration.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METRICS
+    from calibration.compare_report import RENDERERS
+
+    compare = sub.add_parser(
+        "compare", help="compare two profiles; exit 1 when an entry significantly regressed",
+        description="Compare NEW against BASE entry by entry (matched by key).", epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("base", metavar="BASE", help="the reference profile")
+    compare.add_argument("new", metavar="NEW", help="the profile to check")
+    compare.add_argument(
+        "--threshold", type=options.parse_threshold, default=DEFAULT_THRESHOLD, metavar="PERCENT",
+        help="how much worse counts: a percentage, the %% optional (10%% and 10 both mean ten percent; "
+             f"0.5 means half a percent). Default: {100 * DEFAULT_THRESHOLD:g}%%.")
+    compare.add_argument(
+        "--metric", choices=METRICS, default="latency",
+        help="latency: median latency (fused latency of fusion entries); gflops: attained GFLOPS of entries "
+             "with FLOPs; speedup: fusion speedup, fusion entries only. Default: %(default)s.")
+    compare.add_argument("--format", choices=tuple(RENDERERS), default="text",
+                         help="text table, markdown for a PR comment, or json. Default: %(default)s.")
+    compare.add_argument("--alpha", type=options.parse_alpha, default=DEFAULT_ALPHA,
+                         help="significance level of the U test. Default: %(default)s.")
+    compare.set_defaults(func=_cmd_compare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

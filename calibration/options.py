@@ -78,3 +78,32 @@ def parse_fusion_patterns(text: str) -> frozenset[str]:
     from calibration.fusion import resolve_families
 
     return _parse_names(text, "--fusion-patterns", resolve_families)
+
+
+def parse_threshold(text: str, option: str = "--threshold") -> float:
+    """A percentage, the '%' optional: ``10%`` and ``10`` are both ten percent (0.1 is a
+    tenth of a percent). Returned as a fraction (0.1)."""
+    number = text.strip().removesuffix("%").strip()
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{option} must be a percentage of zero or more such as 10% or 10 (both ten percent), got {text!r}"
+        )
+    return value / 100
+
+
+def parse_compare_fail(text: str) -> float:
+    return parse_threshold(text, "--calibrate-compare-fail")
+
+
+def parse_alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"--alpha must be a probability between 0 and 1, exclusive, got {text!r}")
+    return value
