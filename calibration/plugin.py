@@ -17,7 +17,7 @@ from calibration import fusion, harness, machine, options
 from calibration.fold import FusionRecord, Record, fold, unpaired
 from calibration.ops import OPERATIONS, dtype_unsupported_reason
 from calibration.schema import Peak, PeakSource
-from calibration.storage import ProfileError, check_writable
+from calibration.storage import ProfileError, check_writable, load_calibration
 
 HELP_OUT = "Write the calibration profile (JSON) to PATH. Default: %(default)r (no profile)."
 HELP_QUICK = "Calibrate one or two representative sizes per operation. Default: %(default)r."
@@ -32,6 +32,16 @@ HELP_THREADS = "torch.set_num_threads(N) for the run. Default: torch's default."
 HELP_FUSION = (
     "Comma-separated fusion families (linear, conv, attention, elementwise, all) or pattern names. "
     "Given alone it runs only fusion cases; --operations alone runs only operation cases. Default: all."
+)
+HELP_COMPARE = (
+    "Compare this run's profile with the profile BASE when the run ends (as 'python -m calibration "
+    "compare' does: median latency, Mann-Whitney U test at p < 0.002) and print the differences; "
+    "works without --calibrate-out. Default: %(default)r."
+)
+HELP_COMPARE_FAIL = (
+    "With --calibrate-compare, fail the run when an entry is significantly slower than in BASE by more "
+    "than THRESHOLD, a percentage (10%% or 10). Without it regressions beyond 10%% are reported only. "
+    "Default: %(default)r."
 )
 HELP_OPERATIONS = (
     "Comma-separated operation families or names to calibrate "
@@ -55,6 +65,11 @@ class CalibrationState:
     written: Path | None = None
     unpaired: list[str] = field(default_factory=list)
     calibration: object | None = None
+    compare_base: object | None = None  # the loaded BASE profile of --calibrate-compare
+    compare_path: str | None = None
+    compare_fail: float | None = None
+    comparison: object | None = None
+    compare_problem: str | None = None  # why no comparison was made
 
 
 STATE = pytest.StashKey[CalibrationState]()
@@ -76,6 +91,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_OPERATIONS)
     group.addoption("--fusion-patterns", metavar="LIST", type=options.parse_fusion_patterns, default=None,
                     help=HELP_FUSION)
+    group.addoption("--calibrate-compare", metavar="BASE", default=None, help=HELP_COMPARE)
+    group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
+                    default=None, help=HELP_COMPARE_FAIL)
 
 
 def _xdist_active(config: pytest.Config) -> bool:
@@ -116,6 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
         fusion_selection=config.getoption("fusion_patterns"),
     )
     config.stash[STATE] = state
+    _load_compare_base(config, state)
     if state.out is None:
         return
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -134,6 +153,20 @@ def pytest_configure(config: pytest.Config) -> None:
         check_writable(state.out)
     except ProfileError as exc:
         raise pytest.UsageError(f"--calibrate-out: {exc}") from None
+
+
+def _load_compare_base(config: pytest.Config, state: CalibrationState) -> None:
+    """Read BASE now, so that a bad one stops the run before any case is timed."""
+    path, fail = config.getoption("calibrate_compare"), config.getoption("calibrate_compare_fail")
+    if fail is not None and path is None:
+        raise pytest.UsageError("--calibrate-compare-fail needs --calibrate-compare=BASE.json to compare with")
+    if path is None:
+        return
+    try:
+        state.compare_base = load_calibration(path)
+    except ProfileError as exc:
+        raise pytest.UsageError(f"--calibrate-compare: {exc}") from None
+    state.compare_path, state.compare_fail = path, fail
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -290,6 +323,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state is None or not (state.records or state.fusion_records) or os.environ.get("PYTEST_XDIST_WORKER"):
         if state is not None and state.out is not None and state.not_written is None:
             state.not_written = "no calibration case ran (deselected, skipped or failed)."
+        if state is not None:
+            _compare(session, state)
         return
     metadata = machine.describe(
         device=state.device, hardware_name=state.hardware, quick=state.quick,
@@ -299,12 +334,56 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state.calibration = fold(state.records, metadata, fusion_records=state.fusion_records,
                              peak_gflops=peak_gflops, peak_bandwidth=peak_bandwidth)
     state.unpaired = unpaired(state.fusion_records)
+    _compare(session, state)
     if state.out is None or state.not_written:
         return
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         state.not_written = f"the run was interrupted; {state.out} was left as it was."
         return
     state.written = state.calibration.save(state.out)
+
+
+def _compare(session: pytest.Session, state: CalibrationState) -> None:
+    """Compare the folded profile with BASE; a significant regression fails the session
+    when --calibrate-compare-fail is given (a run that already failed keeps its status)."""
+    from calibration.compare import DEFAULT_THRESHOLD, NothingInCommon, compare
+
+    if state.compare_base is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    try:
+        if state.calibration is None:
+            raise NothingInCommon(state.not_written or "no calibration case ran (deselected, skipped or failed)")
+        state.comparison = compare(
+            state.compare_base, state.calibration,
+            threshold=DEFAULT_THRESHOLD if state.compare_fail is None else state.compare_fail,
+            base_name=state.compare_path, new_name=str(state.out) if state.out else "this run",
+        )
+    except NothingInCommon as exc:
+        state.compare_problem = str(exc)
+        failed = state.compare_fail is not None  # a gate that compared nothing must not pass
+    else:
+        failed = state.compare_fail is not None and state.comparison.regressed
+    if failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _write_comparison(terminalreporter, state: CalibrationState) -> None:
+    from calibration.compare_report import render_text
+
+    if state.compare_base is None:
+        return
+    terminalreporter.write_sep("-", "calibration compare")
+    if state.comparison is None:
+        why = state.compare_problem
+        terminalreporter.write_line(f"nothing compared with {state.compare_path}: {why}", red=True)
+        return
+    verbose = terminalreporter.config.getoption("verbose") > 0
+    for line in render_text(state.comparison, show_unchanged=verbose).splitlines():
+        terminalreporter.write_line(line)
+    if state.comparison.regressed:
+        failing = state.compare_fail is not None
+        outcome = "fails the run" if failing else "reported only (no --calibrate-compare-fail)"
+        terminalreporter.write_line(f"calibration regressed against {state.compare_path}: {outcome}", red=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -321,3 +400,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"calibration profile written to {state.written}", green=True)
     elif state.not_written:
         terminalreporter.write_line(f"calibration profile not written: {state.not_written}", yellow=True)
+    _write_comparison(terminalreporter, state)
