@@ -63,6 +63,7 @@ class CalibrationState:
     fusion_records: list[FusionRecord] = field(default_factory=list)
     not_written: str | None = None  # why no profile is written, when one was asked for
     written: Path | None = None
+    load_before: float | None = field(default_factory=machine.load_average)
     unpaired: list[str] = field(default_factory=list)
     calibration: object | None = None
     compare_base: object | None = None  # the loaded BASE profile of --calibrate-compare
@@ -328,7 +329,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     metadata = machine.describe(
         device=state.device, hardware_name=state.hardware, quick=state.quick,
-        command=list(session.config.invocation_params.args),
+        command=list(session.config.invocation_params.args), load_before=state.load_before,
     )
     peak_gflops, peak_bandwidth = _peaks(state)
     state.calibration = fold(state.records, metadata, fusion_records=state.fusion_records,
