@@ -84,6 +84,8 @@ def test_help_lists_every_calibration_option(pytester, monkeypatch):
         "*--threads=N*",
         "*--operations=LIST*",
         "*--fusion-patterns=LIST*",
+        "*--calibrate-compare=BASE*",
+        "*--calibrate-compare-fail=*",
     ])
 
 
