@@ -1,4 +1,4 @@
-"""``python -m calibration``: schema, show, run, compare."""
+"""``python -m calibration``: schema, show, run, plot, compare."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from calibration import options
 
@@ -50,6 +51,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.peak_gflops:
         argv += ["--peak-gflops", ",".join(f"{k}={v}" for k, v in args.peak_gflops.items())]
     return int(pytest.main(argv))
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from calibration.plot import MatplotlibMissing, plot_roofline
+    from calibration.storage import ProfileError, load_calibration
+
+    try:
+        calibration = load_calibration(args.profile)
+        other = load_calibration(args.compare) if args.compare else None
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    labels = None
+    if other is not None:
+        labels = tuple(f"{Path(path).name}: {cal.metadata.hardware_name}"
+                       for path, cal in ((args.profile, calibration), (args.compare, other)))
+    try:
+        written = plot_roofline(calibration, args.output, other=other, dtype=args.dtype, labels=labels)
+    except MatplotlibMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # an image format matplotlib does not know, a dtype the profile lacks
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {written}")
+    return 0
 
 
 def _load_for_compare(path: str):
@@ -121,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bench-dir", metavar="DIR", help="the bench/ folder (default: ./bench)")
     run.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="passed on to pytest")
     run.set_defaults(func=_cmd_run)
+
+    plot = sub.add_parser("plot", help="draw a profile's roofline (needs the 'plot' extra: matplotlib)")
+    plot.add_argument("profile", metavar="PROFILE")
+    plot.add_argument("--output", "-o", required=True, metavar="PATH",
+                      help="image to write; the extension picks the format (png, svg, pdf)")
+    plot.add_argument("--compare", metavar="OTHER", help="a second profile, drawn hollow and lighter")
+    plot.add_argument("--dtype", default="float32", help="dtype of the points and arrows (default: float32)")
+    plot.set_defaults(func=_cmd_plot)
 
     _add_compare(sub)
     return parser
