@@ -19,7 +19,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from calibration.ranktest import mann_whitney_u, smallest_p_value
-from calibration.report import BUSY_LOAD_PER_CPU
 from calibration.schema import FusionCalibration, HardwareCalibration, LatencyStats, OperationCalibration
 from calibration.verdict import Verdict
 
@@ -248,13 +247,9 @@ def metadata_differences(base: HardwareCalibration, new: HardwareCalibration) ->
 
 
 def busy(name: str, profile: HardwareCalibration) -> list[str]:
-    """``name`` and its load when the run started with other work competing for the cores."""
-    md = profile.metadata
-    cpus = md.usable_cpus or md.logical_cpus
-    load = md.load_average_before
-    if load is None or not cpus or load <= BUSY_LOAD_PER_CPU * cpus:
-        return []
-    return [f"{name} (1-min load {load:.2f} on {cpus} CPUs)"]
+    """``name`` and why, when its run started with other work competing for the cores."""
+    warning = profile.metadata.busy_warning()
+    return [f"{name} ({warning})"] if warning else []
 
 
 def compare(

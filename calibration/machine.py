@@ -185,8 +185,35 @@ def load_average() -> float | None:
         return None
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cpus(interval: float = 0.2) -> float | None:
+    """How many CPUs other work keeps busy, sampled over ``interval`` while this process sleeps.
+
+    Unlike the load average (a 1-minute mean, still high right after a previous run ended),
+    this says what is competing now.
+    """
+    import time
+
+    first = _cpu_times()
+    time.sleep(interval)
+    second = _cpu_times()
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return round(share * (os.cpu_count() or 1), 2)
+
+
 def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str],
-             load_before: float | None = None):
+             load_before: float | None = None, busy_before: float | None = None):
     """The profile's metadata for a run on ``device`` in this process."""
     import torch
 
@@ -235,5 +262,6 @@ def describe(*, device: str, hardware_name: str | None, quick: bool, command: li
         quick=quick,
         command=[sys.argv[0], *command] if command else list(sys.argv),
         load_average_before=load_before,
+        busy_cpus_before=busy_before,
         load_average_after=load_average(),
     )

@@ -64,6 +64,7 @@ class CalibrationState:
     not_written: str | None = None  # why no profile is written, when one was asked for
     written: Path | None = None
     load_before: float | None = field(default_factory=machine.load_average)
+    busy_before: float | None = None
     unpaired: list[str] = field(default_factory=list)
     calibration: object | None = None
     compare_base: object | None = None  # the loaded BASE profile of --calibrate-compare
@@ -262,6 +263,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = _shuffle_twins(keep)
+    if any(_case_of(item) is not None for item in items):
+        state.busy_before = machine.busy_cpus()
 
 
 @pytest.fixture
@@ -330,6 +333,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     metadata = machine.describe(
         device=state.device, hardware_name=state.hardware, quick=state.quick,
         command=list(session.config.invocation_params.args), load_before=state.load_before,
+        busy_before=state.busy_before,
     )
     peak_gflops, peak_bandwidth = _peaks(state)
     state.calibration = fold(state.records, metadata, fusion_records=state.fusion_records,

@@ -22,20 +22,9 @@ def _latency(ms: float) -> str:
     return f"{ms * 1e3:.2f} us"
 
 
-# A run that starts with more runnable processes than half the CPUs shares cores and
-# memory bandwidth with them: on this project's 2-core machine that turned every 1 Mi
-# element op into an ~8 ms OpenMP wait, with a tight (not noisy-looking) IQR.
-BUSY_LOAD_PER_CPU = 0.5
-
-
 def _busy(cal: HardwareCalibration) -> list[str]:
-    md = cal.metadata
-    cpus = md.usable_cpus or md.logical_cpus
-    load = md.load_average_before
-    if load is None or not cpus or load <= BUSY_LOAD_PER_CPU * cpus:
-        return []
-    return [f"  WARNING: the machine was busy when the run started (1-min load {load:.2f} on {cpus} CPUs): "
-            "other work competed for cores and memory; rerun on an idle machine before trusting these numbers"]
+    warning = cal.metadata.busy_warning()
+    return [f"  WARNING: {warning}; rerun on an idle machine before trusting these numbers"] if warning else []
 
 
 def _peaks(cal: HardwareCalibration) -> list[str]:

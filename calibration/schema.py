@@ -76,13 +76,29 @@ class Metadata(_Model):
     cuda: CudaInfo | None = None
     quick: bool | None = None
     command: list[str] = Field(default_factory=list)
-    load_average_before: float | None = Field(
-        default=None, description="1-minute load average when the run started; above half the CPUs, "
-        "other work was competing with the benchmarks")
+    busy_cpus_before: float | None = Field(
+        default=None, description="CPUs kept busy by other work just before the run started")
+    load_average_before: float | None = Field(default=None, description="1-minute load average at the start")
     load_average_after: float | None = None
     upgraded_from: str | None = Field(
         default=None, description="set when the profile was converted from another layout"
     )
+
+
+    def busy_warning(self) -> str | None:
+        """Why this run's timings are suspect because other work competed, or None."""
+        if self.busy_cpus_before is None or self.busy_cpus_before <= BUSY_CPUS:
+            return None
+        cpus = self.usable_cpus or self.logical_cpus
+        of = f" of {cpus}" if cpus else ""
+        return (f"other processes kept {self.busy_cpus_before:.1f}{of} CPUs busy when the run started; "
+                "they competed for cores and memory bandwidth")
+
+
+# Other work using more than half a CPU when a run starts makes its timings suspect: on
+# this project's 2-core machine a busy neighbour turned every 1 Mi element op into an
+# ~8 ms OpenMP wait with a tight IQR, which the 'noisy' flag cannot catch.
+BUSY_CPUS = 0.5
 
 
 class LatencyStats(_Model):

@@ -138,7 +138,14 @@ def test_a_case_faster_than_the_reference_raises_the_ceiling_not_efficiency_abov
 
 
 def test_summary_warns_when_the_machine_was_busy():
-    busy = fold([record("relu", 1.0, n=1 << 20)], metadata(load_average_before=3.5, usable_cpus=2))
-    idle = fold([record("relu", 1.0, n=1 << 20)], metadata(load_average_before=0.2, usable_cpus=2))
-    assert "WARNING: the machine was busy when the run started (1-min load 3.50 on 2 CPUs)" in busy.summary()
+    busy = fold([record("relu", 1.0, n=1 << 20)], metadata(busy_cpus_before=1.4, usable_cpus=2))
+    idle = fold([record("relu", 1.0, n=1 << 20)], metadata(busy_cpus_before=0.1, usable_cpus=2))
+    assert "WARNING: other processes kept 1.4 of 2 CPUs busy when the run started" in busy.summary()
     assert "busy" not in idle.summary()
+
+
+def test_busy_cpus_reads_the_cpu_counters():
+    from calibration import machine
+
+    busy = machine.busy_cpus(0.05)
+    assert busy is None or 0.0 <= busy <= (__import__("os").cpu_count() or 1)
