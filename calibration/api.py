@@ -33,6 +33,7 @@ def pytest_args(
     peak_gflops: float | None = None,
     peak_bandwidth: float | None = None,
     operations: Sequence[str] | None = None,
+    fusion_patterns: Sequence[str] | None = None,
     quick: bool = False,
     device: str | None = None,
     threads: int | None = None,
@@ -49,6 +50,8 @@ def pytest_args(
         args += ["--peak-bandwidth", str(peak_bandwidth)]
     if operations:
         args += ["--operations", ",".join(operations)]
+    if fusion_patterns:
+        args += ["--fusion-patterns", ",".join(fusion_patterns)]
     if device:
         args += ["--device", device]
     if threads is not None:
@@ -78,14 +81,13 @@ def calibrate_hardware(
 
     from calibration.storage import load_calibration
 
-    if fusion_patterns:
-        raise NotImplementedError("fusion pattern calibration is not available in this version")
     bench = find_bench_dir(bench_dir)
     with tempfile.TemporaryDirectory() as scratch:
         output = Path(output_path) if output_path else Path(scratch) / "profile.json"
         args = pytest_args(
             bench=bench, output=output, hardware_name=hardware_name, peak_gflops=theoretical_peak_gflops,
-            peak_bandwidth=theoretical_bandwidth_gbps, operations=operations, quick=quick,
+            peak_bandwidth=theoretical_bandwidth_gbps, operations=operations,
+            fusion_patterns=fusion_patterns, quick=quick,
             device=device, threads=threads,
         )
         before = output.stat().st_mtime_ns if output.exists() else None

@@ -35,9 +35,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from calibration.api import find_bench_dir, pytest_args
 
-    if args.fusion_patterns:
-        print("error: --fusion-patterns: fusion calibration is not available in this version", file=sys.stderr)
-        return 2
     try:
         bench = find_bench_dir(args.bench_dir)
     except FileNotFoundError as exc:
@@ -45,7 +42,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     argv = pytest_args(
         bench=bench, output=args.output, hardware_name=args.hardware, peak_gflops=None,
-        peak_bandwidth=args.peak_bandwidth, operations=args.operations, quick=args.quick,
+        peak_bandwidth=args.peak_bandwidth, operations=args.operations,
+        fusion_patterns=args.fusion_patterns, quick=args.quick,
         device=args.device, threads=args.threads, extra=args.pytest_args,
     )
     if args.peak_gflops:
@@ -144,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="theoretical peak bandwidth in GB/s")
     run.add_argument("--operations", metavar="LIST", type=lambda s: sorted(options.parse_operations(s)),
                      help="families or operations to calibrate, comma-separated (default: all)")
-    run.add_argument("--fusion-patterns", metavar="LIST", help="fusion pattern families (not yet available)")
+    run.add_argument("--fusion-patterns", metavar="LIST", type=lambda s: sorted(options.parse_fusion_patterns(s)),
+                     help="fusion families (linear, conv, attention, elementwise, all) or pattern names")
     run.add_argument("--quick", action="store_true", help="one or two sizes per operation")
     run.add_argument("--device", type=options.parse_device, help="cpu or cuda (default: cuda if available)")
     run.add_argument("--threads", type=options.parse_threads, metavar="N", help="torch threads")

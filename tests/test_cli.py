@@ -79,3 +79,20 @@ def test_calibrate_hardware_api(tmp_path):
     assert cal.metadata.hardware_name == "api-box"
     assert cal.peak_bandwidth_gbps.value == 50.0
     assert load_calibration(out) == cal
+
+
+def test_run_rejects_an_unknown_fusion_family(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--output", str(tmp_path / "p.json"), "--fusion-patterns", "convs"])
+    assert exc.value.code == 2
+    assert "unknown fusion family or pattern 'convs'" in capsys.readouterr().err
+
+
+def test_calibrate_hardware_runs_the_selected_fusion_patterns(tmp_path):
+    cal = calibrate_hardware(
+        output_path=tmp_path / "fusion.json", fusion_patterns=["Add_ReLU"], quick=True, bench_dir=REPO / "bench",
+    )
+    assert cal.operation_profiles == {}  # --fusion-patterns alone runs only fusion cases
+    variants = sorted(entry.variant for entry in cal.fusion_profiles["Add_ReLU"])
+    assert variants == ["compiled", "library"] or variants == ["library"]  # compiled skips without a compiler
+    assert list(cal.fusion_profiles) == ["Add_ReLU"]
