@@ -122,6 +122,52 @@ fusion verdicts that flipped are reported; neither fails the comparison.
 """
 
 
+def load_model(spec: str, batch: int, input_shape: tuple[int, ...] | None):
+    """(model, example input) for a registered name or a user's ``module:attr`` factory."""
+    import importlib
+
+    import torch
+
+    from calibration import models
+
+    if spec in models.MODELS:
+        return models.MODELS[spec]().eval(), models.example_input(spec, batch)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--model {spec!r}: give one of {', '.join(models.MODELS)} or MODULE:FACTORY")
+    if input_shape is None:
+        raise ValueError(f"--model {spec}: a user model needs --input-shape (without the batch), e.g. 3,224,224")
+    factory = getattr(importlib.import_module(module_name), attr)
+    model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--model {spec}: {attr} returned {type(model).__name__}, not an nn.Module")
+    return model.eval(), torch.randn(batch, *input_shape)
+
+
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from calibration.partition import partition
+    from calibration.storage import ProfileError, load_calibration
+
+    try:
+        model, example = load_model(args.model, args.batch, args.input_shape)
+        calibration = load_calibration(args.profile) if args.profile else None
+    except (ValueError, ImportError, AttributeError, ProfileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(partition(model, example, calibration).report())
+    return 0
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape must be comma-separated integers, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"--input-shape must be positive integers, got {text!r}")
+    return shape
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--compare", metavar="OTHER", help="a second profile, drawn hollow and lighter")
     plot.add_argument("--dtype", default="float32", help="dtype of the points and arrows (default: float32)")
     plot.set_defaults(func=_cmd_plot)
+
+    part = sub.add_parser("partition", help="print a model's fusion partition (subgraphs, FLOPs, traffic)")
+    part.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
+                      help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
+    part.add_argument("--batch", type=options.parse_threads, default=1, metavar="N", help="batch size (default: 1)")
+    part.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
+                      help="input shape without the batch, for a MODULE:FACTORY model")
+    part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
+    part.set_defaults(func=_cmd_partition)
 
     _add_compare(sub)
     return parser

@@ -96,3 +96,28 @@ def test_calibrate_hardware_runs_the_selected_fusion_patterns(tmp_path):
     variants = sorted(entry.variant for entry in cal.fusion_profiles["Add_ReLU"])
     assert variants == ["compiled", "library"] or variants == ["library"]  # compiled skips without a compiler
     assert list(cal.fusion_profiles) == ["Add_ReLU"]
+
+
+def test_partition_prints_the_report_for_a_registered_model(capsys):
+    assert main(["partition", "--model", "mlp", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Linear_Bias_ReLU:" in out and "After Fusion" in out
+
+
+def test_partition_takes_a_user_factory_with_an_input_shape(capsys):
+    assert main(["partition", "--model", "calibration.models:mlp", "--input-shape", "784"]) == 0
+    assert "Linear_Bias_ReLU:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nosuch"], "give one of resnet18, mobilenet_v2, bert_layer, mlp or MODULE:FACTORY"),
+        (["--model", "calibration.models:mlp"], "needs --input-shape"),
+        (["--model", "calibration.models:nosuch", "--input-shape", "784"], "nosuch"),
+        (["--model", "mlp", "--profile", "/nonexistent/p.json"], "no such profile"),
+    ],
+)
+def test_partition_bad_input_exits_2(capsys, args, message):
+    assert main(["partition", *args]) == 2
+    assert message in capsys.readouterr().err
