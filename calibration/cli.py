@@ -158,6 +158,37 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def measure_latency_ms(model, example, min_run_time: float = 1.0) -> float:
+    """Median eager latency with torch.utils.benchmark at this process's thread count."""
+    import torch
+    from torch.utils import benchmark
+
+    with torch.no_grad():
+        timer = benchmark.Timer("model(x)", globals={"model": model, "x": example},
+                                num_threads=torch.get_num_threads())
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from calibration.mapper import predict_latency
+    from calibration.storage import ProfileError, load_calibration
+
+    try:
+        model, example = load_model(args.model, args.batch, args.input_shape)
+        calibration = load_calibration(args.profile)
+    except (ValueError, ImportError, AttributeError, ProfileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    estimate = predict_latency(model, example, calibration, mode=args.mode)
+    print(estimate.table())
+    if args.measure:
+        measured = measure_latency_ms(model, example)
+        error = 100 * (estimate.total_ms / measured - 1)
+        print(f"measured eager latency: {measured:.3f} ms (torch.utils.benchmark, "
+              f"{__import__('torch').get_num_threads()} threads); prediction error {error:+.1f}%")
+    return 0
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.split(","))
@@ -213,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="input shape without the batch, for a MODULE:FACTORY model")
     part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
     part.set_defaults(func=_cmd_partition)
+
+    predict = sub.add_parser("predict", help="predict a model's latency from a profile (and measure it)")
+    predict.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
+                         help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
+    predict.add_argument("--profile", required=True, metavar="PROFILE", help="the calibration to predict with")
+    predict.add_argument("--batch", type=options.parse_threads, default=1, metavar="N", help="batch size (default: 1)")
+    predict.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
+                         help="input shape without the batch, for a MODULE:FACTORY model")
+    predict.add_argument("--mode", choices=("eager", "fused"), default="eager",
+                         help="eager: every kernel separately (default); fused: apply measured fusion speedups")
+    predict.add_argument("--measure", action="store_true", help="also time the model eagerly and print the error")
+    predict.set_defaults(func=_cmd_predict)
 
     _add_compare(sub)
     return parser

@@ -91,7 +91,12 @@ def efficiency_at(
     if exact is not None and _value(exact, metric) is not None:
         return _value(exact, metric)  # type: ignore[return-value]
     # Interpolate in log FLOPs; operations that do no arithmetic (copies) use log bytes.
+    # Only entries bound by the same roof say how well that roof is used: a skinny matmul
+    # limited by bandwidth reaches 6% of the compute ceiling, which says nothing about how a
+    # compute-bound size of the same operation uses it.
     use_flops = flops > 0
+    bound = roofline.Bottleneck.COMPUTE if metric == "compute" else roofline.Bottleneck.MEMORY
+    pool = [entry for entry in pool if entry.bottleneck == bound] or pool
     points = [
         (entry.flops if use_flops else entry.bytes, value)
         for entry in pool

@@ -138,6 +138,10 @@ class NodeCost(_Frozen):
     kernel: bool
     flops: int
     bytes: int  # standalone kernel: distinct inputs and parameters read once, outputs written once
+    # The ops registry's operation and parameters for this kernel, so a mapper can ask the
+    # calibration about it (None when the registry has no such operation).
+    operation: str | None = None
+    params: dict[str, ParamValue] = {}
 
 
 class Subgraph(_Frozen):
@@ -303,6 +307,73 @@ def _node_flops(op: str, node: fx.Node, gm: fx.GraphModule, rec: _Recorder) -> i
     return None
 
 
+# Canonical op -> the ops registry's element-wise operation of the same kernel.
+_ELEMENTWISE_OPERATION = {"add": "add", "mul": "mul", "relu": "relu", "gelu": "gelu", "sigmoid": "sigmoid",
+                          "silu": "silu", "relu6": "relu", "hardtanh": "relu", "clamp": "relu", "sub": "add",
+                          "div": "mul"}
+
+
+def _pair(value: Any) -> int:
+    return value if isinstance(value, int) else int(value[0])
+
+
+def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: _Recorder) -> dict[str, Any]:
+    """{'operation': registry name, 'params': its parameters} for kernels the registry models."""
+    outs = rec.values[node]
+    if not outs:
+        return {}
+    out = outs[0]
+    args, kwargs = rec.args[node]
+    shapes = [a for a in args if isinstance(a, tuple) and all(isinstance(x, int) for x in a)]
+    module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    if op == "conv2d" and shapes and len(shapes[0]) == 4:
+        n, cin, h, w = shapes[0]
+        if module is not None:
+            cout, k, stride, pad, groups = (module.out_channels, _pair(module.kernel_size), _pair(module.stride),
+                                            _pair(module.padding), module.groups)
+        else:
+            weight = shapes[1]
+            cout, k = weight[0], weight[-1]
+            stride = _pair(_arg(args, kwargs, 3, "stride", 1))
+            pad = _pair(_arg(args, kwargs, 4, "padding", 0))
+            groups = _arg(args, kwargs, 6, "groups", 1)
+        params = {"N": n, "CIN": cin, "COUT": cout, "H": h, "W": w, "K": k, "STRIDE": stride, "PAD": pad,
+                  "GROUPS": groups}
+        return {"operation": "conv2d", "params": params}
+    if op == "linear" and shapes:
+        fin = module.in_features if module is not None else shapes[0][-1]
+        return {"operation": "linear",
+                "params": {"B": out.numel // out.shape[-1], "IN": fin, "OUT": out.shape[-1]}}
+    if op in ("matmul", "mm", "bmm") and len(shapes) >= 2 and len(out.shape) >= 2:
+        batch = math.prod(out.shape[:-2])
+        return {"operation": "bmm" if batch > 1 else "matmul",
+                "params": ({"BATCH": batch} if batch > 1 else {})
+                | {"M": out.shape[-2], "K": shapes[0][-1], "N": out.shape[-1]}}
+    if op in _ELEMENTWISE_OPERATION:
+        return {"operation": _ELEMENTWISE_OPERATION[op], "params": {"n": out.numel}}
+    if op == "copy":  # a reshape or contiguous that had to copy: a STREAM copy
+        return {"operation": "stream_copy", "params": {"n": out.numel}}
+    if op in ("softmax", "layer_norm") and out.shape:
+        return {"operation": "softmax" if op == "softmax" else "layernorm",
+                "params": {"ROWS": out.numel // out.shape[-1], "COLS": out.shape[-1]}}
+    if op == "batch_norm" and len(out.shape) == 4:
+        return {"operation": "batchnorm", "params": dict(zip("NCHW", out.shape))}
+    if op in ("max_pool2d", "avg_pool2d") and shapes and len(shapes[0]) == 4:
+        if module is not None:
+            k, stride, pad = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+        else:
+            k = _pair(_arg(args, kwargs, 1, "kernel_size"))
+            stride = _pair(_arg(args, kwargs, 2, "stride", None) or k)
+            pad = _pair(_arg(args, kwargs, 3, "padding", 0))
+        n, c, h, w = shapes[0]
+        return {"operation": "maxpool" if op == "max_pool2d" else "avgpool",
+                "params": {"N": n, "C": c, "H": h, "W": w, "K": k, "STRIDE": stride, "PAD": pad}}
+    if op == "adaptive_avg_pool2d" and shapes and len(shapes[0]) == 4 and tuple(out.shape[-2:]) == (1, 1):
+        n, c, h, w = shapes[0]  # global average pooling: a K=H window
+        return {"operation": "avgpool", "params": {"N": n, "C": c, "H": h, "W": w, "K": h, "STRIDE": h, "PAD": 0}}
+    return {}
+
+
 def _node_bytes(op: str, node: fx.Node, gm: fx.GraphModule, rec: _Recorder) -> tuple[int, int]:
     """(bytes read, bytes written) of a standalone kernel: each distinct input node once."""
     read = 0
@@ -376,6 +447,7 @@ class _Graph:
             shape=tuple(meta.shape) if meta is not None else None,
             dtype=_dtype_name(meta.dtype) if meta is not None else None,
             kernel=not free, flops=flops, bytes=nbytes,
+            **({} if free else _registry_params(op, n, self.gm, self.rec)),
         )
 
     def producer(self, node: fx.Node) -> fx.Node | None:

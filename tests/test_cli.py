@@ -121,3 +121,18 @@ def test_partition_takes_a_user_factory_with_an_input_shape(capsys):
 def test_partition_bad_input_exits_2(capsys, args, message):
     assert main(["partition", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_predict_prints_the_table_and_with_measure_the_error(tmp_path, capsys):
+    n = 1 << 25
+    cal = fold(
+        [record("matmul", 2 * 1024**3 / 100e9 * 1e3, M=1024, K=1024, N=1024, path="aten"),
+         record("stream_triad", 3 * 4 * n / 20e9 * 1e3, n=n), record("dispatch", 0.002, n=1)],
+        metadata(),
+    )
+    path = cal.save(tmp_path / "p.json")
+    assert main(["predict", "--model", "mlp", "--profile", str(path), "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted total (eager):" in out
+    assert "measured eager latency:" in out and "prediction error" in out
+    assert main(["predict", "--model", "mlp", "--profile", str(tmp_path / "nope.json")]) == 2

@@ -149,3 +149,21 @@ def test_busy_cpus_reads_the_cpu_counters():
 
     busy = machine.busy_cpus(0.05)
     assert busy is None or 0.0 <= busy <= (__import__("os").cpu_count() or 1)
+
+
+def test_compute_efficiency_interpolates_only_between_compute_bound_sizes():
+    # a skinny 1x4096x4096 matmul is bandwidth-bound: its 6% of the compute ceiling must not
+    # stand for how a small compute-bound matmul uses the ALU
+    skinny_flops = 2 * 4096 * 4096
+    cal = fold(
+        [
+            record("matmul", 2 * 1024**3 / 200e9 * 1e3, M=1024, K=1024, N=1024, path="aten"),
+            record("matmul", 2 * 512**3 / 100e9 * 1e3, M=512, K=512, N=512, path="aten"),
+            record("matmul", skinny_flops / 12e9 * 1e3, M=1, K=4096, N=4096, path="aten"),
+            record("stream_triad", 3 * 4 * (1 << 25) / 40e9 * 1e3, n=1 << 25),
+        ],
+        metadata(),
+    )
+    assert cal.get_operation("matmul", M=1, K=4096, N=4096).bottleneck.value == "memory"
+    # 256^3 is below every compute-bound size: clamped to the 512^3 efficiency (0.5), not 0.06
+    assert cal.get_efficiency("matmul", metric="compute", M=256, K=256, N=256) == pytest.approx(0.5)

@@ -1,0 +1,108 @@
+"""The mapper's maths on synthetic profiles, against hand-computed latencies."""
+
+import math
+
+import pytest
+import torch
+from factories import latency, metadata, record
+from torch import nn
+
+from calibration.fold import FusionRecord, fold
+from calibration.fusion import FusionCase
+from calibration.mapper import CPUMapper, predict_latency
+from calibration.partition import partition
+
+CEILING_GFLOPS = 100.0
+DRAM_GBPS = 20.0
+
+
+def ceilings():
+    """A matmul at 100 GFLOPS (compute ceiling) and a DRAM triad at 20 GB/s."""
+    n = 1 << 25
+    return [
+        record("matmul", 2 * 1024**3 / (CEILING_GFLOPS * 1e9) * 1e3, M=1024, K=1024, N=1024, path="aten"),
+        record("stream_triad", 3 * 4 * n / (DRAM_GBPS * 1e9) * 1e3, n=n),
+        record("dispatch", 0.002, n=1),  # 2 us per call
+    ]
+
+
+def linear_relu(fin=64, fout=32):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(fin, fout), nn.ReLU()).eval()
+
+
+def test_calibrated_kernels_take_their_measured_time():
+    cal = fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128)],
+               metadata(cache_sizes={}))
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
+    kernels = [k for sg in estimate.subgraphs for k in sg.kernels]
+    assert [(k.operation, k.source) for k in kernels] == [
+        ("linear", "calibrated at this size"), ("relu", "calibrated at this size")]
+    # no dispatch on top: the microbenchmarks' per-call time already holds it
+    assert estimate.total_ms == pytest.approx(0.010 + 0.002, rel=1e-9)
+    assert estimate.notes == ()
+
+
+def test_sizes_between_calibrated_ones_interpolate_the_efficiency():
+    small, large = dict(B=4, IN=64, OUT=32), dict(B=16, IN=64, OUT=32)
+
+    def flops(b):
+        return 2 * b * 64 * 32 + b * 32
+
+    def nbytes(b):
+        return (b * 64 + 32 * 64 + 32 + b * 32) * 4
+
+    # compute efficiency 0.1 at B=4 and 0.4 at B=16 (of the 100 GFLOPS ceiling)
+    cal = fold(ceilings() + [record("linear", flops(4) / (10e9) * 1e3, **small),
+                             record("linear", flops(16) / (40e9) * 1e3, **large),
+                             record("relu", 0.001, n=256)], metadata(cache_sizes={}))
+    estimate = predict_latency(linear_relu(), torch.randn(8, 64), cal)
+    linear = estimate.subgraphs[0].kernels[0]
+    assert linear.source == "interpolated between calibrated sizes"
+    # both efficiencies are interpolated in log FLOPs; the kernel takes the slower roof
+    t = (math.log(flops(8)) - math.log(flops(4))) / (math.log(flops(16)) - math.log(flops(4)))
+    compute_eff = 0.1 + t * (0.4 - 0.1)
+    lin = [e for e in cal.operation_profiles.values() if e.operation == "linear"]
+    bw_small, bw_large = sorted((e.flops, e.bandwidth_efficiency) for e in lin)
+    bandwidth_eff = bw_small[1] + t * (bw_large[1] - bw_small[1])
+    compute_time = flops(8) / (compute_eff * CEILING_GFLOPS * 1e9)
+    memory_time = nbytes(8) / (bandwidth_eff * lin[0].bandwidth_ceiling_gbps * 1e9)
+    assert linear.seconds == pytest.approx(max(compute_time, memory_time), rel=1e-6)
+    assert linear.bottleneck.value == ("compute" if compute_time >= memory_time else "memory")
+
+
+def test_uncalibrated_operations_use_the_roofline_plus_dispatch_and_say_so():
+    cal = fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32)], metadata(cache_sizes={}))
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
+    relu = estimate.subgraphs[-1].kernels[-1]
+    assert relu.operation == "relu" and relu.source == "roofline at measured ceilings"
+    # 128 floats read + written = 1024 bytes at the 20 GB/s ceiling, plus 2 us of dispatch
+    assert relu.seconds == pytest.approx(1024 / 20e9 + 2e-6, rel=1e-6)
+    assert any("not calibrated" in note for note in estimate.notes)
+
+
+def test_without_a_profile_the_mapper_needs_peaks_and_says_it_used_them():
+    with pytest.raises(ValueError, match="needs a calibration profile, or both peak_gflops"):
+        CPUMapper(None)
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), None, peak_gflops=50.0, peak_bandwidth_gbps=10.0)
+    linear = estimate.subgraphs[0].kernels[0]
+    assert linear.source == "peaks"
+    flops, nbytes = 2 * 4 * 64 * 32 + 4 * 32, (4 * 64 + 32 * 64 + 32 + 4 * 32) * 4
+    assert linear.seconds == pytest.approx(max(flops / 50e9, nbytes / 10e9))
+    assert any("no calibration" in note for note in estimate.notes)
+
+
+def test_fused_mode_divides_a_fused_pattern_by_its_measured_speedup():
+    shape = (("B", 4), ("IN", 64), ("OUT", 32))
+    unfused = FusionRecord(FusionCase("Linear_Bias_ReLU", shape, "float32", "cpu", "unfused"), latency(0.02))
+    fused = FusionRecord(FusionCase("Linear_Bias_ReLU", shape, "float32", "cpu", "library"), latency(0.01))
+    cal = fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128)],
+               metadata(cache_sizes={}), fusion_records=[unfused, fused])
+    part = partition(linear_relu(), torch.randn(4, 64), cal)
+    mapper = CPUMapper(cal)
+    eager, fused_estimate = mapper.estimate(part, "eager"), mapper.estimate(part, "fused")
+    (subgraph,) = [sg for sg in fused_estimate.subgraphs if sg.pattern == "Linear_Bias_ReLU"]
+    assert subgraph.speedup == pytest.approx(2.0)
+    assert fused_estimate.total_ms == pytest.approx(eager.total_ms / 2.0)
+    with pytest.raises(ValueError, match="mode must be"):
+        mapper.estimate(part, "magic")
