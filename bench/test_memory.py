@@ -27,3 +27,8 @@ def test_stream_triad(op_case, calibrate):
 @pytest.mark.operation("dispatch")
 def test_dispatch(op_case, calibrate):
     calibrate(op_case)
+
+
+@pytest.mark.operation("module_call")
+def test_module_call(op_case, calibrate):
+    calibrate(op_case)

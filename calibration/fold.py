@@ -67,6 +67,8 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
                 best(summary.triad_by_level_gbps, level, bandwidth)
         elif case.operation == "dispatch":
             summary.dispatch_overhead_us = record.latency.median_ms * 1e3
+        elif case.operation == "module_call":
+            summary.module_call_overhead_us = record.latency.median_ms * 1e3
     # A ceiling exists only where its reference ran (matmul for a dtype, the triad sweep or
     # STREAM for a level): a run of conv cases alone must not score conv against itself.
     summary.compute_ceiling_gflops = {

@@ -111,8 +111,22 @@ class Mapper:
         overhead = self.calibration.measured.dispatch_overhead_us if self.calibration else None
         return (overhead or 0.0) / 1e6
 
+    def _module_call_seconds(self) -> float:
+        """What calling an nn.Module costs beyond calling the op itself (Module.__call__)."""
+        measured = self.calibration.measured if self.calibration else None
+        if measured is None or measured.module_call_overhead_us is None or measured.dispatch_overhead_us is None:
+            return 0.0
+        return max(0.0, measured.module_call_overhead_us - measured.dispatch_overhead_us) / 1e6
+
     # ------------------------------------------------------------------ kernels
     def kernel(self, node: NodeCost) -> KernelEstimate:
+        estimate = self._kernel(node)
+        if node.kind == "call_module" and (extra := self._module_call_seconds()):
+            # the microbenchmarks call functions; a model calls modules, which costs more per call
+            estimate = estimate.model_copy(update={"seconds": estimate.seconds + extra})
+        return estimate
+
+    def _kernel(self, node: NodeCost) -> KernelEstimate:
         dtype = node.dtype or "float32"
         calibrated = self._calibrated(node, dtype)
         if calibrated is not None:

@@ -608,10 +608,27 @@ DISPATCH = Operation(
 )
 
 
+def _build_module_call(p: Params, dtype: str, device: torch.device) -> Kernel:
+    module = torch.nn.ReLU()
+    x = _randn((p["n"],), dtype, device)
+    return lambda: module(x)
+
+
+MODULE_CALL = Operation(
+    name="module_call",
+    family="dispatch",
+    description="a one-element nn.ReLU module call: dispatch plus nn.Module.__call__ and a fresh output",
+    flops=lambda p: p["n"],
+    bytes_moved=lambda p, size: 2 * p["n"] * size,
+    build=_build_module_call,
+    shapes=fixed(full=({"n": 1},), quick=({"n": 1},)),
+)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (MATMUL, LINEAR, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
-               BATCHNORM, MAXPOOL, AVGPOOL, DISPATCH)
+               BATCHNORM, MAXPOOL, AVGPOOL, DISPATCH, MODULE_CALL)
 }
 FAMILIES: dict[str, tuple[str, ...]] = {}
 for _op in OPERATIONS.values():

@@ -207,6 +207,8 @@ class MeasuredSummary(_Model):
         default_factory=dict, description="best triad sweep bandwidth with the working set in each level"
     )
     dispatch_overhead_us: float | None = None
+    module_call_overhead_us: float | None = Field(
+        default=None, description="a one-element nn.Module call: dispatch plus Module.__call__")
 
 
 class HardwareCalibration(_Model):

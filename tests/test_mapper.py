@@ -106,3 +106,13 @@ def test_fused_mode_divides_a_fused_pattern_by_its_measured_speedup():
     assert fused_estimate.total_ms == pytest.approx(eager.total_ms / 2.0)
     with pytest.raises(ValueError, match="mode must be"):
         mapper.estimate(part, "magic")
+
+
+def test_module_calls_add_what_module_call_costs_beyond_the_function():
+    records = ceilings() + [record("module_call", 0.005, n=1), record("linear", 0.010, B=4, IN=64, OUT=32),
+                            record("relu", 0.002, n=128)]
+    cal = fold(records, metadata(cache_sizes={}))
+    assert cal.measured.module_call_overhead_us == pytest.approx(5.0)
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
+    # both kernels are nn.Module calls: 5 us - 2 us of plain dispatch extra on each
+    assert estimate.total_ms == pytest.approx(0.010 + 0.002 + 2 * 0.003, rel=1e-9)
