@@ -277,6 +277,8 @@ LINEAR = Operation(
     bytes_moved=_linear_bytes,
     build=_build_linear,
     shapes=fixed(full=(
+        {"B": 1, "IN": 1024, "OUT": 1024},  # cache-resident GEMV: 4 MiB of weights in L3
+        {"B": 8, "IN": 1024, "OUT": 1024},
         {"B": 1, "IN": 4096, "OUT": 4096},
         {"B": 128, "IN": 768, "OUT": 3072},
         {"B": 128, "IN": 3072, "OUT": 768},
