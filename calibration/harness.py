@@ -81,10 +81,14 @@ def estimate_call_seconds(kernel: Kernel, sync: Callable[[], None]) -> float:
             return elapsed / calls
 
 
+def _rounds(round_seconds: float, budget: Budget) -> int:
+    """Rounds that fill the budget, at least budget.min_rounds and at most MAX_ROUNDS."""
+    return min(MAX_ROUNDS, max(budget.min_rounds, int(budget.seconds / max(round_seconds, 1e-9))))
+
+
 def plan(call_seconds: float, budget: Budget) -> Plan:
     iterations = max(1, math.ceil(MIN_ROUND_SECONDS / call_seconds)) if call_seconds > 0 else 1000
-    rounds = int(budget.seconds / (iterations * max(call_seconds, 1e-9)))
-    return Plan(iterations=iterations, rounds=min(MAX_ROUNDS, max(budget.min_rounds, rounds)))
+    return Plan(iterations=iterations, rounds=_rounds(iterations * call_seconds, budget))
 
 
 def latency_from_pytest_benchmark(bench_stats, iterations: int) -> LatencyStats:
@@ -145,7 +149,7 @@ def time_interleaved(
         return None
     sync = synchronizer(device)
     call = estimate_call_seconds(kernel, sync) + estimate_call_seconds(baseline, sync)
-    rounds = min(MAX_ROUNDS, max(budget.min_rounds, int(budget.seconds / call)))
+    rounds = _rounds(call, budget)
     samples: list[float] = []
 
     def time_baseline() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -151,8 +152,6 @@ def nearest_fusion(cal, pattern, variant, dtype, device, shape):
     flops = _query_flops(pattern, shape)
     if flops is None or flops <= 0:
         return ordered[len(ordered) // 2][0]
-    import math
-
     return min(ordered, key=lambda g: abs(math.log(max(g[0].flops, 1)) - math.log(flops)))[0]
 
 

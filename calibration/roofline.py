@@ -6,6 +6,7 @@ level); user-given theoretical peaks are only a fallback when nothing was measur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from enum import Enum
 
@@ -106,8 +107,6 @@ def interpolate_log(x: float, points: Sequence[tuple[float, float]]) -> float:
 
     ``points`` are (x, y) with x > 0; equal x values are averaged first.
     """
-    import math
-
     if not points:
         raise ValueError("interpolate_log needs at least one point")
     merged: dict[float, list[float]] = {}

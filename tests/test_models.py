@@ -1,6 +1,5 @@
 """The reference models: torchvision/HF structure and names, known MAC and parameter totals, fx tracing."""
 
-import math
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """FLOP and byte models against hand counts and torch's FlopCounterMode."""
 
 import pytest
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from calibration import machine
