@@ -145,7 +145,7 @@ def load_model(spec: str, batch: int, input_shape: tuple[int, ...] | None):
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
-    from calibration.partition import partition
+    from calibration.partitioner import partition
     from calibration.storage import ProfileError, load_calibration
 
     try:

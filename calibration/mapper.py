@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from calibration import roofline
 from calibration.ops import OPERATIONS, itemsize
-from calibration.partition import NodeCost, Partition, partition
+from calibration.partitioner import NodeCost, Partition, partition
 from calibration.roofline import Bottleneck
 from calibration.schema import HardwareCalibration
 

@@ -10,7 +10,7 @@ from torch import nn
 from calibration.fold import FusionRecord, fold
 from calibration.fusion import FusionCase
 from calibration.mapper import CPUMapper, predict_latency
-from calibration.partition import partition
+from calibration.partitioner import partition
 
 CEILING_GFLOPS = 100.0
 DRAM_GBPS = 20.0

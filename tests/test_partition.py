@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from calibration import models
 from calibration.fold import FusionRecord, fold
 from calibration.fusion import PATTERNS, FusionCase
-from calibration.partition import Partition, fusion_benefit, partition, should_fuse
+from calibration.partitioner import Partition, fusion_benefit, partition, should_fuse
 from tests.factories import latency, metadata
 
 F32 = 4
