@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils import flop_counter
 
 from calibration import roofline
@@ -142,6 +143,8 @@ class NodeCost(_Frozen):
     # calibration about it (None when the registry has no such operation).
     operation: str | None = None
     params: dict[str, ParamValue] = {}
+    # bytes of output this kernel allocates (0 for in-place kernels, which write into an input)
+    allocated_bytes: int = 0
 
 
 class Subgraph(_Frozen):
@@ -228,6 +231,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return next((name for name, d in DTYPES.items() if d == dtype and name != "tf32"), str(dtype).removeprefix("torch."))
 
 
+def _opaque(n: fx.Node) -> bool:
+    """A call of a plain Python function from outside torch: fx.wrap leaves, for instance."""
+    if n.op != "call_function" or isinstance(n.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return False
+    module = getattr(n.target, "__module__", None) or ""
+    return callable(n.target) and not module.startswith(("torch", "_operator", "operator", "builtins", "math"))
+
+
+class _AtenRecorder(TorchDispatchMode):
+    """The aten ops run inside a block, by name (views and aliases left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops.append(func._schema.name.split("::")[-1])
+        return func(*args, **(kwargs or {}))
+
+
 class _Recorder(ShapeProp):
     """ShapeProp that also keeps, per node, what a cost model needs from the real values."""
 
@@ -236,10 +260,17 @@ class _Recorder(ShapeProp):
         self.values: dict[fx.Node, list[_Tensor]] = {}  # tensors each node produced
         self.aliased: dict[fx.Node, bool] = {}
         self.args: dict[fx.Node, tuple[Any, dict[str, Any]]] = {}
+        # for calls of user functions fx keeps opaque (torch.fx.wrap): the aten ops they ran
+        self.inner_ops: dict[fx.Node, list[str]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        result = super().run_node(n)
+        if _opaque(n):
+            with _AtenRecorder() as seen:
+                result = super().run_node(n)
+            self.inner_ops[n] = seen.ops
+        else:
+            result = super().run_node(n)
         outputs = _tensors(result)
         inputs = _tensors((args, kwargs))
         storages = {t.untyped_storage().data_ptr() for t in inputs if t.untyped_storage().nbytes()}
@@ -406,6 +437,9 @@ class _Graph:
         self.gm, self.rec = gm, rec
         self.order: list[fx.Node] = [n for n in gm.graph.nodes if n.op.startswith("call_")]
         self.op: dict[fx.Node, str] = {n: _op_name(n, gm) for n in self.order}
+        for n, inner in rec.inner_ops.items():
+            if len(inner) == 1:  # a wrapped function that runs one op is that op (a mask's add)
+                self.op[n] = _ALIASES.get(inner[0], inner[0])
         self.costs: dict[fx.Node, NodeCost] = {}
         self.uncounted: list[str] = []
         for n in self.order:
@@ -447,6 +481,7 @@ class _Graph:
             shape=tuple(meta.shape) if meta is not None else None,
             dtype=_dtype_name(meta.dtype) if meta is not None else None,
             kernel=not free, flops=flops, bytes=nbytes,
+            allocated_bytes=0 if free or self.rec.aliased[n] else sum(t.nbytes for t in outs),
             **({} if free else _registry_params(op, n, self.gm, self.rec)),
         )
 
@@ -517,6 +552,11 @@ def _tensor_args(g: _Graph, k: fx.Node) -> int:
     return sum(bool(g.rec.values.get(s)) for s in _input_nodes(k))
 
 
+def _features(g: _Graph, linear: fx.Node) -> tuple[int, int]:
+    """(in, out) features of a linear node, from the shapes it read and wrote."""
+    return g.rec.args[linear][0][0][-1], g.rec.values[linear][0].shape[-1]
+
+
 def _match(g: _Graph, k: fx.Node, taken: set[fx.Node]) -> tuple[str, list[fx.Node]] | None:
     """The longest registered pattern starting at kernel ``k`` along single-consumer links."""
 
@@ -549,9 +589,12 @@ def _match(g: _Graph, k: fx.Node, taken: set[fx.Node]) -> tuple[str, list[fx.Nod
         return "Conv2d_BN", [k, bn]
     if op == "linear" and _has_bias(g, k):
         act = nxt(k, "relu", "gelu")
-        if act is not None:
-            return ("Linear_Bias_ReLU" if g.op[act] == "relu" else "Linear_Bias_GELU"), [k, act]
-        return None
+        if act is None:
+            return None
+        down = nxt(act, "linear") if g.op[act] == "relu" else None
+        if down is not None and _has_bias(g, down) and _features(g, down) == _features(g, k)[::-1]:
+            return "MLP", [k, act, down]  # up- and down-projection back to the input width
+        return ("Linear_Bias_ReLU" if g.op[act] == "relu" else "Linear_Bias_GELU"), [k, act]
     if op in ("matmul", "bmm"):
         chain = [k]
         node: fx.Node | None = k
@@ -559,6 +602,10 @@ def _match(g: _Graph, k: fx.Node, taken: set[fx.Node]) -> tuple[str, list[fx.Nod
         if scale is not None and _tensor_args(g, scale) == 1:  # multiplied by a Python scalar
             chain.append(scale)
             node = scale
+        mask = nxt(node, "add", "masked_fill")  # an additive or boolean attention mask
+        if mask is not None and (g.op[mask] == "masked_fill" or _tensor_args(g, mask) == 2):
+            chain.append(mask)
+            node = mask
         softmax = nxt(node, "softmax")
         if softmax is None:
             return None
@@ -608,6 +655,8 @@ def _pattern_shape(g: _Graph, pattern: str, nodes: list[fx.Node]) -> dict[str, P
     if family == "linear":
         x = args[0]
         fout = g.rec.values[first][0].shape[-1]
+        if pattern == "MLP":
+            return {"B": math.prod(x[:-1]), "IN": x[-1], "HID": fout}
         return {"B": math.prod(x[:-1]), "IN": x[-1], "OUT": fout}
     if family == "attention":
         scores = g.rec.values[first][0].shape  # (..., L, L) for QK^T; softmax keeps the shape

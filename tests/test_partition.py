@@ -305,15 +305,36 @@ def test_inverted_residual_histogram():
     assert p.subgraphs[3].nodes[-1].op == "add"  # the residual join stays its own kernel
 
 
-@pytest.mark.parametrize("activation, pattern", [("relu", "Linear_Bias_ReLU"), ("gelu", "Linear_Bias_GELU")])
-def test_mlp_groups(activation, pattern):
+def test_linear_gelu_groups_and_the_projection_back_stays_apart():
     x = torch.randn(5, 16)
-    p = partition(MLP(activation=activation).eval(), x)
-    assert kernel_groups(p) == [(pattern, ["fc1", "act"]), (None, ["fc2"])]
+    p = partition(MLP(activation="gelu").eval(), x)
+    assert kernel_groups(p) == [("Linear_Bias_GELU", ["fc1", "act"]), (None, ["fc2"])]
     sub = p.subgraphs[0]
     assert sub.shape == {"B": 5, "IN": 16, "OUT": 64}
-    assert sub.flops == PATTERNS[pattern].flops(sub.shape)
-    assert sub.external_bytes == PATTERNS[pattern].bytes_fused(sub.shape, F32)
+    assert sub.flops == PATTERNS["Linear_Bias_GELU"].flops(sub.shape)
+    assert sub.external_bytes == PATTERNS["Linear_Bias_GELU"].bytes_fused(sub.shape, F32)
+
+
+def test_linear_relu_linear_back_to_the_input_width_is_the_mlp_pattern():
+    x = torch.randn(5, 16)
+    p = partition(MLP(activation="relu").eval(), x)
+    assert kernel_groups(p) == [("MLP", ["fc1", "act", "fc2"])]
+    sub = p.subgraphs[0]
+    assert sub.shape == {"B": 5, "IN": 16, "HID": 64}
+    assert sub.flops == PATTERNS["MLP"].flops(sub.shape)
+    assert sub.external_bytes == PATTERNS["MLP"].bytes_fused(sub.shape, F32)
+    # a second Linear to another width is not the registry's MLP: Linear_Bias_ReLU, then the Linear
+    other = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    assert [s.pattern for s in partition(other, x).subgraphs] == ["Linear_Bias_ReLU", None]
+
+
+def test_masked_attention_is_one_attention_group_with_the_mask_add_inside():
+    model = models.bert_layer().eval()
+    x, mask = models.example_input("bert_layer"), torch.zeros(1, 1, 1, 128)
+    groups = dict((pattern, kernels) for pattern, kernels in kernel_groups(partition(model, (x, mask))) if pattern)
+    assert groups["Attention"] == ["matmul", "truediv", "_add_mask", "softmax", "matmul_1"]
+    node = by_name(partition(model, (x, mask)))["_add_mask"]  # an fx.wrap leaf, costed as the add it runs
+    assert (node.op, node.flops, node.bytes) == ("add", 12 * 128 * 128, (2 * 12 * 128 * 128 + 128) * F32)
 
 
 def test_export_fallback_where_fx_cannot_trace():
@@ -408,7 +429,7 @@ GEMMS = ("conv2d", "linear", "matmul")
     ("mobilenet_v2", {"Conv2d_BN_ReLU6": 18, "DWConv2d_BN_ReLU6": 17, "Conv2d_BN": 17, "Unfused": 12}, 151, 1000),
     ("bert_layer", {"Unfused": 6, "Add_LayerNorm": 2, "Attention": 1, "Linear_Bias_GELU": 1}, 16,
      128 * (4 * 768 + 3072 + 768)),
-    ("mlp", {"Linear_Bias_ReLU": 2, "Unfused": 1}, 5, 512 + 256 + 10),
+    ("mlp", {"Linear_Bias_ReLU": 2, "Unfused": 1}, 5, 512 + 256 + 10),  # 784-512-256-10: no MLP pattern
 ])
 def test_reference_models(name, histogram, kernels, biases):
     model = models.MODELS[name]().eval()
