@@ -56,7 +56,8 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
         level = roofline.level_for_working_set(case.bytes, cache_sizes)
         if case.flops:
             best(summary.compute_ceiling_gflops, case.dtype, rate)
-        best(summary.bandwidth_by_level_gbps, level, bandwidth)
+        if case.spec.family != "alloc":  # those time the allocator; write-only fills are no ceiling
+            best(summary.bandwidth_by_level_gbps, level, bandwidth)
         if case.operation == "matmul":
             best(summary.matmul_gflops_by_path.setdefault(case.dtype, {}), str(case.param_dict["path"]), rate)
             best(summary.matmul_gflops, case.dtype, rate)

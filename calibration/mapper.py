@@ -43,6 +43,7 @@ class KernelEstimate(_Frozen):
     seconds: float
     bottleneck: Bottleneck
     source: str  # how the time was obtained: calibrated, interpolated, roofline fallback
+    allocation_seconds: float = 0.0  # page faults of a fresh output, included in seconds
 
 
 class SubgraphEstimate(_Frozen):
@@ -89,6 +90,7 @@ class Mapper:
         self.peak_gflops = peak_gflops
         self.peak_bandwidth_gbps = peak_bandwidth_gbps
         self.notes: list[str] = []
+        self._alloc_points: list[tuple[int, float]] | None = None
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -119,11 +121,46 @@ class Mapper:
         return max(0.0, measured.module_call_overhead_us - measured.dispatch_overhead_us) / 1e6
 
     # ------------------------------------------------------------------ kernels
+    def _allocation_seconds(self, nbytes: int) -> float:
+        """What a fresh output of ``nbytes`` costs over writing into reused memory.
+
+        From the profile's fill / fill_fresh pairs: linear in bytes between the calibrated
+        sizes, per byte beyond the largest, scaled down to nothing below the smallest.
+        """
+        if not nbytes or self.calibration is None:
+            return 0.0
+        points = self._allocation_points()
+        if not points:
+            return 0.0
+        if nbytes >= points[-1][0]:
+            return points[-1][1] * nbytes / points[-1][0]
+        lo = (0, 0.0)
+        for hi in points:
+            if nbytes <= hi[0]:
+                return lo[1] + (hi[1] - lo[1]) * (nbytes - lo[0]) / (hi[0] - lo[0])
+            lo = hi
+        return 0.0  # unreachable: nbytes < the largest point
+
+    def _allocation_points(self) -> list[tuple[int, float]]:
+        if self._alloc_points is None:
+            fresh, reused = {}, {}
+            for entry in self.calibration.operation_profiles.values():
+                if entry.device == self.device and entry.operation in ("fill", "fill_fresh"):
+                    table = fresh if entry.operation == "fill_fresh" else reused
+                    table[entry.bytes] = entry.latency.median_ms / 1e3
+            self._alloc_points = sorted((b, max(0.0, fresh[b] - reused[b])) for b in fresh.keys() & reused.keys())
+        return self._alloc_points
+
     def kernel(self, node: NodeCost) -> KernelEstimate:
         estimate = self._kernel(node)
-        if node.kind == "call_module" and (extra := self._module_call_seconds()):
-            # the microbenchmarks call functions; a model calls modules, which costs more per call
-            estimate = estimate.model_copy(update={"seconds": estimate.seconds + extra})
+        extra = self._module_call_seconds() if node.kind == "call_module" else 0.0
+        # the microbenchmarks call functions; a model calls modules, which costs more per call
+        allocation = self._allocation_seconds(node.allocated_bytes)
+        if allocation > 0.05 * estimate.seconds:
+            self._note("fresh outputs pay the allocator's page faults measured by fill_fresh vs fill")
+        if extra or allocation:
+            estimate = estimate.model_copy(update={"seconds": estimate.seconds + extra + allocation,
+                                                   "allocation_seconds": allocation})
         return estimate
 
     def _kernel(self, node: NodeCost) -> KernelEstimate:

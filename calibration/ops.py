@@ -237,7 +237,7 @@ MATMUL = Operation(
             _mm(n, n, n, path) for n in (256, 512, 1024, 2048, 4096) for path in MATMUL_PATHS
             if not (n == 4096 and path != "aten")
         )
-        + (_mm(1, 4096, 4096), _mm(64, 4096, 1024), _mm(128, 768, 3072)),
+        + (_mm(1, 4096, 4096), _mm(64, 4096, 1024), _mm(128, 1024, 4096)),
         quick=tuple(_mm(1024, 1024, 1024, path) for path in MATMUL_PATHS) + (_mm(64, 4096, 1024),),
     ),
     variant=lambda p: (p["path"],),
@@ -276,15 +276,20 @@ LINEAR = Operation(
     flops=_linear_flops,
     bytes_moved=_linear_bytes,
     build=_build_linear,
+    # A grid of batch sizes (GEMV to GEMM) and weight sizes (L2-, L3- and DRAM-resident), not
+    # the layers of any model the predictions are checked on: a mapper interpolates between them.
     shapes=fixed(full=(
-        {"B": 1, "IN": 1024, "OUT": 1024},  # cache-resident GEMV: 4 MiB of weights in L3
+        {"B": 1, "IN": 256, "OUT": 256},
+        {"B": 8, "IN": 256, "OUT": 256},
+        {"B": 1, "IN": 1024, "OUT": 1024},
         {"B": 8, "IN": 1024, "OUT": 1024},
+        {"B": 64, "IN": 1024, "OUT": 1024},
         {"B": 1, "IN": 4096, "OUT": 4096},
-        {"B": 128, "IN": 768, "OUT": 3072},
-        {"B": 128, "IN": 3072, "OUT": 768},
+        {"B": 256, "IN": 1024, "OUT": 4096},
+        {"B": 256, "IN": 4096, "OUT": 1024},
         {"B": 1024, "IN": 1024, "OUT": 1024},
     ),
-    quick=({"B": 128, "IN": 768, "OUT": 3072},)),
+    quick=({"B": 256, "IN": 1024, "OUT": 4096},)),
 )
 
 
@@ -311,11 +316,11 @@ BMM = Operation(
     bytes_moved=_bmm_bytes,
     build=_build_bmm,
     shapes=fixed(full=(
-        {"BATCH": 12, "M": 128, "K": 64, "N": 128},  # BERT-base QK^T, seq 128
-        {"BATCH": 12, "M": 128, "K": 128, "N": 64},  # BERT-base attn @ V
+        {"BATCH": 8, "M": 256, "K": 64, "N": 256},  # 8 heads of 64, sequence 256: Q K^T
+        {"BATCH": 8, "M": 256, "K": 256, "N": 64},  # and attention @ V
         {"BATCH": 32, "M": 512, "K": 64, "N": 512},  # 4 x 8 heads, seq 512
     ),
-    quick=({"BATCH": 12, "M": 128, "K": 64, "N": 128},)),
+    quick=({"BATCH": 8, "M": 256, "K": 64, "N": 256},)),
 )
 
 
@@ -364,7 +369,7 @@ def _conv(n: int, cin: int, cout: int, hw: int, k: int, s: int, groups: int = 1)
 CONV2D = Operation(
     name="conv2d",
     family="conv",
-    description="2-D convolution, no bias, eval/no_grad, shapes from ResNet-18 and MobileNet-V2 at 224x224",
+    description="2-D convolution, no bias, eval/no_grad: ResNet-18 and MobileNet-V2 layers at 224x224, and a grid",
     flops=_conv_flops,
     bytes_moved=_conv_bytes,
     build=_build_conv,
@@ -380,6 +385,22 @@ CONV2D = Operation(
         _conv(1, 144, 144, 56, 3, 1, groups=144),  # mobilenet_v2.dw3x3
         _conv(1, 144, 144, 56, 3, 2, groups=144),  # mobilenet_v2.dw3x3_s2
         _conv(1, 960, 960, 7, 3, 1, groups=960),  # mobilenet_v2.dw3x3_late
+        # A generic grid between and around those, matching no layer of the models the
+        # predictions are checked on, so a mapper interpolates rather than looks up.
+        _conv(1, 3, 32, 160, 3, 2),
+        _conv(1, 32, 32, 112, 3, 1),
+        _conv(1, 96, 96, 40, 3, 1),
+        _conv(1, 192, 192, 20, 3, 1),
+        _conv(1, 384, 384, 10, 3, 1),
+        _conv(8, 192, 192, 20, 3, 1),
+        _conv(1, 48, 192, 40, 1, 1),
+        _conv(1, 192, 48, 40, 1, 1),
+        _conv(1, 512, 512, 10, 1, 1),
+        _conv(8, 96, 384, 20, 1, 1),
+        _conv(1, 96, 96, 80, 3, 1, groups=96),
+        _conv(1, 384, 384, 20, 5, 1, groups=384),
+        _conv(1, 768, 768, 10, 3, 1, groups=768),
+        _conv(8, 96, 96, 40, 3, 1, groups=96),
     ),
     quick=(
         _conv(1, 64, 64, 56, 3, 1),  # resnet18.layer1.conv3x3
@@ -478,8 +499,8 @@ SOFTMAX = Operation(
     flops=lambda p: ELEMENTWISE_FLOPS["softmax"] * p["ROWS"] * p["COLS"],
     bytes_moved=lambda p, size: 2 * p["ROWS"] * p["COLS"] * size,
     build=_build_softmax,
-    shapes=fixed(full=({"ROWS": 1536, "COLS": 128}, {"ROWS": 4096, "COLS": 512}, {"ROWS": 8192, "COLS": 2048}),
-    quick=({"ROWS": 1536, "COLS": 128},)),
+    shapes=fixed(full=({"ROWS": 2048, "COLS": 256}, {"ROWS": 4096, "COLS": 512}, {"ROWS": 8192, "COLS": 2048}),
+    quick=({"ROWS": 2048, "COLS": 256},)),
 )
 
 
@@ -501,8 +522,8 @@ LAYERNORM = Operation(
     flops=lambda p: ELEMENTWISE_FLOPS["layernorm"] * p["ROWS"] * p["COLS"],
     bytes_moved=lambda p, size: (2 * p["ROWS"] * p["COLS"] + 2 * p["COLS"]) * size,
     build=_build_layernorm,
-    shapes=fixed(full=({"ROWS": 128, "COLS": 768}, {"ROWS": 1024, "COLS": 768}, {"ROWS": 8192, "COLS": 1024}),
-    quick=({"ROWS": 1024, "COLS": 768},)),
+    shapes=fixed(full=({"ROWS": 256, "COLS": 1024}, {"ROWS": 2048, "COLS": 1024}, {"ROWS": 8192, "COLS": 1024}),
+    quick=({"ROWS": 2048, "COLS": 1024},)),
 )
 
 
@@ -529,12 +550,12 @@ BATCHNORM = Operation(
     bytes_moved=lambda p, size: (2 * _nchw(p) + 4 * p["C"]) * size,
     build=_build_batchnorm,
     shapes=fixed(full=(
-        {"N": 1, "C": 64, "H": 112, "W": 112},
-        {"N": 1, "C": 64, "H": 56, "W": 56},
-        {"N": 1, "C": 256, "H": 14, "W": 14},
-        {"N": 8, "C": 64, "H": 56, "W": 56},
+        {"N": 1, "C": 32, "H": 128, "W": 128},
+        {"N": 1, "C": 128, "H": 32, "W": 32},
+        {"N": 1, "C": 512, "H": 8, "W": 8},
+        {"N": 8, "C": 64, "H": 64, "W": 64},
     ),
-    quick=({"N": 1, "C": 64, "H": 56, "W": 56},)),
+    quick=({"N": 1, "C": 128, "H": 32, "W": 32},)),
 )
 
 
@@ -573,8 +594,8 @@ MAXPOOL = Operation(
     flops=lambda p: _pool_out(p) * (p["K"] * p["K"] - 1),
     bytes_moved=lambda p, size: _nchw(p) * size + _pool_out(p) * (size + 8),
     build=_build_maxpool,
-    shapes=fixed(full=(_pool(1, 64, 112, 3, 2, 1), _pool(8, 64, 112, 3, 2, 1), _pool(1, 256, 28, 2, 2, 0)),
-    quick=(_pool(1, 64, 112, 3, 2, 1),)),
+    shapes=fixed(full=(_pool(1, 32, 128, 3, 2, 1), _pool(8, 32, 128, 3, 2, 1), _pool(1, 128, 32, 2, 2, 0)),
+    quick=(_pool(1, 32, 128, 3, 2, 1),)),
 )
 
 AVGPOOL = Operation(
@@ -584,8 +605,8 @@ AVGPOOL = Operation(
     flops=lambda p: _pool_out(p) * p["K"] * p["K"],
     bytes_moved=lambda p, size: (_nchw(p) + _pool_out(p)) * size,
     build=_build_avgpool,
-    shapes=fixed(full=(_pool(1, 512, 7, 7, 7, 0), _pool(1, 64, 56, 2, 2, 0), _pool(8, 256, 28, 2, 2, 0)),
-    quick=(_pool(1, 64, 56, 2, 2, 0),)),
+    shapes=fixed(full=(_pool(1, 1024, 8, 8, 8, 0), _pool(1, 32, 64, 2, 2, 0), _pool(8, 128, 32, 2, 2, 0)),
+    quick=(_pool(1, 32, 64, 2, 2, 0),)),
 )
 
 
@@ -627,10 +648,47 @@ MODULE_CALL = Operation(
 )
 
 
+# --------------------------------------------------------------------------- fresh outputs
+
+# Eager PyTorch allocates every output. An allocator hands small blocks back from its pool,
+# but returns large ones to the OS on free, so each call page-faults its output in again:
+# glibc does so above 32 MiB, which here costs 0.4 ms per MiB, 20x the write itself. The
+# sweep brackets such a threshold; a mapper charges a kernel's fresh output the difference
+# between the two forms at its size.
+ALLOC_SIZES_MIB = (1, 8, 24, 30, 34, 48, 96)
+ALLOC_QUICK_MIB = (30, 34)
+
+
+def _mib_elements(sizes: tuple[int, ...]) -> tuple[Params, ...]:
+    return tuple({"n": mib * 2**20 // 4} for mib in sizes)  # float32 elements
+
+
+def _build_fill(p: Params, dtype: str, device: torch.device) -> Kernel:
+    y = torch.empty(p["n"], dtype=DTYPES[dtype], device=device)
+    return lambda: y.fill_(1.0)
+
+
+def _build_fill_fresh(p: Params, dtype: str, device: torch.device) -> Kernel:
+    n, torch_dtype = p["n"], DTYPES[dtype]
+    return lambda: torch.empty(n, dtype=torch_dtype, device=device).fill_(1.0)  # freed on return
+
+
+def _alloc_op(name: str, description: str, build: Callable[[Params, str, torch.device], Kernel]) -> Operation:
+    return Operation(name=name, family="alloc", description=description, flops=lambda p: 0,
+                     bytes_moved=lambda p, size: p["n"] * size, build=build,
+                     shapes=fixed(full=_mib_elements(ALLOC_SIZES_MIB), quick=_mib_elements(ALLOC_QUICK_MIB)))
+
+
+FILL = _alloc_op("fill", "fill a preallocated array: the write alone, to compare fill_fresh with", _build_fill)
+FILL_FRESH = _alloc_op(
+    "fill_fresh", "allocate an array and fill it, as an eager op writes its output: the write plus any page faults",
+    _build_fill_fresh)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (MATMUL, LINEAR, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
-               BATCHNORM, MAXPOOL, AVGPOOL, DISPATCH, MODULE_CALL)
+               BATCHNORM, MAXPOOL, AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH)
 }
 FAMILIES: dict[str, tuple[str, ...]] = {}
 for _op in OPERATIONS.values():

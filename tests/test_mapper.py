@@ -116,3 +116,27 @@ def test_module_calls_add_what_module_call_costs_beyond_the_function():
     estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
     # both kernels are nn.Module calls: 5 us - 2 us of plain dispatch extra on each
     assert estimate.total_ms == pytest.approx(0.010 + 0.002 + 2 * 0.003, rel=1e-9)
+
+
+def allocation_profile():
+    """Fresh outputs cost nothing extra at 1 MiB and 16 ms more than a reused one at 64 MiB."""
+    mib = (1 << 20) // 4  # float32 elements in a MiB
+    return fold(ceilings() + [
+        record("fill", 0.05, n=mib), record("fill_fresh", 0.05, n=mib),
+        record("fill", 3.0, n=64 * mib), record("fill_fresh", 19.0, n=64 * mib),
+    ], metadata(cache_sizes={}))
+
+
+@pytest.mark.parametrize(("mib", "inplace", "penalty_ms"), [
+    (96, False, 16.0 * 96 / 64),  # beyond the largest size: the same cost per byte
+    (32.5, False, 16.0 * (32.5 - 1) / (64 - 1)),  # linear between the calibrated sizes
+    (96, True, 0.0),  # an in-place kernel allocates nothing
+])
+def test_fresh_outputs_pay_the_measured_allocation_cost(mib, inplace, penalty_ms):
+    x = torch.randn(int(mib * (1 << 20) // 4))
+    estimate = predict_latency(nn.ReLU(inplace=inplace).eval(), x, allocation_profile())
+    relu = estimate.subgraphs[0].kernels[0]
+    assert relu.allocation_seconds * 1e3 == pytest.approx(penalty_ms, rel=1e-6)
+    roofline = 2 * x.numel() * 4 / (DRAM_GBPS * 1e9) + 2e-6  # uncalibrated relu: roofline plus dispatch
+    assert relu.seconds == pytest.approx(roofline + penalty_ms / 1e3, rel=1e-6)
+    assert any("page faults" in note for note in estimate.notes) == (penalty_ms > 0)

@@ -187,3 +187,18 @@ def test_selection_by_family_and_name():
     assert resolve_selection(["all"]) == set(OPERATIONS)
     with pytest.raises(ValueError, match="unknown operation or family 'convv'.*families:"):
         resolve_selection(["convv"])
+
+
+def test_fill_reuses_its_output_and_fill_fresh_allocates_one_each_call():
+    n = 1024
+    fill, fresh = case("fill", n=n), case("fill_fresh", n=n)
+    assert fill.bytes == fresh.bytes == n * 4 and fill.flops == fresh.flops == 0
+    reuse = fill.build()
+    assert reuse().data_ptr() == reuse().data_ptr()
+    alloc = fresh.build()
+    first = alloc()
+    assert alloc().data_ptr() != first.data_ptr()  # the first is still alive: a new block
+    assert resolve_selection(["alloc"]) == {"fill", "fill_fresh"}
+    # the sweep brackets glibc's 32 MiB mmap threshold, in quick runs too
+    quick = sorted(p["n"] * 4 for p in OPERATIONS["fill_fresh"].shapes(True))
+    assert quick[0] < 32 << 20 < quick[-1]
