@@ -59,10 +59,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision's ResNet for BasicBlock stages (groups 1, width 64, no dilation)."""
+    """torchvision's ResNet (groups 1, width 64, no dilation) of ``block`` stages: BasicBlock, or a
+    Bottleneck with the same constructor and an ``expansion`` attribute."""
 
-    def __init__(self, layers: Sequence[int], num_classes: int = 1000):
+    def __init__(self, layers: Sequence[int], num_classes: int = 1000, block: type[nn.Module] = BasicBlock):
         super().__init__()
+        self.block = block
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
@@ -73,7 +75,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(256, layers[2], stride=2)
         self.layer4 = self._make_layer(512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * BasicBlock.expansion, num_classes)
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -84,14 +86,15 @@ class ResNet(nn.Module):
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
-        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+        expansion = self.block.expansion
+        if stride != 1 or self.inplanes != planes * expansion:
             downsample = nn.Sequential(
-                _conv1x1(self.inplanes, planes * BasicBlock.expansion, stride),
-                nn.BatchNorm2d(planes * BasicBlock.expansion),
+                _conv1x1(self.inplanes, planes * expansion, stride),
+                nn.BatchNorm2d(planes * expansion),
             )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * BasicBlock.expansion
-        layers.extend(BasicBlock(self.inplanes, planes) for _ in range(1, blocks))
+        layers = [self.block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * expansion
+        layers.extend(self.block(self.inplanes, planes) for _ in range(1, blocks))
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -370,8 +373,13 @@ _INPUT_SHAPES: dict[str, tuple[int, ...]] = {
 
 def example_input(name: str, batch: int = 1) -> Tensor:
     """A random float32 input of the shape the named model takes at its default size (caller's RNG)."""
+    return random_input(_INPUT_SHAPES, name, batch, what="model")
+
+
+def random_input(shapes: dict[str, tuple[int, ...]], name: str, batch: int, *, what: str) -> Tensor:
+    """``torch.randn(batch, *shapes[name])``; an unknown name is a ValueError listing the known ones."""
     try:
-        shape = _INPUT_SHAPES[name]
+        shape = shapes[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+        raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(shapes)}") from None
     return torch.randn(batch, *shape)
