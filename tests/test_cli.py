@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from factories import metadata, record
 
 from calibration import calibrate_hardware, load_calibration
@@ -137,3 +138,23 @@ def test_predict_prints_the_table_and_with_measure_the_error(tmp_path, capsys):
     assert "predicted total (eager):" in out
     assert "measured eager latency:" in out and "prediction error" in out
     assert main(["predict", "--model", "mlp", "--profile", str(tmp_path / "nope.json")]) == 2
+
+
+def test_page_faults_per_call_counts_what_a_forward_faults_in(monkeypatch):
+    from calibration import cli
+
+    class Fresh(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    counts = iter([100, 100 + 5 * 7])  # ru_minflt before and after five calls
+    fake = type("Usage", (), {})
+
+    def getrusage(_who):
+        usage = fake()
+        usage.ru_minflt = next(counts)
+        return usage
+
+    import resource
+    monkeypatch.setattr(resource, "getrusage", getrusage)
+    assert cli.page_faults_per_call(Fresh(), torch.zeros(4)) == 7
