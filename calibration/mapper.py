@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from calibration import roofline
+from calibration import lookup, roofline
 from calibration.ops import OPERATIONS, itemsize
 from calibration.partitioner import NodeCost, Partition, partition
 from calibration.roofline import Bottleneck
@@ -198,6 +198,12 @@ class Mapper:
         nbytes = spec.bytes_moved(node.params, itemsize(dtype))
         compute, bandwidth = self._compute_ceiling(dtype), self._bandwidth_ceiling(nbytes)
         bound = roofline.classify(flops, nbytes, compute, bandwidth)
+        # Where no calibrated size of this kernel variant was bound by that roof, the roof they
+        # were bound by is the one it hits: an 8-row GEMM streaming 64 MiB of weights sits at
+        # the ridge by FLOPs per byte, but MKL runs it at its 8-row GEMM rate, compute-bound.
+        seen = {entry.bottleneck for entry in lookup.candidates(cal, node.operation, dtype, self.device, node.params)}
+        if seen and bound not in seen:
+            bound = next(iter(seen))
         metric, work, ceiling = (("compute", flops, compute) if bound == Bottleneck.COMPUTE
                                  else ("bandwidth", nbytes, bandwidth))
         if not work or not ceiling:

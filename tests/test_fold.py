@@ -167,3 +167,31 @@ def test_compute_efficiency_interpolates_only_between_compute_bound_sizes():
     assert cal.get_operation("matmul", M=1, K=4096, N=4096).bottleneck.value == "memory"
     # 256^3 is below every compute-bound size: clamped to the 512^3 efficiency (0.5), not 0.06
     assert cal.get_efficiency("matmul", metric="compute", M=256, K=256, N=256) == pytest.approx(0.5)
+
+
+def _linear_ms(b: int, fin: int, fout: int, gflops: float) -> float:
+    return (2 * b * fin * fout + b * fout) / (gflops * 1e9) * 1e3
+
+
+def gemm_profile():
+    """Linear rates that follow the row count: 8 rows at 40 GFLOPS whatever the weights, 64 at 160."""
+    return fold([
+        record("matmul", 2 * 1024**3 / 200e9 * 1e3, M=1024, K=1024, N=1024, path="aten"),
+        # 400 GB/s: these small GEMMs are compute-bound, as MKL's are on real caches
+        record("stream_triad", 3 * 4 * (1 << 25) / 400e9 * 1e3, n=1 << 25),
+        record("linear", _linear_ms(1, 1024, 1024, 20), B=1, IN=1024, OUT=1024),
+        record("linear", _linear_ms(8, 256, 256, 40), B=8, IN=256, OUT=256),
+        record("linear", _linear_ms(8, 1024, 1024, 40), B=8, IN=1024, OUT=1024),
+        record("linear", _linear_ms(64, 1024, 1024, 160), B=64, IN=1024, OUT=1024),
+    ], metadata())
+
+
+def test_gemm_efficiency_follows_the_row_count_not_the_size():
+    cal = gemm_profile()
+    # 8 rows of 4096x4096 weights: 64x the FLOPs of the 8-row 1024^2 entry, still the 8-row rate
+    assert cal.get_efficiency("linear", metric="compute", B=8, IN=4096, OUT=4096) == pytest.approx(0.2)
+    # 16 rows: halfway (in log rows) between 8 rows (0.2) and 64 rows (0.8)
+    assert cal.get_efficiency("linear", metric="compute", B=16, IN=1024, OUT=1024) == pytest.approx(
+        0.2 + (0.8 - 0.2) / 3)
+    # one row is a matrix-vector product: only the B=1 entry speaks for it (20 GFLOPS = 0.1)
+    assert cal.get_efficiency("linear", metric="compute", B=1, IN=512, OUT=512) == pytest.approx(0.1)

@@ -140,3 +140,19 @@ def test_fresh_outputs_pay_the_measured_allocation_cost(mib, inplace, penalty_ms
     roofline = 2 * x.numel() * 4 / (DRAM_GBPS * 1e9) + 2e-6  # uncalibrated relu: roofline plus dispatch
     assert relu.seconds == pytest.approx(roofline + penalty_ms / 1e3, rel=1e-6)
     assert any("page faults" in note for note in estimate.notes) == (penalty_ms > 0)
+
+
+def test_a_kernel_takes_the_roof_its_variants_calibrated_sizes_were_bound_by():
+    # 8 rows x 4096x4096 is about 4 FLOPs per byte: by the ceilings (100 GFLOPS, 20 GB/s) it
+    # is memory-bound, but every calibrated 8-row GEMM was compute-bound at 25% of the ceiling
+    l3 = 1 << 16  # a 768 KiB triad: in the 32 MiB L3, at 200 GB/s
+    cal = fold(ceilings() + [record("stream_triad", 3 * 4 * l3 / 200e9 * 1e3, n=l3),
+                             record("linear", (2 * 8 * 256 * 256 + 8 * 256) / 25e9 * 1e3, B=8, IN=256, OUT=256)],
+               metadata(cache_sizes={"L3": 32 << 20}))
+    assert cal.get_operation("linear", B=8, IN=256, OUT=256).bottleneck.value == "compute"
+    torch.manual_seed(0)
+    estimate = predict_latency(nn.Linear(4096, 4096).eval(), torch.randn(8, 4096), cal)
+    linear = estimate.subgraphs[0].kernels[0]
+    flops = 2 * 8 * 4096 * 4096 + 8 * 4096
+    assert linear.bottleneck.value == "compute"
+    assert linear.seconds == pytest.approx(flops / 25e9, rel=1e-6)
