@@ -163,7 +163,9 @@ def fold(
         attained_gflops = roofline.gflops(flops, seconds)
         attained_gbps = roofline.gbps(nbytes, seconds)
         compute_ceiling = cal.compute_ceiling(case.dtype) if flops else None
-        bandwidth_ceiling = roofline.bandwidth_ceiling(nbytes, metadata.cache_sizes, levels, dram)
+        # the alloc family times the allocator, not the memory system: no roof scores it
+        bandwidth_ceiling = None if case.spec.family == "alloc" else roofline.bandwidth_ceiling(
+            nbytes, metadata.cache_sizes, levels, dram)
         cal.operation_profiles[case.key] = OperationCalibration(
             key=case.key,
             operation=case.operation,

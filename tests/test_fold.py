@@ -195,3 +195,14 @@ def test_gemm_efficiency_follows_the_row_count_not_the_size():
         0.2 + (0.8 - 0.2) / 3)
     # one row is a matrix-vector product: only the B=1 entry speaks for it (20 GFLOPS = 0.1)
     assert cal.get_efficiency("linear", metric="compute", B=1, IN=512, OUT=512) == pytest.approx(0.1)
+
+
+def test_allocator_probes_feed_no_ceiling_and_get_no_efficiency():
+    mib = (1 << 20) // 4
+    cal = fold([
+        record("stream_triad", 3 * 4 * (1 << 25) / 20e9 * 1e3, n=1 << 25),
+        record("fill", 0.1, n=64 * mib),  # 64 MiB written at 670 GB/s: far above the triad
+    ], metadata())
+    assert cal.measured.bandwidth_by_level_gbps == {"DRAM": pytest.approx(20.0)}
+    entry = cal.get_operation("fill", n=64 * mib)
+    assert entry.bandwidth_efficiency is None and entry.bandwidth_ceiling_gbps is None
