@@ -1,6 +1,6 @@
 """Memory bandwidth: the four STREAM kernels at 4x the last-level cache, and a triad sweep
-from L1-resident to DRAM-sized arrays (sizes read from this machine's caches); per-call
-dispatch costs; and what a fresh output costs over a reused one (allocator page faults)."""
+from L1-resident to DRAM-sized arrays (sizes read from this machine's caches); and per-call
+dispatch costs."""
 
 import pytest
 
@@ -34,12 +34,3 @@ def test_dispatch(op_case, calibrate):
 def test_module_call(op_case, calibrate):
     calibrate(op_case)
 
-
-@pytest.mark.operation("fill")
-def test_fill(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("fill_fresh")
-def test_fill_fresh(op_case, calibrate):
-    calibrate(op_case)
