@@ -21,7 +21,7 @@ import heldout_models  # bench/ is on sys.path: this runs as a script from it
 import torch
 
 from calibration import load_calibration, models
-from calibration.cli import measure_latency_ms
+from calibration.cli import drift, format_drift, measure_latency_ms
 from calibration.mapper import predict_latency
 from calibration.partitioner import partition
 
@@ -37,27 +37,6 @@ def _without_exact(cal, built):
                     hit.add(entry.key)
     kept = {key: entry for key, entry in cal.operation_profiles.items() if key not in hit}
     return cal.model_copy(update={"operation_profiles": kept}), sorted(hit)
-
-
-def _drift(cal) -> str:
-    """How much slower than at calibration time the machine runs now, on two reference cases."""
-    from torch.utils import benchmark
-
-    from calibration.ops import Case
-
-    ratios = []
-    for operation, params in (("matmul", {"M": 1024, "K": 1024, "N": 1024, "path": "aten"}),
-                              ("conv2d", {"N": 1, "CIN": 64, "COUT": 64, "H": 56, "W": 56, "K": 3, "STRIDE": 1,
-                                          "PAD": 1, "GROUPS": 1})):
-        case = Case(operation, tuple(params.items()), "float32", "cpu")
-        entry = cal.operation_profiles.get(case.key)
-        if entry is None:
-            continue
-        kernel = case.build()
-        timer = benchmark.Timer("kernel()", globals={"kernel": kernel}, num_threads=torch.get_num_threads())
-        now = timer.blocked_autorange(min_run_time=0.3).median * 1e3
-        ratios.append(f"{operation} x{now / entry.latency.median_ms:.2f}")
-    return ", ".join(ratios) or "no reference case in the profile"
 
 
 def main() -> int:
@@ -85,7 +64,7 @@ def main() -> int:
     built = {c: (m, x, predict_latency(m, x, cal).total_ms) for c, (m, x, _) in built.items()}
 
     measured: dict[tuple[str, int], list[float]] = {c: [] for c in cases}
-    before = _drift(cal)
+    before = format_drift(drift(cal))
     for _ in range(args.repeats):
         for c in cases:
             model, x, _ = built[c]
@@ -103,7 +82,7 @@ def main() -> int:
     print(f"\nmedian |error| {100 * statistics.median(abs(e) for e in errors):.1f}%, "
           f"max {100 * max(abs(e) for e in errors):.1f}%, threads {torch.get_num_threads()}")
     print(f"reference cases now vs in the profile (1.00: the machine runs as it did when calibrated): "
-          f"before {before}; after {_drift(cal)}")
+          f"before {before}; after {format_drift(drift(cal))}")
     return 0
 
 

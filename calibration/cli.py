@@ -169,6 +169,39 @@ def measure_latency_ms(model, example, min_run_time: float = 1.0) -> float:
         return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
+# Profile entries re-timed to tell how fast the machine runs now against calibration time.
+DRIFT_REFERENCES = (
+    ("matmul", {"M": 1024, "K": 1024, "N": 1024, "path": "aten"}),
+    ("conv2d", {"N": 1, "CIN": 64, "COUT": 64, "H": 56, "W": 56, "K": 3, "STRIDE": 1, "PAD": 1, "GROUPS": 1}),
+)
+
+
+def drift(calibration, min_run_time: float = 0.3) -> dict[str, float]:
+    """Now / profile median of the reference cases the profile has (1.0: as fast as when calibrated).
+
+    On a shared machine these move 0.85-1.5x within minutes; a prediction error smaller than
+    that spread says nothing either way.
+    """
+    import torch
+    from torch.utils import benchmark
+
+    from calibration.ops import Case
+
+    ratios = {}
+    for operation, params in DRIFT_REFERENCES:
+        case = Case(operation, tuple(params.items()), "float32", calibration.metadata.device_type)
+        entry = calibration.operation_profiles.get(case.key)
+        if entry is None:
+            continue
+        timer = benchmark.Timer("kernel()", globals={"kernel": case.build()}, num_threads=torch.get_num_threads())
+        ratios[operation] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3 / entry.latency.median_ms
+    return ratios
+
+
+def format_drift(ratios: dict[str, float]) -> str:
+    return ", ".join(f"{name} x{ratio:.2f}" for name, ratio in ratios.items()) or "no reference case in the profile"
+
+
 def page_faults_per_call(model, example, calls: int = 5) -> int | None:
     """Minor page faults per warm forward pass (None where getrusage is missing).
 
@@ -207,6 +240,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         error = 100 * (estimate.total_ms / measured - 1)
         print(f"measured eager latency: {measured:.3f} ms (torch.utils.benchmark, "
               f"{__import__('torch').get_num_threads()} threads); prediction error {error:+.1f}%")
+        print(f"reference cases now vs in the profile (1.00: as fast as when calibrated): "
+              f"{format_drift(drift(calibration))}")
         faults = page_faults_per_call(model, example)
         if faults:
             charged = sum(k.allocation_seconds for sg in estimate.subgraphs for k in sg.kernels) * 1e3

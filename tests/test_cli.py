@@ -158,3 +158,14 @@ def test_page_faults_per_call_counts_what_a_forward_faults_in(monkeypatch):
     import resource
     monkeypatch.setattr(resource, "getrusage", getrusage)
     assert cli.page_faults_per_call(Fresh(), torch.zeros(4)) == 7
+
+
+def test_drift_divides_the_time_now_by_the_profile_median():
+    from calibration import cli
+
+    slow = fold([record("matmul", 1e6, M=1024, K=1024, N=1024, path="aten")], metadata())  # 1000 s
+    ratios = cli.drift(slow, min_run_time=0.01)
+    assert list(ratios) == ["matmul"] and 0 < ratios["matmul"] < 1e-3
+    assert cli.format_drift(ratios).startswith("matmul x0.00")
+    assert cli.drift(fold([], metadata())) == {}
+    assert cli.format_drift({}) == "no reference case in the profile"
