@@ -169,3 +169,16 @@ def test_drift_divides_the_time_now_by_the_profile_median():
     assert cli.format_drift(ratios).startswith("matmul x0.00")
     assert cli.drift(fold([], metadata())) == {}
     assert cli.format_drift({}) == "no reference case in the profile"
+
+
+def test_summary_flags_cache_levels_whose_triad_is_a_per_call_cost():
+    from calibration.report import render_summary
+
+    cal = fold([
+        record("dispatch", 0.002, n=1),  # 2 us a call
+        record("stream_triad", 0.004, n=1024),  # 12 KiB in L1 in 4 us: two dispatches
+        record("stream_triad", 0.5, n=1 << 20),  # 12 MiB in L3 in 500 us: bandwidth
+        record("stream_triad", 20.0, n=1 << 25),
+    ], metadata())
+    note = [line for line in render_summary(cal).splitlines() if "per-call costs" in line]
+    assert len(note) == 1 and note[0].strip().startswith("note: L1 triad calls")
