@@ -98,22 +98,20 @@ def efficiency_at(
     use_flops = flops > 0
     bound = roofline.Bottleneck.COMPUTE if metric == "compute" else roofline.Bottleneck.MEMORY
     pool = [entry for entry in pool if entry.bottleneck == bound] or pool
-    pool = [entry for entry in pool if _value(entry, metric) is not None and (entry.flops or entry.bytes) > 0]
+    size = (lambda e: e.flops) if use_flops else (lambda e: e.bytes)
+    pool = [entry for entry in pool if _value(entry, metric) is not None and size(entry) > 0]
     if not pool:
         raise KeyError(f"no {operation} entry in the profile has a {metric} efficiency")
-    size = (lambda e: e.flops) if use_flops else (lambda e: e.bytes)
     query = flops if use_flops else nbytes
-    if spec.scale is not None:
-        # Two steps: over size among the entries at each calibrated scale (GEMM rows), then
-        # over the scale between those.
-        groups: dict[float, list[tuple[float, float]]] = {}
-        for entry in pool:
-            if size(entry) > 0:
-                groups.setdefault(float(spec.scale(entry.params)), []).append((size(entry), _value(entry, metric)))
-        return roofline.interpolate_log(float(spec.scale(params)), [
-            (at, roofline.interpolate_log(query, points)) for at, points in groups.items()])  # type: ignore[arg-type]
-    points = [(size(entry), _value(entry, metric)) for entry in pool if size(entry) > 0]
-    return roofline.interpolate_log(query, points)  # type: ignore[arg-type]
+    if spec.scale is None:
+        return roofline.interpolate_log(query, [(size(e), _value(e, metric)) for e in pool])  # type: ignore[misc]
+    # Two steps: over size among the entries at each calibrated scale (GEMM rows), then over
+    # the scale between those.
+    groups: dict[float, list[tuple[float, float]]] = {}
+    for entry in pool:
+        groups.setdefault(float(spec.scale(entry.params)), []).append((size(entry), _value(entry, metric)))
+    return roofline.interpolate_log(float(spec.scale(params)), [
+        (at, roofline.interpolate_log(query, points)) for at, points in groups.items()])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- fusion

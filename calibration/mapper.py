@@ -153,8 +153,8 @@ class Mapper:
 
     def kernel(self, node: NodeCost) -> KernelEstimate:
         estimate = self._kernel(node)
-        extra = self._module_call_seconds() if node.kind == "call_module" else 0.0
         # the microbenchmarks call functions; a model calls modules, which costs more per call
+        extra = self._module_call_seconds() if node.kind == "call_module" else 0.0
         allocation = self._allocation_seconds(node.allocated_bytes)
         if allocation > 0.05 * estimate.seconds:
             self._note("fresh outputs pay the allocator's page faults measured by fill_fresh vs fill")

@@ -26,8 +26,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from calibration import roofline
 from calibration.fusion import PATTERNS
@@ -110,10 +110,19 @@ def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
     else:
         target = node.target
         if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-            name = target._schema.name.split("::")[-1] if isinstance(target, torch._ops.OpOverload) \
-                else target._qualified_op_name.split("::")[-1]
+            name = _aten_name(target)
         else:
             name = getattr(target, "__name__", str(target))
+    return _canonical(name)
+
+
+def _aten_name(op: torch._ops.OpOverload | torch._ops.OpOverloadPacket) -> str:
+    qualified = op._schema.name if isinstance(op, torch._ops.OpOverload) else op._qualified_op_name
+    return qualified.split("::")[-1]
+
+
+def _canonical(name: str) -> str:
+    """One name per operation, whatever form (fx, method, aten, in-place) it came in."""
     name = _ALIASES.get(name, name)
     if name.endswith("_") and not name.startswith("_") and name[:-1] in _POINTWISE_FLOPS:
         name = name[:-1]  # in-place form: same math, same traffic
@@ -248,7 +257,7 @@ class _AtenRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not func.is_view:
-            self.ops.append(func._schema.name.split("::")[-1])
+            self.ops.append(_aten_name(func))
         return func(*args, **(kwargs or {}))
 
 
@@ -439,7 +448,7 @@ class _Graph:
         self.op: dict[fx.Node, str] = {n: _op_name(n, gm) for n in self.order}
         for n, inner in rec.inner_ops.items():
             if len(inner) == 1:  # a wrapped function that runs one op is that op (a mask's add)
-                self.op[n] = _ALIASES.get(inner[0], inner[0])
+                self.op[n] = _canonical(inner[0])
         self.costs: dict[fx.Node, NodeCost] = {}
         self.uncounted: list[str] = []
         for n in self.order:
