@@ -1,6 +1,6 @@
 """Memory bandwidth: the four STREAM kernels at 4x the last-level cache, and a triad sweep
-from L1-resident to DRAM-sized arrays (sizes read from this machine's caches); and per-call
-dispatch costs."""
+from L1-resident to DRAM-sized arrays (sizes read from this machine's caches); per-call
+dispatch costs, and what an nn.Module call costs over the kernel it runs."""
 
 import pytest
 

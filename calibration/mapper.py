@@ -6,7 +6,9 @@ bandwidth of the level its working set fits in))``, the efficiencies interpolate
 the calibrated sizes of the same operation and kernel variant. The microbenchmarks time
 one call each, dispatch included, so calibrated kernels carry their dispatch cost already;
 only kernels the profile has never seen get the measured per-call dispatch overhead added
-on top of a roofline at the measured ceilings. Without a profile the roofline uses the
+on top of a roofline at the measured ceilings. A kernel a model reaches through an
+nn.Module also pays what the profile measured a call of that module class to cost over
+the kernel's own call. Without a profile the roofline uses the
 peaks given, and the estimate says so. There is no fixed efficiency and no correction
 factor on top of a wrong base.
 
@@ -113,10 +115,18 @@ class Mapper:
         overhead = self.calibration.measured.dispatch_overhead_us if self.calibration else None
         return (overhead or 0.0) / 1e6
 
-    def _module_call_seconds(self) -> float:
-        """What calling an nn.Module costs beyond calling the op itself (Module.__call__)."""
+    def _module_call_seconds(self, module: str | None) -> float:
+        """What calling an nn.Module of class ``module`` costs beyond the kernel's benchmarked call.
+
+        The class's own probe where the profile has one; otherwise a small ReLU module call
+        less a bare op call (Module.__call__ alone).
+        """
         measured = self.calibration.measured if self.calibration else None
-        if measured is None or measured.module_call_overhead_us is None or measured.dispatch_overhead_us is None:
+        if measured is None:
+            return 0.0
+        if module in measured.module_overhead_us:
+            return measured.module_overhead_us[module] / 1e6
+        if measured.module_call_overhead_us is None or measured.dispatch_overhead_us is None:
             return 0.0
         return max(0.0, measured.module_call_overhead_us - measured.dispatch_overhead_us) / 1e6
 
@@ -153,14 +163,15 @@ class Mapper:
 
     def kernel(self, node: NodeCost) -> KernelEstimate:
         estimate = self._kernel(node)
-        # the microbenchmarks call functions; a model calls modules, which costs more per call
-        extra = self._module_call_seconds() if node.kind == "call_module" else 0.0
+        # the microbenchmarks call kernels; a model calls modules, which costs a class-dependent
+        # amount more per call (a probe can measure less: never below a bare op call)
+        extra = self._module_call_seconds(node.module) if node.kind == "call_module" else 0.0
         allocation = self._allocation_seconds(node.allocated_bytes)
         if allocation > 0.05 * estimate.seconds:
             self._note("fresh outputs pay the allocator's page faults measured by fill_fresh vs fill")
         if extra or allocation:
-            estimate = estimate.model_copy(update={"seconds": estimate.seconds + extra + allocation,
-                                                   "allocation_seconds": allocation})
+            seconds = max(estimate.seconds + extra, self._dispatch_seconds()) + allocation
+            estimate = estimate.model_copy(update={"seconds": seconds, "allocation_seconds": allocation})
         return estimate
 
     def _kernel(self, node: NodeCost) -> KernelEstimate:

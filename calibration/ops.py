@@ -644,20 +644,71 @@ DISPATCH = Operation(
 )
 
 
+@dataclass(frozen=True)
+class ModuleProbe:
+    """An nn.Module class on a tiny input, and the registry kernel that module runs on it."""
+
+    make: Callable[[], torch.nn.Module]
+    input_shape: tuple[int, ...]
+    operation: str  # the registry operation whose builder times the same kernel
+    params: Params  # its parameters for ``input_shape``
+
+
+# A model calls nn.Modules; the microbenchmarks call kernels. What lies between the two
+# (Module.__call__, forward's attribute lookups and argument handling) costs 1-10 us a call
+# on this class of machine, 10 for Conv2d, and a builder's own call path (an aten ``.out``
+# overload) can cost more than the module's. Each probe times the module and the registry
+# kernel on the same tiny input; a mapper adds the difference to every call of that class.
+MODULE_PROBES: dict[str, ModuleProbe] = {
+    "Conv2d": ModuleProbe(lambda: torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), (1, 8, 8, 8),
+                          "conv2d", {"N": 1, "CIN": 8, "COUT": 8, "H": 8, "W": 8, "K": 3,
+                                     "STRIDE": 1, "PAD": 1, "GROUPS": 1}),
+    "BatchNorm2d": ModuleProbe(lambda: torch.nn.BatchNorm2d(8), (1, 8, 8, 8),
+                               "batchnorm", {"N": 1, "C": 8, "H": 8, "W": 8}),
+    "Linear": ModuleProbe(lambda: torch.nn.Linear(16, 16), (1, 16), "linear", {"B": 1, "IN": 16, "OUT": 16}),
+    "LayerNorm": ModuleProbe(lambda: torch.nn.LayerNorm(16), (1, 16), "layernorm", {"ROWS": 1, "COLS": 16}),
+    "MaxPool2d": ModuleProbe(lambda: torch.nn.MaxPool2d(3, 2, 1), (1, 8, 8, 8),
+                             "maxpool", {"N": 1, "C": 8, "H": 8, "W": 8, "K": 3, "STRIDE": 2, "PAD": 1}),
+    "AdaptiveAvgPool2d": ModuleProbe(lambda: torch.nn.AdaptiveAvgPool2d(1), (1, 8, 8, 8),
+                                     "avgpool", {"N": 1, "C": 8, "H": 8, "W": 8, "K": 8, "STRIDE": 8, "PAD": 0}),
+    **{name: ModuleProbe(module, (256,), operation, {"n": 256}) for name, module, operation in (
+        ("ReLU", torch.nn.ReLU, "relu"), ("ReLU6", torch.nn.ReLU6, "relu"), ("GELU", torch.nn.GELU, "gelu"),
+        ("SiLU", torch.nn.SiLU, "silu"), ("Sigmoid", torch.nn.Sigmoid, "sigmoid"))},
+}
+MODULE_CALL_FORMS = ("module", "kernel")
+MODULE_PROBES_QUICK = ("Conv2d", "ReLU")
+
+
+def _module_calls(names: Iterable[str]) -> tuple[Params, ...]:
+    return tuple({"module": name, "form": form} for name in names for form in MODULE_CALL_FORMS)
+
+
+def _probe_operation(p: Params) -> tuple[ModuleProbe, Operation]:
+    if p["module"] not in MODULE_PROBES:
+        raise ValueError(f"no module-call probe for {p['module']!r}; probed: {', '.join(MODULE_PROBES)}")
+    probe = MODULE_PROBES[str(p["module"])]
+    return probe, OPERATIONS[probe.operation]
+
+
 def _build_module_call(p: Params, dtype: str, device: torch.device) -> Kernel:
-    module = torch.nn.ReLU()
-    x = _randn((p["n"],), dtype, device)
+    probe, operation = _probe_operation(p)
+    if p["form"] == "kernel":
+        return operation.build(probe.params, dtype, device)
+    if p["form"] != "module":
+        raise ValueError(f"module_call form must be one of {MODULE_CALL_FORMS}, got {p['form']!r}")
+    module = probe.make().to(device=device, dtype=DTYPES[dtype]).eval().requires_grad_(False)
+    x = _randn(probe.input_shape, dtype, device)
     return lambda: module(x)
 
 
 MODULE_CALL = Operation(
     name="module_call",
-    family="dispatch",
-    description="a one-element nn.ReLU module call: dispatch plus nn.Module.__call__ and a fresh output",
-    flops=lambda p: p["n"],
-    bytes_moved=lambda p, size: 2 * p["n"] * size,
+    family="module",
+    description="an nn.Module call (form=module) and the registry kernel it runs (form=kernel) on a tiny input",
+    flops=lambda p: _probe_operation(p)[1].flops(_probe_operation(p)[0].params),
+    bytes_moved=lambda p, size: _probe_operation(p)[1].bytes_moved(_probe_operation(p)[0].params, size),
     build=_build_module_call,
-    shapes=fixed(full=({"n": 1},), quick=({"n": 1},)),
+    shapes=fixed(full=_module_calls(MODULE_PROBES), quick=_module_calls(MODULE_PROBES_QUICK)),
 )
 
 

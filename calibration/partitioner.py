@@ -142,6 +142,7 @@ class NodeCost(_Frozen):
     name: str
     kind: str  # fx op: call_module, call_function, call_method
     target: str
+    module: str | None = None  # the nn.Module class a call_module node calls
     op: str  # canonical operation name (conv2d, batch_norm, relu, add, matmul, view, ...)
     shape: tuple[int, ...] | None
     dtype: str | None
@@ -487,6 +488,7 @@ class _Graph:
         meta = outs[0] if outs else None
         return NodeCost(
             name=n.name, kind=n.op, target=_target_name(n), op=op,
+            module=type(self.gm.get_submodule(str(n.target))).__name__ if n.op == "call_module" else None,
             shape=tuple(meta.shape) if meta is not None else None,
             dtype=_dtype_name(meta.dtype) if meta is not None else None,
             kernel=not free, flops=flops, bytes=nbytes,

@@ -35,9 +35,10 @@ FAMILY_STYLE: dict[str, tuple[str, str]] = {
     "memory": ("#7b4173", "*"),
 }
 _SPARE_STYLES = [("#637939", "p"), ("#e7ba52", "<"), ("#5254a3", ">"), ("#843c39", "8")]
-# The one-element add measures per-call overhead: at ~1e-3 GFLOP/s it would stretch the
-# y axis by three decades and say nothing about the roofs, so the note reports it instead.
-NOT_ROOFLINE_FAMILIES = ("dispatch",)
+# The one-element add and the tiny module probes measure per-call overhead: at ~1e-3 GFLOP/s
+# they would stretch the y axis by three decades and say nothing about the roofs, so the note
+# reports the dispatch cost instead.
+NOT_ROOFLINE_FAMILIES = ("dispatch", "module")
 
 VERDICT_COLOURS = {"fuse": "#2ca02c", "neutral": "#8c8c8c", "avoid": "#d62728"}
 

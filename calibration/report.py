@@ -76,6 +76,9 @@ def _measured(cal: HardwareCalibration) -> list[str]:
         if bound:
             lines.append(f"  note: {', '.join(bound)} triad calls last under 5 dispatch overheads: those rates are "
                          "per-call costs from Python, not the cache's bandwidth")
+    if m.module_overhead_us:
+        calls = "  ".join(f"{module} {us:+.1f}" for module, us in sorted(m.module_overhead_us.items()))
+        lines.append(f"  module call over its kernel, us: {calls}")
     return lines
 
 

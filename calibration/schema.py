@@ -208,7 +208,11 @@ class MeasuredSummary(_Model):
     )
     dispatch_overhead_us: float | None = None
     module_call_overhead_us: float | None = Field(
-        default=None, description="a one-element nn.Module call: dispatch plus Module.__call__")
+        default=None, description="a small nn.ReLU module call: dispatch plus Module.__call__")
+    module_overhead_us: dict[str, float] = Field(
+        default_factory=dict,
+        description="nn.Module class -> what a call of it costs over the registry kernel it runs, on a tiny "
+                    "input (negative where the kernel's benchmarked call path is the slower one)")
 
 
 class HardwareCalibration(_Model):

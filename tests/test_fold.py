@@ -5,7 +5,8 @@ import math
 import pytest
 from factories import metadata, record
 
-from calibration.fold import fold
+from calibration.fold import Record, fold
+from calibration.report import render_summary
 from calibration.roofline import Bottleneck
 from calibration.schema import Peak, PeakSource
 
@@ -206,3 +207,16 @@ def test_allocator_probes_feed_no_ceiling_and_get_no_efficiency():
     assert cal.measured.bandwidth_by_level_gbps == {"DRAM": pytest.approx(20.0)}
     entry = cal.get_operation("fill", n=64 * mib)
     assert entry.bandwidth_efficiency is None and entry.bandwidth_ceiling_gbps is None
+
+
+def test_module_overhead_is_the_difference_of_the_fastest_rounds():
+    def probe(form, median_ms, min_ms):
+        r = record("module_call", median_ms, module="Conv2d", form=form)
+        return Record(r.case, r.latency.model_copy(update={"min_ms": min_ms}))
+
+    # medians 9 us apart (a disturbed kernel form), fastest rounds 5 us apart
+    cal = fold([probe("module", 0.021, 0.018), probe("kernel", 0.012, 0.013), record("dispatch", 0.002, n=1),
+                record("module_call", 0.0035, module="ReLU", form="module")], metadata())
+    assert cal.measured.module_overhead_us == {"Conv2d": pytest.approx(5.0)}  # ReLU has no kernel form
+    assert cal.measured.module_call_overhead_us == pytest.approx(3.5)
+    assert "module call over its kernel, us: Conv2d +5.0" in render_summary(cal)

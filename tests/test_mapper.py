@@ -108,14 +108,37 @@ def test_fused_mode_divides_a_fused_pattern_by_its_measured_speedup():
         mapper.estimate(part, "magic")
 
 
-def test_module_calls_add_what_module_call_costs_beyond_the_function():
-    records = ceilings() + [record("module_call", 0.005, n=1), record("linear", 0.010, B=4, IN=64, OUT=32),
-                            record("relu", 0.002, n=128)]
+def module_probe(module, module_ms, kernel_ms):
+    return [record("module_call", module_ms, module=module, form="module"),
+            record("module_call", kernel_ms, module=module, form="kernel")]
+
+
+def test_module_calls_add_what_their_class_costs_over_its_kernel():
+    records = ceilings() + module_probe("Linear", 0.009, 0.003) + module_probe("ReLU", 0.005, 0.0015) + [
+        record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128)]
     cal = fold(records, metadata(cache_sizes={}))
-    assert cal.measured.module_call_overhead_us == pytest.approx(5.0)
+    assert cal.measured.module_overhead_us == pytest.approx({"Linear": 6.0, "ReLU": 3.5})
     estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
-    # both kernels are nn.Module calls: 5 us - 2 us of plain dispatch extra on each
-    assert estimate.total_ms == pytest.approx(0.010 + 0.002 + 2 * 0.003, rel=1e-9)
+    assert estimate.total_ms == pytest.approx(0.010 + 0.006 + 0.002 + 0.0035, rel=1e-9)
+
+
+def test_a_module_class_without_a_probe_pays_a_bare_module_call():
+    # no Linear probe: Linear pays the ReLU module call less a bare op call, 5 - 2 us
+    records = ceilings() + module_probe("ReLU", 0.005, 0.0015) + [
+        record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128)]
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), fold(records, metadata(cache_sizes={})))
+    assert estimate.total_ms == pytest.approx(0.010 + 0.003 + 0.002 + 0.0035, rel=1e-9)
+
+
+def test_a_module_faster_than_its_benchmarked_kernel_call_never_drops_below_a_bare_call():
+    # LayerNorm's module path is 2 us faster than the aten .out call the benchmark times
+    records = ceilings() + module_probe("LayerNorm", 0.008, 0.010) + [record("layernorm", 0.003, ROWS=1, COLS=16)]
+    cal = fold(records, metadata(cache_sizes={}))
+    assert cal.measured.module_overhead_us == pytest.approx({"LayerNorm": -2.0})
+    assert predict_latency(nn.Sequential(nn.LayerNorm(16)).eval(), torch.randn(1, 16), cal).total_ms == pytest.approx(0.002)  # not 0.001
+    records[-1] = record("layernorm", 0.0125, ROWS=1, COLS=16)
+    estimate = predict_latency(nn.Sequential(nn.LayerNorm(16)).eval(), torch.randn(1, 16), fold(records, metadata(cache_sizes={})))
+    assert estimate.total_ms == pytest.approx(0.0105)
 
 
 def allocation_profile():

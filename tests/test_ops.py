@@ -1,13 +1,16 @@
 """FLOP and byte models against hand counts and torch's FlopCounterMode."""
 
 import pytest
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from calibration import machine
+from calibration.partitioner import partition
 from calibration.ops import (
     DTYPES,
     ELEMENTWISE_FLOPS,
     FAMILIES,
+    MODULE_PROBES,
     OPERATIONS,
     Case,
     dtype_unsupported_reason,
@@ -147,6 +150,29 @@ def test_every_operation_builds_runs_and_counts(name):
     smallest = min(op.cases(quick=True, device="cpu"), key=lambda c: c.bytes)
     if dtype_unsupported_reason(smallest.dtype, "cpu") is None and smallest.bytes < 64 << 20:
         smallest.build()()
+
+
+@pytest.mark.parametrize("name", sorted(MODULE_PROBES))
+def test_each_module_probe_times_the_kernel_its_module_runs(name):
+    """The partitioner sees the probe's module as the registry kernel the probe's twin times."""
+    probe = MODULE_PROBES[name]
+    module = probe.make()
+    assert type(module).__name__ == name
+    (node,) = [n for sg in partition(torch.nn.Sequential(module).eval(), torch.randn(probe.input_shape)).subgraphs
+               for n in sg.nodes if n.kernel]
+    assert (node.kind, node.module, node.operation, node.params) == ("call_module", name, probe.operation,
+                                                                      probe.params)
+    x = torch.randn(probe.input_shape)
+    with torch.no_grad():
+        assert case("module_call", module=name, form="module").build()().shape == module.eval()(x).shape
+    assert case("module_call", module=name, form="kernel").flops == OPERATIONS[probe.operation].flops(probe.params)
+
+
+def test_module_call_names_the_probes_it_has():
+    with pytest.raises(ValueError, match="no module-call probe for 'Conv3d'; probed: Conv2d"):
+        case("module_call", module="Conv3d", form="module").build()
+    with pytest.raises(ValueError, match=r"form must be one of \('module', 'kernel'\), got 'eager'"):
+        case("module_call", module="Conv2d", form="eager").build()
 
 
 def test_quick_is_a_small_subset():
