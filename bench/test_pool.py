@@ -1,4 +1,4 @@
-"""Max and average pooling."""
+"""Max, average and global average pooling."""
 
 import pytest
 
@@ -10,4 +10,9 @@ def test_maxpool(op_case, calibrate):
 
 @pytest.mark.operation("avgpool")
 def test_avgpool(op_case, calibrate):
+    calibrate(op_case)
+
+
+@pytest.mark.operation("global_avgpool")
+def test_global_avgpool(op_case, calibrate):
     calibrate(op_case)

@@ -288,12 +288,18 @@ LINEAR = Operation(
     build=_build_linear,
     # A grid of batch sizes (GEMV to GEMM) and weight sizes (L2-, L3- and DRAM-resident), not
     # the layers of any model the predictions are checked on: a mapper interpolates between them.
+    # Widths of 1024 and 2048 floats run some few-row GEMMs up to 1.5x slower here than widths
+    # that are not powers of two (8 rows: 1024x1024 at 32-43 GFLOPS, 768x768 at 48-52), so
+    # the small-row grid has both kinds.
     shapes=fixed(full=(
         {"B": 1, "IN": 256, "OUT": 256},
         {"B": 8, "IN": 256, "OUT": 256},
+        {"B": 8, "IN": 640, "OUT": 640},
         {"B": 1, "IN": 1024, "OUT": 1024},
         {"B": 8, "IN": 1024, "OUT": 1024},
+        {"B": 8, "IN": 1280, "OUT": 2560},
         {"B": 64, "IN": 1024, "OUT": 1024},
+        {"B": 64, "IN": 1280, "OUT": 2560},
         {"B": 1, "IN": 4096, "OUT": 4096},
         {"B": 8, "IN": 8192, "OUT": 2048},  # few rows, 64 MiB of weights streamed from DRAM
         {"B": 256, "IN": 1024, "OUT": 4096},
@@ -521,11 +527,9 @@ def _build_layernorm(p: Params, dtype: str, device: torch.device) -> Kernel:
     rows, cols = p["ROWS"], p["COLS"]
     x = _randn((rows, cols), dtype, device)
     weight, bias = _randn((cols,), dtype, device), _randn((cols,), dtype, device)
-    y = torch.empty_like(x)
-    mean = torch.empty(rows, 1, dtype=torch.float32, device=device)
-    rstd = torch.empty(rows, 1, dtype=torch.float32, device=device)
-    return lambda: torch.ops.aten.native_layer_norm.out(
-        x, [cols], weight, bias, 1e-5, out0=y, out1=mean, out2=rstd)
+    # The function nn.LayerNorm reaches. Its aten .out overload computes into a temporary and
+    # copies, 1.5x slower here, so this one allocates its output as a model's call does.
+    return lambda: torch.native_layer_norm(x, [cols], weight, bias, 1e-5)
 
 
 LAYERNORM = Operation(
@@ -535,7 +539,8 @@ LAYERNORM = Operation(
     flops=lambda p: ELEMENTWISE_FLOPS["layernorm"] * p["ROWS"] * p["COLS"],
     bytes_moved=lambda p, size: (2 * p["ROWS"] * p["COLS"] + 2 * p["COLS"]) * size,
     build=_build_layernorm,
-    shapes=fixed(full=({"ROWS": 256, "COLS": 1024}, {"ROWS": 2048, "COLS": 1024}, {"ROWS": 8192, "COLS": 1024}),
+    # under 32 MiB of output: glibc would hand a larger fresh block back to the OS on each free
+    shapes=fixed(full=({"ROWS": 256, "COLS": 1024}, {"ROWS": 2048, "COLS": 1024}, {"ROWS": 6144, "COLS": 1024}),
     quick=({"ROWS": 2048, "COLS": 1024},)),
 )
 
@@ -547,8 +552,10 @@ def _build_batchnorm(p: Params, dtype: str, device: torch.device) -> Kernel:
     var = torch.rand(p["C"], dtype=DTYPES[dtype], device=device) + 0.5
     y = torch.empty_like(x)
     save_mean, save_rstd = torch.empty(0, device=device), torch.empty(0, device=device)
-    return lambda: torch.ops.aten._native_batch_norm_legit_no_training.out(
-        x, weight, bias, mean, var, 0.1, 1e-5, out0=y, out1=save_mean, out2=save_rstd)
+    # native_batch_norm is what nn.BatchNorm2d in eval runs; _native_batch_norm_legit_no_training.out
+    # computes into a temporary and copies, which ran 1.5-2x slower here.
+    return lambda: torch.ops.aten.native_batch_norm.out(
+        x, weight, bias, mean, var, False, 0.1, 1e-5, out=y, save_mean=save_mean, save_invstd=save_rstd)
 
 
 def _nchw(p: Params) -> int:
@@ -618,8 +625,29 @@ AVGPOOL = Operation(
     flops=lambda p: _pool_out(p) * p["K"] * p["K"],
     bytes_moved=lambda p, size: (_nchw(p) + _pool_out(p)) * size,
     build=_build_avgpool,
-    shapes=fixed(full=(_pool(1, 1024, 8, 8, 8, 0), _pool(1, 32, 64, 2, 2, 0), _pool(8, 128, 32, 2, 2, 0)),
+    shapes=fixed(full=(_pool(1, 96, 40, 3, 2, 1), _pool(1, 32, 64, 2, 2, 0), _pool(8, 128, 32, 2, 2, 0)),
     quick=(_pool(1, 32, 64, 2, 2, 0),)),
+)
+
+
+def _build_global_avgpool(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    pool = torch.nn.functional.adaptive_avg_pool2d
+    # the function nn.AdaptiveAvgPool2d(1) calls; its .out overload and avg_pool2d with a
+    # whole-plane window are different kernels, 2.5-3x slower here
+    return lambda: pool(x, 1)
+
+
+GLOBAL_AVGPOOL = Operation(
+    name="global_avgpool",
+    family="pool",
+    description="global average pooling: adaptive_avg_pool2d to 1x1, one mean per channel",
+    flops=_nchw,
+    bytes_moved=lambda p, size: (_nchw(p) + p["N"] * p["C"]) * size,
+    build=_build_global_avgpool,
+    shapes=fixed(full=({"N": 1, "C": 256, "H": 14, "W": 14}, {"N": 1, "C": 1024, "H": 8, "W": 8},
+                       {"N": 8, "C": 384, "H": 10, "W": 10}),
+                 quick=({"N": 1, "C": 1024, "H": 8, "W": 8},)),
 )
 
 
@@ -670,7 +698,7 @@ MODULE_PROBES: dict[str, ModuleProbe] = {
     "MaxPool2d": ModuleProbe(lambda: torch.nn.MaxPool2d(3, 2, 1), (1, 8, 8, 8),
                              "maxpool", {"N": 1, "C": 8, "H": 8, "W": 8, "K": 3, "STRIDE": 2, "PAD": 1}),
     "AdaptiveAvgPool2d": ModuleProbe(lambda: torch.nn.AdaptiveAvgPool2d(1), (1, 8, 8, 8),
-                                     "avgpool", {"N": 1, "C": 8, "H": 8, "W": 8, "K": 8, "STRIDE": 8, "PAD": 0}),
+                                     "global_avgpool", {"N": 1, "C": 8, "H": 8, "W": 8}),
     **{name: ModuleProbe(module, (256,), operation, {"n": 256}) for name, module, operation in (
         ("ReLU", torch.nn.ReLU, "relu"), ("ReLU6", torch.nn.ReLU6, "relu"), ("GELU", torch.nn.GELU, "gelu"),
         ("SiLU", torch.nn.SiLU, "silu"), ("Sigmoid", torch.nn.Sigmoid, "sigmoid"))},
@@ -752,7 +780,7 @@ FILL_FRESH = _alloc_op(
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (MATMUL, LINEAR, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
-               BATCHNORM, MAXPOOL, AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH)
+               BATCHNORM, MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH)
 }
 FAMILIES: dict[str, tuple[str, ...]] = {}
 for _op in OPERATIONS.values():

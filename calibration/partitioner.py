@@ -410,8 +410,8 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: _Recorder)
         return {"operation": "maxpool" if op == "max_pool2d" else "avgpool",
                 "params": {"N": n, "C": c, "H": h, "W": w, "K": k, "STRIDE": stride, "PAD": pad}}
     if op == "adaptive_avg_pool2d" and shapes and len(shapes[0]) == 4 and tuple(out.shape[-2:]) == (1, 1):
-        n, c, h, w = shapes[0]  # global average pooling: a K=H window
-        return {"operation": "avgpool", "params": {"N": n, "C": c, "H": h, "W": w, "K": h, "STRIDE": h, "PAD": 0}}
+        n, c, h, w = shapes[0]  # global average pooling
+        return {"operation": "global_avgpool", "params": {"N": n, "C": c, "H": h, "W": w}}
     return {}
 
 

@@ -104,6 +104,9 @@ def test_pool_counts():
     ap = case("avgpool", N=1, C=512, H=7, W=7, K=7, STRIDE=7, PAD=0)
     assert ap.flops == 512 * 49
     assert ap.bytes == (512 * 49 + 512) * 4
+    gp = case("global_avgpool", N=2, C=512, H=7, W=7)  # ResNet's head: one 49-element mean per channel
+    assert gp.flops == 2 * 512 * 49
+    assert gp.bytes == (2 * 512 * 49 + 2 * 512) * 4
 
 
 # ------------------------------------------------------------------ FlopCounterMode
