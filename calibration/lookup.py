@@ -56,6 +56,20 @@ def _value(entry: OperationCalibration, metric: Metric) -> float | None:
     return entry.compute_efficiency if metric == "compute" else entry.bandwidth_efficiency
 
 
+def interpolation_pool(pool: list[OperationCalibration], metric: Metric, *, use_flops: bool):
+    """The entries an efficiency is interpolated between, and the size they are placed by.
+
+    Sizes are FLOPs; operations that do no arithmetic (copies) use bytes. Only entries bound
+    by the same roof say how well that roof is used: a skinny matmul limited by bandwidth
+    reaches 6% of the compute ceiling, which says nothing about how a compute-bound size of
+    the same operation uses it.
+    """
+    bound = roofline.Bottleneck.COMPUTE if metric == "compute" else roofline.Bottleneck.MEMORY
+    pool = [entry for entry in pool if entry.bottleneck == bound] or pool
+    size = (lambda e: e.flops) if use_flops else (lambda e: e.bytes)
+    return [entry for entry in pool if _value(entry, metric) is not None and size(entry) > 0], size
+
+
 def efficiency_at(
     cal: HardwareCalibration,
     operation: str,
@@ -91,18 +105,10 @@ def efficiency_at(
         metric = "compute" if bottleneck == roofline.Bottleneck.COMPUTE else "bandwidth"
     if exact is not None and _value(exact, metric) is not None:
         return _value(exact, metric)  # type: ignore[return-value]
-    # Interpolate in log FLOPs; operations that do no arithmetic (copies) use log bytes.
-    # Only entries bound by the same roof say how well that roof is used: a skinny matmul
-    # limited by bandwidth reaches 6% of the compute ceiling, which says nothing about how a
-    # compute-bound size of the same operation uses it.
-    use_flops = flops > 0
-    bound = roofline.Bottleneck.COMPUTE if metric == "compute" else roofline.Bottleneck.MEMORY
-    pool = [entry for entry in pool if entry.bottleneck == bound] or pool
-    size = (lambda e: e.flops) if use_flops else (lambda e: e.bytes)
-    pool = [entry for entry in pool if _value(entry, metric) is not None and size(entry) > 0]
+    pool, size = interpolation_pool(pool, metric, use_flops=flops > 0)
     if not pool:
         raise KeyError(f"no {operation} entry in the profile has a {metric} efficiency")
-    query = flops if use_flops else nbytes
+    query = flops if flops > 0 else nbytes
     if spec.scale is None:
         return roofline.interpolate_log(query, [(size(e), _value(e, metric)) for e in pool])  # type: ignore[misc]
     # Two steps: over size among the entries at each calibrated scale (GEMM rows), then over

@@ -212,7 +212,8 @@ class Mapper:
         # Where no calibrated size of this kernel variant was bound by that roof, the roof they
         # were bound by is the one it hits: an 8-row GEMM streaming 64 MiB of weights sits at
         # the ridge by FLOPs per byte, but MKL runs it at its 8-row GEMM rate, compute-bound.
-        seen = {entry.bottleneck for entry in lookup.candidates(cal, node.operation, dtype, self.device, node.params)}
+        candidates = lookup.candidates(cal, node.operation, dtype, self.device, node.params)
+        seen = {entry.bottleneck for entry in candidates}
         if seen and bound not in seen:
             bound = next(iter(seen))
         metric, work, ceiling = (("compute", flops, compute) if bound == Bottleneck.COMPUTE
@@ -227,11 +228,29 @@ class Mapper:
         if efficiency <= 0:
             return None
         exact = cal.get_operation(node.operation, dtype=dtype, device=self.device, **node.params)
+        seconds, source = work / (efficiency * ceiling * 1e9), "calibrated at this size"
+        if not exact:
+            seconds, source = self._below_smallest(candidates, metric, flops or nbytes, flops > 0, seconds)
         return KernelEstimate(
-            name=node.name, op=node.op, operation=node.operation, seconds=work / (efficiency * ceiling * 1e9),
-            bottleneck=Bottleneck.COMPUTE if metric == "compute" else Bottleneck.MEMORY,
-            source="calibrated at this size" if exact else "interpolated between calibrated sizes",
+            name=node.name, op=node.op, operation=node.operation, seconds=seconds,
+            bottleneck=Bottleneck.COMPUTE if metric == "compute" else Bottleneck.MEMORY, source=source,
         )
+
+    def _below_smallest(self, candidates, metric, query: int, use_flops: bool, seconds: float) -> tuple[float, str]:
+        """A kernel smaller than every calibrated size keeps the fixed cost of a call.
+
+        The smallest entry's efficiency, held flat below it, would scale a kernel a tenth its
+        size to a tenth of its time and a tiny one to nothing, yet every call costs at least a
+        dispatch. Below the smallest calibrated size the time is affine in size instead: the
+        measured dispatch overhead, plus the rest of that entry's time scaled by size.
+        """
+        pool, size = lookup.interpolation_pool(candidates, metric, use_flops=use_flops)
+        smallest = min(pool, key=size, default=None)
+        if smallest is None or query >= size(smallest):
+            return seconds, "interpolated between calibrated sizes"
+        measured = smallest.latency.median_ms / 1e3
+        fixed = min(self._dispatch_seconds(), measured)
+        return fixed + (measured - fixed) * query / size(smallest), "below the smallest calibrated size"
 
     # ------------------------------------------------------------------ model
     def estimate(self, part: Partition, mode: Mode = "eager") -> LatencyEstimate:

@@ -420,6 +420,11 @@ CONV2D = Operation(
         _conv(1, 384, 384, 20, 5, 1, groups=384),
         _conv(1, 768, 768, 10, 3, 1, groups=768),
         _conv(8, 96, 96, 40, 3, 1, groups=96),
+        # small kernels, where a call's fixed cost (oneDNN reorders, dispatch) is most of it
+        _conv(1, 64, 64, 7, 3, 1),
+        _conv(1, 256, 64, 14, 1, 1),
+        _conv(1, 512, 128, 1, 1, 1),  # a squeeze-excitation-style 1x1 on a 1x1 map
+        _conv(1, 192, 192, 7, 3, 1, groups=192),
     ),
     quick=(
         _conv(1, 64, 64, 56, 3, 1),  # resnet18.layer1.conv3x3

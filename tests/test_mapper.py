@@ -108,6 +108,19 @@ def test_fused_mode_divides_a_fused_pattern_by_its_measured_speedup():
         mapper.estimate(part, "magic")
 
 
+def test_a_kernel_below_every_calibrated_size_keeps_the_cost_of_a_call():
+    cal = fold(ceilings() + [record("relu", 0.010, n=65536), record("relu", 0.100, n=1 << 20)],
+               metadata(cache_sizes={}))
+    estimate = predict_latency(nn.Sequential(nn.ReLU()).eval(), torch.randn(1024), cal)
+    (kernel,) = [k for sg in estimate.subgraphs for k in sg.kernels]
+    assert kernel.source == "below the smallest calibrated size"
+    # 2 us of dispatch plus the other 8 us of the n=65536 call scaled to 1024 elements; a flat
+    # efficiency would have said 10 us * 1024 / 65536 = 0.16 us
+    assert kernel.seconds == pytest.approx(2e-6 + 8e-6 * 1024 / 65536)
+    between = predict_latency(nn.Sequential(nn.ReLU()).eval(), torch.randn(1 << 18), cal)
+    assert between.subgraphs[0].kernels[0].source == "interpolated between calibrated sizes"
+
+
 def module_probe(module, module_ms, kernel_ms):
     return [record("module_call", module_ms, module=module, form="module"),
             record("module_call", kernel_ms, module=module, form="kernel")]
