@@ -693,11 +693,13 @@ class ModuleProbe:
 # overload) can cost more than the module's. Each probe times the module and the registry
 # kernel on the same tiny input; a mapper adds the difference to every call of that class.
 MODULE_PROBES: dict[str, ModuleProbe] = {
-    "Conv2d": ModuleProbe(lambda: torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), (1, 8, 8, 8),
-                          "conv2d", {"N": 1, "CIN": 8, "COUT": 8, "H": 8, "W": 8, "K": 3,
-                                     "STRIDE": 1, "PAD": 1, "GROUPS": 1}),
-    "BatchNorm2d": ModuleProbe(lambda: torch.nn.BatchNorm2d(8), (1, 8, 8, 8),
-                               "batchnorm", {"N": 1, "C": 8, "H": 8, "W": 8}),
+    # one channel, one pixel: an 8-channel 3x3 conv's time swings 13-22 us between runs
+    # here (oneDNN's threads), as much as the difference being measured
+    "Conv2d": ModuleProbe(lambda: torch.nn.Conv2d(1, 1, 1, bias=False), (1, 1, 1, 1),
+                          "conv2d", {"N": 1, "CIN": 1, "COUT": 1, "H": 1, "W": 1, "K": 1,
+                                     "STRIDE": 1, "PAD": 0, "GROUPS": 1}),
+    "BatchNorm2d": ModuleProbe(lambda: torch.nn.BatchNorm2d(1), (1, 1, 1, 1),
+                               "batchnorm", {"N": 1, "C": 1, "H": 1, "W": 1}),
     "Linear": ModuleProbe(lambda: torch.nn.Linear(16, 16), (1, 16), "linear", {"B": 1, "IN": 16, "OUT": 16}),
     "LayerNorm": ModuleProbe(lambda: torch.nn.LayerNorm(16), (1, 16), "layernorm", {"ROWS": 1, "COLS": 16}),
     "MaxPool2d": ModuleProbe(lambda: torch.nn.MaxPool2d(3, 2, 1), (1, 8, 8, 8),
@@ -752,8 +754,11 @@ MODULE_CALL = Operation(
 # glibc does so above 32 MiB, which here costs 0.4 ms per MiB, 20x the write itself. The
 # sweep brackets such a threshold; a mapper charges a kernel's fresh output the difference
 # between the two forms at its size.
-ALLOC_SIZES_MIB = (1, 8, 24, 30, 34, 48, 96)
-ALLOC_QUICK_MIB = (30, 34)
+# Largest first, fresh before reused (bench/test_alloc.py): a request above 32 MiB that an
+# earlier, larger free block in the heap can serve faults nothing in, which is what made a
+# profile price a 34 MiB output at 0.5 ms over a reused one in one run and 10 ms in the next.
+ALLOC_SIZES_MIB = (96, 48, 34, 30, 24, 8, 1)
+ALLOC_QUICK_MIB = (34, 30)
 
 
 def _mib_elements(sizes: tuple[int, ...]) -> tuple[Params, ...]:
