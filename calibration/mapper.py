@@ -166,7 +166,7 @@ class Mapper:
         # the microbenchmarks call kernels; a model calls modules, which costs a class-dependent
         # amount more per call (a probe can measure less: never below a bare op call)
         extra = self._module_call_seconds(node.module) if node.kind == "call_module" else 0.0
-        allocation = self._allocation_seconds(node.allocated_bytes)
+        allocation = sum(self._allocation_seconds(size) for size in (node.allocated_bytes, *node.scratch_bytes))
         if allocation > 0.05 * estimate.seconds:
             self._note("fresh outputs pay the allocator's page faults measured by fill_fresh vs fill")
         if extra or allocation:

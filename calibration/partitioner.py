@@ -155,6 +155,9 @@ class NodeCost(_Frozen):
     params: dict[str, ParamValue] = {}
     # bytes of output this kernel allocates (0 for in-place kernels, which write into an input)
     allocated_bytes: int = 0
+    # buffers the kernel allocates and frees inside the call, each of these sizes: oneDNN runs
+    # an NCHW convolution on channel-blocked copies of its input and output
+    scratch_bytes: tuple[int, ...] = ()
 
 
 class Subgraph(_Frozen):
@@ -380,7 +383,11 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: _Recorder)
             groups = _arg(args, kwargs, 6, "groups", 1)
         params = {"N": n, "CIN": cin, "COUT": cout, "H": h, "W": w, "K": k, "STRIDE": stride, "PAD": pad,
                   "GROUPS": groups}
-        return {"operation": "conv2d", "params": params}
+        # Reorders to and from oneDNN's 8-channel blocks (ONEDNN_VERBOSE shows them); an input
+        # of under 8 channels, an RGB stem's, is read as it is.
+        in_bytes = out.nbytes // out.numel * n * cin * h * w if out.numel else 0
+        scratch = ((in_bytes,) if cin >= 8 else ()) + (out.nbytes,)
+        return {"operation": "conv2d", "params": params, "scratch_bytes": scratch}
     if op == "linear" and shapes:
         fin = module.in_features if module is not None else shapes[0][-1]
         return {"operation": "linear",

@@ -178,6 +178,15 @@ def test_fresh_outputs_pay_the_measured_allocation_cost(mib, inplace, penalty_ms
     assert any("page faults" in note for note in estimate.notes) == (penalty_ms > 0)
 
 
+def test_a_convolution_also_pays_for_its_blocked_scratch_copies():
+    # 16 -> 64 channels, 1x1, on 64 x 64: a 16 MiB input and a 64 MiB output (mib = 2^18 floats)
+    conv = nn.Sequential(nn.Conv2d(16, 64, 1, bias=False)).eval()
+    estimate = predict_latency(conv, torch.randn(1, 16, 2048, 128), allocation_profile())
+    (kernel,) = estimate.subgraphs[0].kernels
+    # the output and its blocked twin at 16 ms each; the 16 MiB input's copy at 15/63 of that
+    assert kernel.allocation_seconds * 1e3 == pytest.approx(2 * 16.0 + 16.0 * (16 - 1) / (64 - 1), rel=1e-6)
+
+
 def test_a_kernel_takes_the_roof_its_variants_calibrated_sizes_were_bound_by():
     # 8 rows x 4096x4096 is about 4 FLOPs per byte: by the ceilings (100 GFLOPS, 20 GB/s) it
     # is memory-bound, but every calibrated 8-row GEMM was compute-bound at 25% of the ceiling

@@ -170,9 +170,18 @@ def test_conv_stack_nodes_match_hand_counts():
     for free in ("flat", "drop"):  # a view and eval-mode dropout launch nothing
         assert not nodes[free].kernel and nodes[free].flops == nodes[free].bytes == 0
     assert nodes["conv"].shape == (2, 8, 16, 16) and nodes["conv"].dtype == "float32"
+    # oneDNN reads a 3-channel input as it is and writes a blocked copy of the output first
+    assert nodes["conv"].scratch_bytes == (y * F32,) and nodes["bn"].scratch_bytes == ()
+    assert nodes["conv"].allocated_bytes == y * F32 and nodes["relu"].allocated_bytes == y * F32
     assert p.unfused.subgraphs == 6  # conv, bn, relu, pool, avg, fc
     assert kernel_groups(p)[0] == ("Conv2d_BN_ReLU_MaxPool", ["conv", "bn", "relu", "pool"])
     assert p.uncounted == ()
+
+
+def test_a_convolution_of_8_or_more_channels_also_copies_its_input_to_blocks():
+    x = torch.randn(1, 8, 10, 10)
+    first = next(n for sg in partition(InvertedResidual().eval(), x).subgraphs for n in sg.nodes if n.op == "conv2d")
+    assert first.scratch_bytes == (8 * 100 * F32, 48 * 100 * F32)  # blocked input, blocked output
 
 
 @pytest.mark.parametrize("model, inputs, biases", [
