@@ -74,9 +74,9 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
     # Both forms run the same kernel on the same input, so what differs is fixed Python work:
     # the fastest rounds, least disturbed by the machine, measure it (tiny oneDNN calls here
     # have an IQR as large as the difference of their medians).
-    for (module, form), stats in module_calls.items():
+    for (module, form), latency in module_calls.items():
         if form == "module" and (module, "kernel") in module_calls:
-            summary.module_overhead_us[module] = (stats.min_ms - module_calls[(module, "kernel")].min_ms) * 1e3
+            summary.module_overhead_us[module] = (latency.min_ms - module_calls[(module, "kernel")].min_ms) * 1e3
     if ("ReLU", "module") in module_calls:
         summary.module_call_overhead_us = module_calls[("ReLU", "module")].median_ms * 1e3
     # A ceiling exists only where its reference ran (matmul for a dtype, the triad sweep or

@@ -5,7 +5,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from calibration import machine
-from calibration.partitioner import partition
 from calibration.ops import (
     DTYPES,
     ELEMENTWISE_FLOPS,
@@ -16,6 +15,7 @@ from calibration.ops import (
     dtype_unsupported_reason,
     resolve_selection,
 )
+from calibration.partitioner import partition
 
 
 def case(operation: str, dtype: str = "float32", **params) -> Case:
