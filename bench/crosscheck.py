@@ -19,7 +19,8 @@ import torch
 from torch.utils import benchmark as tb
 
 from calibration import calibrate_hardware
-from calibration.ops import OPERATIONS
+from calibration.measure.kernels import build
+from calibration.specs.operations import OPERATIONS
 
 CHECKED = {
     "matmul[M=1024,K=1024,N=1024,path=aten]/float32/cpu": "gflops",
@@ -30,7 +31,7 @@ CHECKED = {
 def timer_rate(key: str, metric: str) -> float:
     op = key.split("[", 1)[0]
     case = next(c for c in OPERATIONS[op].cases(quick=True, device="cpu") if c.key == key)
-    kernel = case.build()
+    kernel = build(case)
     measurement = tb.Timer("kernel()", globals={"kernel": kernel},
                            num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=1.0)
     seconds = measurement.median

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from calibration.models import ResNet, random_input
+from calibration.predict.models import ResNet, random_input
 
 __all__ = [
     "HELDOUT",

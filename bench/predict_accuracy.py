@@ -20,10 +20,11 @@ import sys
 import heldout_models  # bench/ is on sys.path: this runs as a script from it
 import torch
 
-from calibration import load_calibration, models
+from calibration import load_calibration
 from calibration.cli import drift, format_drift, measure_latency_ms
-from calibration.mapper import predict_latency
-from calibration.partitioner import partition
+from calibration.predict import models
+from calibration.predict.mapper import predict_latency
+from calibration.predict.plan import partition
 
 
 def _without_exact(cal, built):

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from calibration.schema import HardwareCalibration
+from calibration.profile.schema import HardwareCalibration
 
 
 class CalibrationRunError(RuntimeError):
@@ -79,7 +79,7 @@ def calibrate_hardware(
     """
     import pytest
 
-    from calibration.storage import load_calibration
+    from calibration.profile.storage import load_calibration
 
     bench = find_bench_dir(bench_dir)
     with tempfile.TemporaryDirectory() as scratch:

@@ -8,18 +8,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from calibration import options
+from calibration.measure import options
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from calibration.schema import HardwareCalibration
+    from calibration.profile.schema import HardwareCalibration
 
     print(json.dumps(HardwareCalibration.model_json_schema(), indent=2))
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from calibration.storage import ProfileError, load_calibration
+    from calibration.profile.storage import ProfileError, load_calibration
 
     try:
         calibration = load_calibration(args.profile)
@@ -52,8 +52,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from calibration.plot import MatplotlibMissing, plot_roofline
-    from calibration.storage import ProfileError, load_calibration
+    from calibration.profile.storage import ProfileError, load_calibration
+    from calibration.report.plot import MatplotlibMissing, plot_roofline
 
     try:
         calibration = load_calibration(args.profile)
@@ -84,7 +84,7 @@ def _load_for_compare(path: str):
     """The profile, or ProfileError; an upgrade warning goes to stderr as one line."""
     import warnings
 
-    from calibration.storage import load_calibration
+    from calibration.profile.storage import load_calibration
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -95,9 +95,9 @@ def _load_for_compare(path: str):
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from calibration.compare import NothingInCommon, compare
-    from calibration.compare_report import RENDERERS
-    from calibration.storage import ProfileError
+    from calibration.profile.storage import ProfileError
+    from calibration.report.compare import NothingInCommon, compare
+    from calibration.report.compare_report import RENDERERS
 
     try:
         base, new = _load_for_compare(args.base), _load_for_compare(args.new)
@@ -128,7 +128,7 @@ def load_model(spec: str, batch: int, input_shape: tuple[int, ...] | None):
 
     import torch
 
-    from calibration import models
+    from calibration.predict import models
 
     if spec in models.MODELS:
         return models.MODELS[spec]().eval(), models.example_input(spec, batch)
@@ -145,8 +145,8 @@ def load_model(spec: str, batch: int, input_shape: tuple[int, ...] | None):
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
-    from calibration.partitioner import partition
-    from calibration.storage import ProfileError, load_calibration
+    from calibration.predict.plan import partition
+    from calibration.profile.storage import ProfileError, load_calibration
 
     try:
         model, example = load_model(args.model, args.batch, args.input_shape)
@@ -185,7 +185,8 @@ def drift(calibration, min_run_time: float = 0.3) -> dict[str, float]:
     import torch
     from torch.utils import benchmark
 
-    from calibration.ops import Case
+    from calibration.measure.kernels import build
+    from calibration.specs.operations import Case
 
     ratios = {}
     for operation, params in DRIFT_REFERENCES:
@@ -193,7 +194,7 @@ def drift(calibration, min_run_time: float = 0.3) -> dict[str, float]:
         entry = calibration.operation_profiles.get(case.key)
         if entry is None:
             continue
-        timer = benchmark.Timer("kernel()", globals={"kernel": case.build()}, num_threads=torch.get_num_threads())
+        timer = benchmark.Timer("kernel()", globals={"kernel": build(case)}, num_threads=torch.get_num_threads())
         ratios[operation] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3 / entry.latency.median_ms
     return ratios
 
@@ -224,8 +225,8 @@ def page_faults_per_call(model, example, calls: int = 5) -> int | None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from calibration.mapper import predict_latency
-    from calibration.storage import ProfileError, load_calibration
+    from calibration.predict.mapper import predict_latency
+    from calibration.profile.storage import ProfileError, load_calibration
 
     try:
         model, example = load_model(args.model, args.batch, args.input_shape)
@@ -323,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_compare(sub) -> None:
-    from calibration.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METRICS
-    from calibration.compare_report import RENDERERS
+    from calibration.report.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METRICS
+    from calibration.report.compare_report import RENDERERS
 
     compare = sub.add_parser(
         "compare", help="compare two profiles; exit 1 when an entry significantly regressed",

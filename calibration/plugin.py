@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from calibration import fusion, harness, machine, options
-from calibration.fold import FusionRecord, Record, fold, unpaired
-from calibration.ops import OPERATIONS, dtype_unsupported_reason
-from calibration.schema import Peak, PeakSource
-from calibration.storage import ProfileError, check_writable, load_calibration
+from calibration.measure import harness, machine, options
+from calibration.measure.fold import FusionRecord, Record, fold, unpaired
+from calibration.measure.kernels import dtype_unsupported_reason
+from calibration.profile.schema import Peak, PeakSource
+from calibration.profile.storage import ProfileError, check_writable, load_calibration
+from calibration.specs import host
+from calibration.specs import patterns as fusion
+from calibration.specs.operations import OPERATIONS
 
 HELP_OUT = "Write the calibration profile (JSON) to PATH. Default: %(default)r (no profile)."
 HELP_QUICK = "Calibrate one or two representative sizes per operation. Default: %(default)r."
@@ -63,7 +66,7 @@ class CalibrationState:
     fusion_records: list[FusionRecord] = field(default_factory=list)
     not_written: str | None = None  # why no profile is written, when one was asked for
     written: Path | None = None
-    load_before: float | None = field(default_factory=machine.load_average)
+    load_before: float | None = field(default_factory=host.load_average)
     busy_before: float | None = None
     unpaired: list[str] = field(default_factory=list)
     calibration: object | None = None
@@ -264,7 +267,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=drop)
     items[:] = _shuffle_twins(keep)
     if any(_case_of(item) is not None for item in items):
-        state.busy_before = machine.busy_cpus()
+        state.busy_before = host.busy_cpus()
 
 
 @pytest.fixture
@@ -290,7 +293,7 @@ def calibrate(request: pytest.FixtureRequest, benchmark):
 def _calibrate_fusion(state: CalibrationState, benchmark, case, budget: harness.Budget):
     import torch
 
-    from calibration.fusion_runner import CompilerUnavailable, prepare
+    from calibration.measure.fusion_runner import CompilerUnavailable, prepare
 
     with torch.no_grad():
         try:
@@ -351,7 +354,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def _compare(session: pytest.Session, state: CalibrationState) -> None:
     """Compare the folded profile with BASE; a significant regression fails the session
     when --calibrate-compare-fail is given (a run that already failed keeps its status)."""
-    from calibration.compare import DEFAULT_THRESHOLD, NothingInCommon, compare
+    from calibration.report.compare import DEFAULT_THRESHOLD, NothingInCommon, compare
 
     if state.compare_base is None or os.environ.get("PYTEST_XDIST_WORKER"):
         return
@@ -373,7 +376,7 @@ def _compare(session: pytest.Session, state: CalibrationState) -> None:
 
 
 def _write_comparison(terminalreporter, state: CalibrationState) -> None:
-    from calibration.compare_report import render_text
+    from calibration.report.compare_report import render_text
 
     if state.compare_base is None:
         return

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from calibration.fold import Record
-from calibration.ops import Case
-from calibration.schema import LatencyStats, Metadata
+from calibration.measure.fold import Record
+from calibration.profile.schema import LatencyStats, Metadata
+from calibration.specs.operations import Case
 
 CACHES = {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20}
 

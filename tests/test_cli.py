@@ -11,7 +11,7 @@ from factories import metadata, record
 
 from calibration import calibrate_hardware, load_calibration
 from calibration.cli import main
-from calibration.fold import fold
+from calibration.measure.fold import fold
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,7 @@ def test_partition_prints_the_report_for_a_registered_model(capsys):
 
 
 def test_partition_takes_a_user_factory_with_an_input_shape(capsys):
-    assert main(["partition", "--model", "calibration.models:mlp", "--input-shape", "784"]) == 0
+    assert main(["partition", "--model", "calibration.predict.models:mlp", "--input-shape", "784"]) == 0
     assert "Linear_Bias_ReLU:" in capsys.readouterr().out
 
 
@@ -115,8 +115,8 @@ def test_partition_takes_a_user_factory_with_an_input_shape(capsys):
     ("args", "message"),
     [
         (["--model", "nosuch"], "give one of resnet18, mobilenet_v2, bert_layer, mlp or MODULE:FACTORY"),
-        (["--model", "calibration.models:mlp"], "needs --input-shape"),
-        (["--model", "calibration.models:nosuch", "--input-shape", "784"], "nosuch"),
+        (["--model", "calibration.predict.models:mlp"], "needs --input-shape"),
+        (["--model", "calibration.predict.models:nosuch", "--input-shape", "784"], "nosuch"),
         (["--model", "mlp", "--profile", "/nonexistent/p.json"], "no such profile"),
     ],
 )
@@ -172,7 +172,7 @@ def test_drift_divides_the_time_now_by_the_profile_median():
 
 
 def test_summary_flags_cache_levels_whose_triad_is_a_per_call_cost():
-    from calibration.report import render_summary
+    from calibration.profile.summary import render_summary
 
     cal = fold([
         record("dispatch", 0.002, n=1),  # 2 us a call

@@ -10,16 +10,22 @@ import numpy as np
 import pytest
 from factories import latency, metadata
 
-from calibration import cli, options
-from calibration.compare import Method, NothingInCommon, Status, compare
-from calibration.compare_report import render_markdown, render_text
-from calibration.fold import FusionRecord, Record, fold
-from calibration.fusion import FusionCase
-from calibration.ops import Case
-from calibration.ranktest import mann_whitney_u, midranks, smallest_p_value, u_counts
-from calibration.schema import HardwareCalibration, LatencyStats
-from calibration.stats import quartiles
-from calibration.verdict import Verdict
+from calibration import cli
+from calibration.measure import options
+from calibration.measure.fold import FusionRecord, Record, fold
+from calibration.measure.stats import quartiles
+from calibration.profile.schema import HardwareCalibration, LatencyStats
+from calibration.profile.verdict import Verdict
+from calibration.report.compare import Method, NothingInCommon, Status, compare
+from calibration.report.compare_report import render_markdown, render_text
+from calibration.report.ranktest import (
+    mann_whitney_u,
+    midranks,
+    smallest_p_value,
+    u_counts,
+)
+from calibration.specs.operations import Case
+from calibration.specs.patterns import FusionCase
 
 RELU = "relu[n=1048576]/float32/cpu"
 ADD = "add[n=1048576]/float32/cpu"

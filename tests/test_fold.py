@@ -5,10 +5,10 @@ import math
 import pytest
 from factories import metadata, record
 
-from calibration.fold import Record, fold
-from calibration.report import render_summary
-from calibration.roofline import Bottleneck
-from calibration.schema import Peak, PeakSource
+from calibration.measure.fold import Record, fold
+from calibration.profile.roofline import Bottleneck
+from calibration.profile.schema import Peak, PeakSource
+from calibration.profile.summary import render_summary
 
 
 def matmul(n: int, ms: float, path: str = "aten", dtype: str = "float32"):
@@ -146,9 +146,9 @@ def test_summary_warns_when_the_machine_was_busy():
 
 
 def test_busy_cpus_reads_the_cpu_counters():
-    from calibration import machine
+    from calibration.specs import host
 
-    busy = machine.busy_cpus(0.05)
+    busy = host.busy_cpus(0.05)
     assert busy is None or 0.0 <= busy <= (__import__("os").cpu_count() or 1)
 
 

@@ -14,21 +14,21 @@ import torch
 from factories import latency, metadata
 from torch.utils.flop_counter import FlopCounterMode
 
-from calibration.fold import FusionRecord, fold, unpaired
-from calibration.fusion import (
+from calibration.measure.fold import FusionRecord, fold, unpaired
+from calibration.measure.fusion_runner import CompilerUnavailable, prepare
+from calibration.measure.patterns import BUILDERS, Instance
+from calibration.profile.schema import LatencyStats
+from calibration.profile.storage import load_calibration
+from calibration.profile.verdict import Verdict
+from calibration.specs.patterns import (
     DROPOUT_P,
     FAMILIES,
     PATTERNS,
     VARIANTS,
     FusionCase,
-    Instance,
     Pattern,
     resolve_families,
 )
-from calibration.fusion_runner import CompilerUnavailable, prepare
-from calibration.schema import LatencyStats
-from calibration.storage import load_calibration
-from calibration.verdict import Verdict
 
 CPU = torch.device("cpu")
 
@@ -206,21 +206,24 @@ def test_every_pattern_and_cpu_variant_is_covered():
     assert covered == {(name, v) for name, p in PATTERNS.items() for v in p.variants("cpu")}
 
 
-def _with_wrong_library(name: str) -> Pattern:
-    real = PATTERNS[name]
+def _with_wrong_library(monkeypatch, name: str) -> Pattern:
+    """A copy of pattern ``name`` whose library kernel adds one to the right answer."""
+    real, real_build = PATTERNS[name], BUILDERS[name]
 
     def build(params, dtype, device) -> Instance:
-        instance = real.build(params, dtype, device)
+        instance = real_build(params, dtype, device)
         right = instance.library
         return dataclasses.replace(instance, library=lambda: right() + 1.0)
 
-    return dataclasses.replace(real, name=f"Broken_{name}", build=build)
+    broken = dataclasses.replace(real, name=f"Broken_{name}")
+    monkeypatch.setitem(PATTERNS, broken.name, broken)
+    monkeypatch.setitem(BUILDERS, broken.name, build)
+    return broken
 
 
 @pytest.mark.parametrize("name", ["Add_ReLU", "Conv2d_BN_ReLU", "Linear_Bias_GELU"])
 def test_a_wrong_library_kernel_fails_the_check(monkeypatch, name):
-    broken = _with_wrong_library(name)
-    monkeypatch.setitem(PATTERNS, broken.name, broken)
+    broken = _with_wrong_library(monkeypatch, name)
     small = small_shapes(name)[0]
     with pytest.raises(AssertionError, match="fused output differs from the unfused output"):
         with torch.no_grad():
@@ -499,7 +502,7 @@ FLOP_SHAPES = [
 
 @pytest.mark.parametrize(("name", "params"), FLOP_SHAPES)
 def test_flops_are_flop_counter_plus_hand_counted_elementwise(name, params):
-    instance = PATTERNS[name].build(params, "float32", CPU)
+    instance = BUILDERS[name](params, "float32", CPU)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         instance.unfused(*instance.inputs)
     gemm = counter.get_total_flops()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from calibration import harness
-from calibration.schema import LatencyStats
+from calibration.measure import harness
+from calibration.profile.schema import LatencyStats
 
 
 def _stats(median_ms: float, min_ms: float) -> LatencyStats:

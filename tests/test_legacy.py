@@ -6,7 +6,7 @@ import pytest
 
 from calibration import ProfileError, load_calibration
 from calibration.cli import main
-from calibration.storage import LegacyProfileWarning
+from calibration.profile.storage import LegacyProfileWarning
 
 # The layout of the predecessor's usage guide ("JSON Structure") and its schema.py.
 PREDECESSOR_PROFILE = {

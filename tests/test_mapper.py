@@ -7,10 +7,10 @@ import torch
 from factories import latency, metadata, record
 from torch import nn
 
-from calibration.fold import FusionRecord, fold
-from calibration.fusion import FusionCase
-from calibration.mapper import CPUMapper, predict_latency
-from calibration.partitioner import partition
+from calibration.measure.fold import FusionRecord, fold
+from calibration.predict.mapper import CPUMapper, predict_latency
+from calibration.predict.plan import partition
+from calibration.specs.patterns import FusionCase
 
 CEILING_GFLOPS = 100.0
 DRAM_GBPS = 20.0

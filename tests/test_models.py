@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from calibration.models import MODELS, bert_layer, example_input, mlp, mobilenet_v2, resnet18
+from calibration.predict.models import (
+    MODELS,
+    bert_layer,
+    example_input,
+    mlp,
+    mobilenet_v2,
+    resnet18,
+)
 
 OUTPUT_FEATURES = {"resnet18": 1000, "mobilenet_v2": 1000, "bert_layer": 768, "mlp": 10}
 

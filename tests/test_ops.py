@@ -4,18 +4,22 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from calibration import machine
-from calibration.ops import (
+from calibration.measure.kernels import (
     DTYPES,
+    PROBE_MODULES,
+    build,
+    dtype_unsupported_reason,
+)
+from calibration.predict.plan import partition
+from calibration.specs import host
+from calibration.specs.operations import (
     ELEMENTWISE_FLOPS,
     FAMILIES,
     MODULE_PROBES,
     OPERATIONS,
     Case,
-    dtype_unsupported_reason,
     resolve_selection,
 )
-from calibration.partitioner import partition
 
 
 def case(operation: str, dtype: str = "float32", **params) -> Case:
@@ -123,18 +127,18 @@ GEMM_LIKE = [
 
 @pytest.mark.parametrize("c", GEMM_LIKE, ids=lambda c: c.key)
 def test_gemm_and_conv_flops_match_flop_counter(c):
-    assert c.flops == counted_flops(c.build())
+    assert c.flops == counted_flops(build(c))
 
 
 def test_linear_flops_are_flop_counter_plus_bias():
     c = case("linear", B=4, IN=32, OUT=16)
-    assert c.flops == counted_flops(c.build()) + 4 * 16
+    assert c.flops == counted_flops(build(c)) + 4 * 16
 
 
 @pytest.mark.parametrize("path", ["mkldnn", "mkldnn_packed"])
 def test_onednn_matmul_paths_compute_the_same_product(path):
     # the builder asserts the product against torch.mm before returning the kernel
-    kernel = case("matmul", M=32, K=64, N=48, path=path).build()
+    kernel = build(case("matmul", M=32, K=64, N=48, path=path))
     assert kernel() is not None
 
 
@@ -152,14 +156,14 @@ def test_every_operation_builds_runs_and_counts(name):
             assert c.key.startswith(f"{name}[") and c.key.endswith("/cpu")
     smallest = min(op.cases(quick=True, device="cpu"), key=lambda c: c.bytes)
     if dtype_unsupported_reason(smallest.dtype, "cpu") is None and smallest.bytes < 64 << 20:
-        smallest.build()()
+        build(smallest)()
 
 
 @pytest.mark.parametrize("name", sorted(MODULE_PROBES))
 def test_each_module_probe_times_the_kernel_its_module_runs(name):
     """The partitioner sees the probe's module as the registry kernel the probe's twin times."""
     probe = MODULE_PROBES[name]
-    module = probe.make()
+    module = PROBE_MODULES[name]()
     assert type(module).__name__ == name
     (node,) = [n for sg in partition(torch.nn.Sequential(module).eval(), torch.randn(probe.input_shape)).subgraphs
                for n in sg.nodes if n.kernel]
@@ -167,15 +171,15 @@ def test_each_module_probe_times_the_kernel_its_module_runs(name):
                                                                       probe.params)
     x = torch.randn(probe.input_shape)
     with torch.no_grad():
-        assert case("module_call", module=name, form="module").build()().shape == module.eval()(x).shape
+        assert build(case("module_call", module=name, form="module"))().shape == module.eval()(x).shape
     assert case("module_call", module=name, form="kernel").flops == OPERATIONS[probe.operation].flops(probe.params)
 
 
 def test_module_call_names_the_probes_it_has():
     with pytest.raises(ValueError, match="no module-call probe for 'Conv3d'; probed: Conv2d"):
-        case("module_call", module="Conv3d", form="module").build()
+        build(case("module_call", module="Conv3d", form="module"))
     with pytest.raises(ValueError, match=r"form must be one of \('module', 'kernel'\), got 'eager'"):
-        case("module_call", module="Conv2d", form="eager").build()
+        build(case("module_call", module="Conv2d", form="eager"))
 
 
 def test_quick_is_a_small_subset():
@@ -195,11 +199,11 @@ def test_keys_are_unique():
 
 
 def test_stream_arrays_are_four_times_the_last_level_cache(monkeypatch):
-    monkeypatch.setattr(machine, "cache_sizes", lambda: {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20})
-    n = machine.stream_elements()
+    monkeypatch.setattr(host, "cache_sizes", lambda: {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20})
+    n = host.stream_elements()
     assert n * 4 >= 4 * (32 << 20)
-    assert machine.triad_sweep_elements(quick=True) == (1024, 16384, 1 << 20, n)
-    full = machine.triad_sweep_elements(quick=False)
+    assert host.triad_sweep_elements(quick=True) == (1024, 16384, 1 << 20, n)
+    full = host.triad_sweep_elements(quick=False)
     assert full[0] == 1024 and full[-1] == n and len(full) >= 6
 
 
@@ -222,9 +226,9 @@ def test_fill_reuses_its_output_and_fill_fresh_allocates_one_each_call():
     n = 1024
     fill, fresh = case("fill", n=n), case("fill_fresh", n=n)
     assert fill.bytes == fresh.bytes == n * 4 and fill.flops == fresh.flops == 0
-    reuse = fill.build()
+    reuse = build(fill)
     assert reuse().data_ptr() == reuse().data_ptr()
-    alloc = fresh.build()
+    alloc = build(fresh)
     first = alloc()
     assert alloc().data_ptr() != first.data_ptr()  # the first is still alive: a new block
     assert resolve_selection(["alloc"]) == {"fill", "fill_fresh"}

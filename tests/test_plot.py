@@ -7,10 +7,10 @@ import pytest
 from factories import latency, metadata, record
 
 from calibration.cli import main
-from calibration.fold import FusionRecord, fold
-from calibration.fusion import FusionCase
-from calibration.plot import INSTALL_HINT, draw_roofline, plot_roofline
-from calibration.schema import Peak, PeakSource
+from calibration.measure.fold import FusionRecord, fold
+from calibration.profile.schema import Peak, PeakSource
+from calibration.report.plot import INSTALL_HINT, draw_roofline, plot_roofline
+from calibration.specs.patterns import FusionCase
 
 matplotlib = pytest.importorskip("matplotlib")
 mpimg = pytest.importorskip("matplotlib.image")

@@ -14,9 +14,10 @@ import pytest
 import torch
 from factories import metadata, record
 
-from calibration import SCHEMA_VERSION, ProfileError, load_calibration, options
-from calibration.fold import fold
-from calibration.ops import FAMILIES
+from calibration import SCHEMA_VERSION, ProfileError, load_calibration
+from calibration.measure import options
+from calibration.measure.fold import fold
+from calibration.specs.operations import FAMILIES
 
 KEY = "dispatch[n=1]/float32/cpu"
 # The plugin is named explicitly (not left to the entry point); hypothesis's plugin is off
@@ -344,19 +345,19 @@ BROKEN_FUSION_BENCH = """
 
     import pytest
 
-    from calibration import fusion
+    from calibration.measure import patterns
 
 
-    REAL = fusion.PATTERNS["Add_ReLU"]
+    REAL = patterns.BUILDERS["Add_ReLU"]
 
 
     def _broken_build(params, dtype, device):
-        instance = REAL.build(params, dtype, device)
+        instance = REAL(params, dtype, device)
         real = instance.library
         return dataclasses.replace(instance, library=lambda: real() + 1.0)
 
 
-    fusion.PATTERNS["Add_ReLU"] = dataclasses.replace(REAL, build=_broken_build)
+    patterns.BUILDERS["Add_ReLU"] = _broken_build
 
 
     @pytest.mark.fusion("elementwise")

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from calibration import roofline, stats
-from calibration.roofline import Bottleneck
+from calibration.measure import stats
+from calibration.profile import roofline
+from calibration.profile.roofline import Bottleneck
 
 CACHES = {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20}
 

@@ -9,9 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calibration import ProfileError, load_calibration
-from calibration.keys import operation_key
-from calibration.roofline import Bottleneck
-from calibration.schema import (
+from calibration.profile.roofline import Bottleneck
+from calibration.profile.schema import (
     HardwareCalibration,
     LatencyStats,
     MeasuredSummary,
@@ -19,6 +18,7 @@ from calibration.schema import (
     Peak,
     PeakSource,
 )
+from calibration.specs.keys import operation_key
 
 finite = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=1e-6, max_value=1e12, allow_nan=False, allow_infinity=False)

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from calibration.verdict import MIN_EFFECT, POINT_ESTIMATE_MARGIN, Verdict, decide, speedup_interval
+from calibration.profile.verdict import (
+    MIN_EFFECT,
+    POINT_ESTIMATE_MARGIN,
+    Verdict,
+    decide,
+    speedup_interval,
+)
 
 
 def tight(median: float, count: int = 60, spread: float = 0.002, seed: int = 1) -> list[float]:

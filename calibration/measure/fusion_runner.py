@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from calibration.fusion import FusionCase, Instance
+from calibration.measure.patterns import Instance, build
+from calibration.specs.patterns import FusionCase
 
 # float32 outputs differ from the unfused form only by reassociation (GEMM blocking, BN
 # folded into weights), well inside 1e-3; bf16/fp16 keep 8/11 mantissa bits.
@@ -83,7 +84,7 @@ def compile_unfused(instance: Instance, device: torch.device) -> tuple[Callable[
 def prepare(case: FusionCase) -> Prepared:
     """Build ``case``'s variant; for a fused variant, check it against the unfused output."""
     device = torch.device(case.device)
-    instance = case.spec.build(case.param_dict, case.dtype, device)
+    instance = build(case, device)
     unfused = _with_reseed(instance, lambda: instance.unfused(*instance.inputs))
     if case.variant == "unfused":
         return Prepared(unfused)

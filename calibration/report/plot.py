@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from calibration.schema import HardwareCalibration
+    from calibration.profile.schema import HardwareCalibration
 
 INSTALL_HINT = "matplotlib is not installed: pip install 'calibration[plot]'"
 

@@ -1,9 +1,9 @@
 """The registry of operation microbenchmarks.
 
 Each :class:`Operation` is the one place that knows an operation's name, family, shapes
-(full and ``--quick``), FLOP and byte model, and how to build a runnable kernel on
-preallocated tensors. The benchmarks in ``bench/``, the profile keys, the lookups and the
-mapper all read this registry.
+(full and ``--quick``) and FLOP and byte model. The benchmarks in ``bench/``, the profile
+keys, the lookups and the mapper all read this registry; the torch kernel that runs each
+operation is built in :mod:`calibration.measure.kernels`, under the same name.
 
 Counting conventions (tested in ``tests/test_ops.py``):
 
@@ -20,25 +20,15 @@ Counting conventions (tested in ``tests/test_ops.py``):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import torch
-
-from calibration import machine
-from calibration.keys import ParamValue, operation_key
+from calibration.specs import host
+from calibration.specs.dtypes import itemsize
+from calibration.specs.keys import ParamValue, operation_key
 
 Params = Mapping[str, ParamValue]
-Kernel = Callable[[], object]
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "tf32": torch.float32,  # float32 storage, TensorFloat-32 tensor-core math (CUDA only)
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 # Nominal FLOPs per element. relu is a compare-select; sigmoid is exp + add + reciprocal
 # (+ negate); silu is sigmoid then a multiply; gelu (erf form) is x*0.5*(1+erf(x/sqrt2)),
@@ -57,27 +47,6 @@ ELEMENTWISE_FLOPS: dict[str, int] = {
 }
 
 
-def itemsize(dtype: str) -> int:
-    return DTYPES[dtype].itemsize
-
-
-def dtype_unsupported_reason(dtype: str, device: str) -> str | None:
-    """Why ``dtype`` cannot be calibrated on ``device`` here, or None if it can."""
-    if dtype not in DTYPES:
-        return f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}"
-    if device == "cpu":
-        if dtype in ("tf32", "float16"):
-            return f"{dtype} matmul is a CUDA path"
-        if dtype == "bfloat16" and not (
-            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        ):
-            return "this CPU has no native bfloat16 (avx512_bf16 or AMX): bf16 would be emulated"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA is not available"
-        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-            return "this GPU does not support bfloat16"
-    return None
 
 
 @dataclass(frozen=True)
@@ -114,9 +83,6 @@ class Case:
     def bytes(self) -> int:
         return self.spec.bytes_moved(self.param_dict, itemsize(self.dtype))
 
-    def build(self) -> Kernel:
-        return self.spec.build(self.param_dict, self.dtype, torch.device(self.device))
-
 
 @dataclass(frozen=True)
 class Operation:
@@ -125,7 +91,6 @@ class Operation:
     description: str
     flops: Callable[[Params], int]
     bytes_moved: Callable[[Params, int], int]
-    build: Callable[[Params, str, torch.device], Kernel]
     # shapes(quick) -> the parameter sets to benchmark; a function because some depend on
     # the machine (STREAM arrays are sized from the last-level cache).
     shapes: Callable[[bool], tuple[Params, ...]]
@@ -167,8 +132,6 @@ def fixed(full: tuple[Params, ...], quick: tuple[Params, ...]) -> Callable[[bool
     return lambda is_quick: quick if is_quick else full
 
 
-def _randn(shape: Iterable[int], dtype: str, device: torch.device) -> torch.Tensor:
-    return torch.randn(*shape, dtype=DTYPES[dtype], device=device)
 
 
 # --------------------------------------------------------------------------- matmul
@@ -184,45 +147,6 @@ def _matmul_bytes(p: Params, size: int) -> int:
     return (p["M"] * p["K"] + p["K"] * p["N"] + p["M"] * p["N"]) * size
 
 
-def _build_matmul(p: Params, dtype: str, device: torch.device) -> Kernel:
-    M, K, N, path = p["M"], p["K"], p["N"], p["path"]
-    a = _randn((M, K), dtype, device)
-    b = _randn((K, N), dtype, device)
-    if path == "aten":
-        c = torch.empty(M, N, dtype=DTYPES[dtype], device=device)
-        if device.type == "cuda":
-            allow_tf32 = dtype == "tf32"
-
-            def run_cuda() -> object:
-                torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-                return torch.mm(a, b, out=c)
-
-            return run_cuda
-        return lambda: torch.mm(a, b, out=c)
-    if device.type != "cpu":
-        raise ValueError(f"matmul path {path!r} exists only on CPU")
-    weight = b.t().contiguous()  # oneDNN linear takes W as (N, K)
-    expected = torch.mm(a, b)
-    if path == "mkldnn":
-        a_m, w_m = a.to_mkldnn(), weight.to_mkldnn()
-
-        def run() -> object:
-            return torch._C._nn.mkldnn_linear(a_m, w_m, None)
-
-        got = run().to_dense()
-    elif path == "mkldnn_packed":
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, M)
-
-        def run() -> object:
-            return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-
-        got = run()
-    else:
-        raise ValueError(f"unknown matmul path {path!r}; known: {', '.join(MATMUL_PATHS)}")
-    # An alternative path only counts toward the ceiling if it computes the same product.
-    tol = 1e-2 if dtype == "bfloat16" else 1e-4
-    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * math.sqrt(K))
-    return run
 
 
 def _mm(M: int, K: int, N: int, path: str = "aten") -> Params:
@@ -235,7 +159,6 @@ MATMUL = Operation(
     description="C = A @ B, A (M x K), B (K x N); 'path' selects the library kernel",
     flops=_matmul_flops,
     bytes_moved=_matmul_bytes,
-    build=_build_matmul,
     shapes=fixed(
         full=tuple(
             _mm(n, n, n, path) for n in (256, 512, 1024, 2048, 4096) for path in MATMUL_PATHS
@@ -270,13 +193,6 @@ def _linear_bytes(p: Params, size: int) -> int:
     return (B * IN + OUT * IN + OUT + B * OUT) * size
 
 
-def _build_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
-    x = _randn((p["B"], p["IN"]), dtype, device)
-    w = _randn((p["OUT"], p["IN"]), dtype, device)
-    bias = _randn((p["OUT"],), dtype, device)
-    y = torch.empty(p["B"], p["OUT"], dtype=DTYPES[dtype], device=device)
-    wt = w.t()
-    return lambda: torch.addmm(bias, x, wt, out=y)  # the kernel F.linear dispatches to
 
 
 LINEAR = Operation(
@@ -285,7 +201,6 @@ LINEAR = Operation(
     description="y = x @ W^T + b (nn.Linear), x (B x IN)",
     flops=_linear_flops,
     bytes_moved=_linear_bytes,
-    build=_build_linear,
     # A grid of batch sizes (GEMV to GEMM) and weight sizes (L2-, L3- and DRAM-resident), not
     # the layers of any model the predictions are checked on: a mapper interpolates between them.
     # Widths of 1024 and 2048 floats run some few-row GEMMs up to 1.5x slower here than widths
@@ -320,11 +235,6 @@ def _bmm_bytes(p: Params, size: int) -> int:
     return p["BATCH"] * (p["M"] * p["K"] + p["K"] * p["N"] + p["M"] * p["N"]) * size
 
 
-def _build_bmm(p: Params, dtype: str, device: torch.device) -> Kernel:
-    a = _randn((p["BATCH"], p["M"], p["K"]), dtype, device)
-    b = _randn((p["BATCH"], p["K"], p["N"]), dtype, device)
-    c = torch.empty(p["BATCH"], p["M"], p["N"], dtype=DTYPES[dtype], device=device)
-    return lambda: torch.bmm(a, b, out=c)
 
 
 BMM = Operation(
@@ -333,7 +243,6 @@ BMM = Operation(
     description="batched C[i] = A[i] @ B[i] (attention score and context products)",
     flops=_bmm_flops,
     bytes_moved=_bmm_bytes,
-    build=_build_bmm,
     shapes=fixed(full=(
         {"BATCH": 8, "M": 256, "K": 64, "N": 256},  # 8 heads of 64, sequence 256: Q K^T
         {"BATCH": 8, "M": 256, "K": 256, "N": 64},  # and attention @ V
@@ -346,32 +255,26 @@ BMM = Operation(
 # --------------------------------------------------------------------------- conv2d
 
 
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
 def _conv_flops(p: Params) -> int:
-    ho = _conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
-    wo = _conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
     per_output = (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
     return 2 * p["N"] * p["COUT"] * ho * wo * per_output
 
 
 def _conv_bytes(p: Params, size: int) -> int:
-    ho = _conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
-    wo = _conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
     inputs = p["N"] * p["CIN"] * p["H"] * p["W"]
     weights = p["COUT"] * (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
     outputs = p["N"] * p["COUT"] * ho * wo
     return (inputs + weights + outputs) * size
 
 
-def _build_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
-    x = _randn((p["N"], p["CIN"], p["H"], p["W"]), dtype, device)
-    w = _randn((p["COUT"], p["CIN"] // p["GROUPS"], p["K"], p["K"]), dtype, device)
-    stride, pad, groups = p["STRIDE"], p["PAD"], p["GROUPS"]
-    conv = torch.nn.functional.conv2d
-    return lambda: conv(x, w, None, stride, pad, 1, groups)
 
 
 def _conv_kind(p: Params) -> str:
@@ -391,7 +294,6 @@ CONV2D = Operation(
     description="2-D convolution, no bias, eval/no_grad: ResNet-18 and MobileNet-V2 layers at 224x224, and a grid",
     flops=_conv_flops,
     bytes_moved=_conv_bytes,
-    build=_build_conv,
     shapes=fixed(full=(
         _conv(1, 3, 64, 224, 7, 2),  # resnet18.conv1
         _conv(1, 64, 64, 56, 3, 1),  # resnet18.layer1.conv3x3
@@ -443,78 +345,57 @@ ELEMENTWISE_SIZES = ({"n": 1 << 12}, {"n": 1 << 16}, {"n": 1 << 20}, {"n": 1 << 
 ELEMENTWISE_QUICK = ({"n": 1 << 20}, {"n": 1 << 24})
 
 
-def _elementwise(name: str, inputs: int, kernel: Callable[..., object], description: str) -> Operation:
+def _elementwise(name: str, inputs: int, description: str) -> Operation:
     def flops(p: Params) -> int:
         return ELEMENTWISE_FLOPS[name] * p["n"]
 
     def nbytes(p: Params, size: int) -> int:
         return (inputs + 1) * p["n"] * size
 
-    def build(p: Params, dtype: str, device: torch.device) -> Kernel:
-        args = [_randn((p["n"],), dtype, device) for _ in range(inputs)]
-        out = torch.empty(p["n"], dtype=DTYPES[dtype], device=device)
-        return lambda: kernel(*args, out=out)
-
-    return Operation(name, "elementwise", description, flops, nbytes, build,
+    return Operation(name, "elementwise", description, flops, nbytes,
                      fixed(ELEMENTWISE_SIZES, ELEMENTWISE_QUICK))
 
 
 ELEMENTWISE = (
-    _elementwise("add", 2, torch.add, "c = a + b"),
-    _elementwise("mul", 2, torch.mul, "c = a * b"),
-    # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.
-    _elementwise("relu", 1, lambda x, out: torch.clamp_min(x, 0, out=out), "y = max(x, 0)"),
-    _elementwise("gelu", 1, torch._C._nn.gelu, "y = gelu(x), erf form"),
-    _elementwise("sigmoid", 1, torch.sigmoid, "y = 1 / (1 + exp(-x))"),
-    _elementwise("silu", 1, torch._C._nn.silu, "y = x * sigmoid(x)"),
+    _elementwise("add", 2, "c = a + b"),
+    _elementwise("mul", 2, "c = a * b"),
+    _elementwise("relu", 1, "y = max(x, 0)"),
+    _elementwise("gelu", 1, "y = gelu(x), erf form"),
+    _elementwise("sigmoid", 1, "y = 1 / (1 + exp(-x))"),
+    _elementwise("silu", 1, "y = x * sigmoid(x)"),
 )
 
 
 # --------------------------------------------------------------------------- STREAM
 
 
-def _stream(name: str, words: int, flops_per_element: int, description: str,
-            kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]) -> Operation:
+def _stream(name: str, words: int, flops_per_element: int, description: str) -> Operation:
     def flops(p: Params) -> int:
         return flops_per_element * p["n"]
 
     def nbytes(p: Params, size: int) -> int:
         return words * p["n"] * size
 
-    def build(p: Params, dtype: str, device: torch.device) -> Kernel:
-        a = torch.zeros(p["n"], dtype=DTYPES[dtype], device=device)
-        b = torch.full((p["n"],), 1.0, dtype=DTYPES[dtype], device=device)
-        c = torch.full((p["n"],), 2.0, dtype=DTYPES[dtype], device=device)
-        return lambda: kernel(a, b, c)
-
     def shapes(quick: bool) -> tuple[Params, ...]:
         if name == "stream_triad":
-            return tuple({"n": n} for n in machine.triad_sweep_elements(quick=quick))
-        return ({"n": machine.stream_elements()},)
+            return tuple({"n": n} for n in host.triad_sweep_elements(quick=quick))
+        return ({"n": host.stream_elements()},)
 
-    return Operation(name, "memory", description, flops, nbytes, build, shapes)
+    return Operation(name, "memory", description, flops, nbytes, shapes)
 
 
 STREAM_SCALAR = 3.0
 STREAM = (
-    _stream("stream_copy", 2, 0, "a = b (STREAM copy: 2 words/element)",
-            lambda a, b, c: a.copy_(b)),
-    _stream("stream_scale", 2, 1, "a = s * b (STREAM scale: 2 words/element)",
-            lambda a, b, c: torch.mul(b, STREAM_SCALAR, out=a)),
-    _stream("stream_add", 3, 1, "a = b + c (STREAM add: 3 words/element)",
-            lambda a, b, c: torch.add(b, c, out=a)),
-    _stream("stream_triad", 3, 2, "a = b + s * c (STREAM triad: 3 words/element)",
-            lambda a, b, c: torch.add(b, c, alpha=STREAM_SCALAR, out=a)),
+    _stream("stream_copy", 2, 0, "a = b (STREAM copy: 2 words/element)"),
+    _stream("stream_scale", 2, 1, "a = s * b (STREAM scale: 2 words/element)"),
+    _stream("stream_add", 3, 1, "a = b + c (STREAM add: 3 words/element)"),
+    _stream("stream_triad", 3, 2, "a = b + s * c (STREAM triad: 3 words/element)"),
 )
 
 
 # --------------------------------------------------------------------------- softmax, norms
 
 
-def _build_softmax(p: Params, dtype: str, device: torch.device) -> Kernel:
-    x = _randn((p["ROWS"], p["COLS"]), dtype, device)
-    y = torch.empty_like(x)
-    return lambda: torch.ops.aten._softmax.out(x, -1, False, out=y)
 
 
 SOFTMAX = Operation(
@@ -523,19 +404,11 @@ SOFTMAX = Operation(
     description="softmax over the last dimension of a (ROWS x COLS) matrix",
     flops=lambda p: ELEMENTWISE_FLOPS["softmax"] * p["ROWS"] * p["COLS"],
     bytes_moved=lambda p, size: 2 * p["ROWS"] * p["COLS"] * size,
-    build=_build_softmax,
     shapes=fixed(full=({"ROWS": 2048, "COLS": 256}, {"ROWS": 4096, "COLS": 512}, {"ROWS": 8192, "COLS": 2048}),
     quick=({"ROWS": 2048, "COLS": 256},)),
 )
 
 
-def _build_layernorm(p: Params, dtype: str, device: torch.device) -> Kernel:
-    rows, cols = p["ROWS"], p["COLS"]
-    x = _randn((rows, cols), dtype, device)
-    weight, bias = _randn((cols,), dtype, device), _randn((cols,), dtype, device)
-    # The function nn.LayerNorm reaches. Its aten .out overload computes into a temporary and
-    # copies, 1.5x slower here, so this one allocates its output as a model's call does.
-    return lambda: torch.native_layer_norm(x, [cols], weight, bias, 1e-5)
 
 
 LAYERNORM = Operation(
@@ -544,24 +417,12 @@ LAYERNORM = Operation(
     description="layer norm over the last dimension with affine weight and bias",
     flops=lambda p: ELEMENTWISE_FLOPS["layernorm"] * p["ROWS"] * p["COLS"],
     bytes_moved=lambda p, size: (2 * p["ROWS"] * p["COLS"] + 2 * p["COLS"]) * size,
-    build=_build_layernorm,
     # under 32 MiB of output: glibc would hand a larger fresh block back to the OS on each free
     shapes=fixed(full=({"ROWS": 256, "COLS": 1024}, {"ROWS": 2048, "COLS": 1024}, {"ROWS": 6144, "COLS": 1024}),
     quick=({"ROWS": 2048, "COLS": 1024},)),
 )
 
 
-def _build_batchnorm(p: Params, dtype: str, device: torch.device) -> Kernel:
-    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
-    weight, bias = _randn((p["C"],), dtype, device), _randn((p["C"],), dtype, device)
-    mean = _randn((p["C"],), dtype, device)
-    var = torch.rand(p["C"], dtype=DTYPES[dtype], device=device) + 0.5
-    y = torch.empty_like(x)
-    save_mean, save_rstd = torch.empty(0, device=device), torch.empty(0, device=device)
-    # native_batch_norm is what nn.BatchNorm2d in eval runs; _native_batch_norm_legit_no_training.out
-    # computes into a temporary and copies, which ran 1.5-2x slower here.
-    return lambda: torch.ops.aten.native_batch_norm.out(
-        x, weight, bias, mean, var, False, 0.1, 1e-5, out=y, save_mean=save_mean, save_invstd=save_rstd)
 
 
 def _nchw(p: Params) -> int:
@@ -574,7 +435,6 @@ BATCHNORM = Operation(
     description="batch norm in eval mode (running statistics), NCHW",
     flops=lambda p: ELEMENTWISE_FLOPS["batchnorm"] * _nchw(p),
     bytes_moved=lambda p, size: (2 * _nchw(p) + 4 * p["C"]) * size,
-    build=_build_batchnorm,
     shapes=fixed(full=(
         {"N": 1, "C": 32, "H": 128, "W": 128},
         {"N": 1, "C": 128, "H": 32, "W": 32},
@@ -589,24 +449,13 @@ BATCHNORM = Operation(
 
 
 def _pool_out(p: Params) -> int:
-    ho = _conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
-    wo = _conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
     return p["N"] * p["C"] * ho * wo
 
 
-def _build_maxpool(p: Params, dtype: str, device: torch.device) -> Kernel:
-    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
-    y = torch.empty(0, dtype=DTYPES[dtype], device=device)
-    idx = torch.empty(0, dtype=torch.int64, device=device)
-    k, s, pad = [p["K"]] * 2, [p["STRIDE"]] * 2, [p["PAD"]] * 2
-    return lambda: torch.ops.aten.max_pool2d_with_indices.out(x, k, s, pad, [1, 1], False, out=y, indices=idx)
 
 
-def _build_avgpool(p: Params, dtype: str, device: torch.device) -> Kernel:
-    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
-    y = torch.empty(0, dtype=DTYPES[dtype], device=device)
-    k, s, pad = [p["K"]] * 2, [p["STRIDE"]] * 2, [p["PAD"]] * 2
-    return lambda: torch.ops.aten.avg_pool2d.out(x, k, s, pad, False, True, None, out=y)
 
 
 def _pool(n: int, c: int, hw: int, k: int, s: int, pad: int) -> Params:
@@ -619,7 +468,6 @@ MAXPOOL = Operation(
     description="2-D max pooling (eager kernel also writes int64 indices)",
     flops=lambda p: _pool_out(p) * (p["K"] * p["K"] - 1),
     bytes_moved=lambda p, size: _nchw(p) * size + _pool_out(p) * (size + 8),
-    build=_build_maxpool,
     shapes=fixed(full=(_pool(1, 32, 128, 3, 2, 1), _pool(8, 32, 128, 3, 2, 1), _pool(1, 128, 32, 2, 2, 0)),
     quick=(_pool(1, 32, 128, 3, 2, 1),)),
 )
@@ -630,18 +478,11 @@ AVGPOOL = Operation(
     description="2-D average pooling (K x K window summed, then divided)",
     flops=lambda p: _pool_out(p) * p["K"] * p["K"],
     bytes_moved=lambda p, size: (_nchw(p) + _pool_out(p)) * size,
-    build=_build_avgpool,
     shapes=fixed(full=(_pool(1, 96, 40, 3, 2, 1), _pool(1, 32, 64, 2, 2, 0), _pool(8, 128, 32, 2, 2, 0)),
     quick=(_pool(1, 32, 64, 2, 2, 0),)),
 )
 
 
-def _build_global_avgpool(p: Params, dtype: str, device: torch.device) -> Kernel:
-    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
-    pool = torch.nn.functional.adaptive_avg_pool2d
-    # the function nn.AdaptiveAvgPool2d(1) calls; its .out overload and avg_pool2d with a
-    # whole-plane window are different kernels, 2.5-3x slower here
-    return lambda: pool(x, 1)
 
 
 GLOBAL_AVGPOOL = Operation(
@@ -650,7 +491,6 @@ GLOBAL_AVGPOOL = Operation(
     description="global average pooling: adaptive_avg_pool2d to 1x1, one mean per channel",
     flops=_nchw,
     bytes_moved=lambda p, size: (_nchw(p) + p["N"] * p["C"]) * size,
-    build=_build_global_avgpool,
     shapes=fixed(full=({"N": 1, "C": 256, "H": 14, "W": 14}, {"N": 1, "C": 1024, "H": 8, "W": 8},
                        {"N": 8, "C": 384, "H": 10, "W": 10}),
                  quick=({"N": 1, "C": 1024, "H": 8, "W": 8},)),
@@ -660,10 +500,6 @@ GLOBAL_AVGPOOL = Operation(
 # --------------------------------------------------------------------------- dispatch
 
 
-def _build_dispatch(p: Params, dtype: str, device: torch.device) -> Kernel:
-    a, b = _randn((p["n"],), dtype, device), _randn((p["n"],), dtype, device)
-    c = torch.empty_like(a)
-    return lambda: torch.add(a, b, out=c)
 
 
 DISPATCH = Operation(
@@ -672,7 +508,6 @@ DISPATCH = Operation(
     description="a one-element add: the per-call cost of Python + dispatcher + kernel launch",
     flops=lambda p: p["n"],
     bytes_moved=lambda p, size: 3 * p["n"] * size,
-    build=_build_dispatch,
     shapes=fixed(full=({"n": 1},),
     quick=({"n": 1},)),
 )
@@ -680,9 +515,10 @@ DISPATCH = Operation(
 
 @dataclass(frozen=True)
 class ModuleProbe:
-    """An nn.Module class on a tiny input, and the registry kernel that module runs on it."""
+    """An nn.Module class on a tiny input, and the registry kernel that module runs on it.
 
-    make: Callable[[], torch.nn.Module]
+    The module itself is constructed in :data:`calibration.measure.kernels.PROBE_MODULES`."""
+
     input_shape: tuple[int, ...]
     operation: str  # the registry operation whose builder times the same kernel
     params: Params  # its parameters for ``input_shape``
@@ -696,20 +532,20 @@ class ModuleProbe:
 MODULE_PROBES: dict[str, ModuleProbe] = {
     # one channel, one pixel: an 8-channel 3x3 conv's time swings 13-22 us between runs
     # here (oneDNN's threads), as much as the difference being measured
-    "Conv2d": ModuleProbe(lambda: torch.nn.Conv2d(1, 1, 1, bias=False), (1, 1, 1, 1),
+    "Conv2d": ModuleProbe((1, 1, 1, 1),
                           "conv2d", {"N": 1, "CIN": 1, "COUT": 1, "H": 1, "W": 1, "K": 1,
                                      "STRIDE": 1, "PAD": 0, "GROUPS": 1}),
-    "BatchNorm2d": ModuleProbe(lambda: torch.nn.BatchNorm2d(1), (1, 1, 1, 1),
+    "BatchNorm2d": ModuleProbe((1, 1, 1, 1),
                                "batchnorm", {"N": 1, "C": 1, "H": 1, "W": 1}),
-    "Linear": ModuleProbe(lambda: torch.nn.Linear(16, 16), (1, 16), "linear", {"B": 1, "IN": 16, "OUT": 16}),
-    "LayerNorm": ModuleProbe(lambda: torch.nn.LayerNorm(16), (1, 16), "layernorm", {"ROWS": 1, "COLS": 16}),
-    "MaxPool2d": ModuleProbe(lambda: torch.nn.MaxPool2d(3, 2, 1), (1, 8, 8, 8),
+    "Linear": ModuleProbe((1, 16), "linear", {"B": 1, "IN": 16, "OUT": 16}),
+    "LayerNorm": ModuleProbe((1, 16), "layernorm", {"ROWS": 1, "COLS": 16}),
+    "MaxPool2d": ModuleProbe((1, 8, 8, 8),
                              "maxpool", {"N": 1, "C": 8, "H": 8, "W": 8, "K": 3, "STRIDE": 2, "PAD": 1}),
-    "AdaptiveAvgPool2d": ModuleProbe(lambda: torch.nn.AdaptiveAvgPool2d(1), (1, 8, 8, 8),
+    "AdaptiveAvgPool2d": ModuleProbe((1, 8, 8, 8),
                                      "global_avgpool", {"N": 1, "C": 8, "H": 8, "W": 8}),
-    **{name: ModuleProbe(module, (256,), operation, {"n": 256}) for name, module, operation in (
-        ("ReLU", torch.nn.ReLU, "relu"), ("ReLU6", torch.nn.ReLU6, "relu"), ("GELU", torch.nn.GELU, "gelu"),
-        ("SiLU", torch.nn.SiLU, "silu"), ("Sigmoid", torch.nn.Sigmoid, "sigmoid"))},
+    # ReLU6 runs hardtanh; the registry's relu kernel (clamp_min) is the nearest twin
+    **{name: ModuleProbe((256,), operation, {"n": 256}) for name, operation in (
+        ("ReLU", "relu"), ("ReLU6", "relu"), ("GELU", "gelu"), ("SiLU", "silu"), ("Sigmoid", "sigmoid"))},
 }
 MODULE_CALL_FORMS = ("module", "kernel")
 MODULE_PROBES_QUICK = ("Conv2d", "ReLU")
@@ -719,7 +555,7 @@ def _module_calls(names: Iterable[str]) -> tuple[Params, ...]:
     return tuple({"module": name, "form": form} for name in names for form in MODULE_CALL_FORMS)
 
 
-def _probe_operation(p: Params) -> tuple[ModuleProbe, Operation]:
+def probe_operation(p: Params) -> tuple[ModuleProbe, Operation]:
     if p["module"] not in MODULE_PROBES:
         raise ValueError(f"no module-call probe for {p['module']!r}; probed: {', '.join(MODULE_PROBES)}")
     probe = MODULE_PROBES[str(p["module"])]
@@ -734,24 +570,12 @@ def _probe_twin_bytes(probe: ModuleProbe, operation: Operation, size: int) -> in
     return operation.bytes_moved(probe.params, size)
 
 
-def _build_module_call(p: Params, dtype: str, device: torch.device) -> Kernel:
-    probe, operation = _probe_operation(p)
-    if p["form"] == "kernel":
-        return operation.build(probe.params, dtype, device)
-    if p["form"] != "module":
-        raise ValueError(f"module_call form must be one of {MODULE_CALL_FORMS}, got {p['form']!r}")
-    module = probe.make().to(device=device, dtype=DTYPES[dtype]).eval().requires_grad_(False)
-    x = _randn(probe.input_shape, dtype, device)
-    return lambda: module(x)
-
-
 MODULE_CALL = Operation(
     name="module_call",
     family="module",
     description="an nn.Module call (form=module) and the registry kernel it runs (form=kernel) on a tiny input",
-    flops=lambda p: _probe_twin_flops(*_probe_operation(p)),
-    bytes_moved=lambda p, size: _probe_twin_bytes(*_probe_operation(p), size),
-    build=_build_module_call,
+    flops=lambda p: _probe_twin_flops(*probe_operation(p)),
+    bytes_moved=lambda p, size: _probe_twin_bytes(*probe_operation(p), size),
     shapes=fixed(full=_module_calls(MODULE_PROBES), quick=_module_calls(MODULE_PROBES_QUICK)),
 )
 
@@ -774,26 +598,15 @@ def _mib_elements(sizes: tuple[int, ...]) -> tuple[Params, ...]:
     return tuple({"n": mib * 2**20 // 4} for mib in sizes)  # float32 elements
 
 
-def _build_fill(p: Params, dtype: str, device: torch.device) -> Kernel:
-    y = torch.empty(p["n"], dtype=DTYPES[dtype], device=device)
-    return lambda: y.fill_(1.0)
-
-
-def _build_fill_fresh(p: Params, dtype: str, device: torch.device) -> Kernel:
-    n, torch_dtype = p["n"], DTYPES[dtype]
-    return lambda: torch.empty(n, dtype=torch_dtype, device=device).fill_(1.0)  # freed on return
-
-
-def _alloc_op(name: str, description: str, build: Callable[[Params, str, torch.device], Kernel]) -> Operation:
+def _alloc_op(name: str, description: str) -> Operation:
     return Operation(name=name, family="alloc", description=description, flops=lambda p: 0,
-                     bytes_moved=lambda p, size: p["n"] * size, build=build,
+                     bytes_moved=lambda p, size: p["n"] * size,
                      shapes=fixed(full=_mib_elements(ALLOC_SIZES_MIB), quick=_mib_elements(ALLOC_QUICK_MIB)))
 
 
-FILL = _alloc_op("fill", "fill a preallocated array: the write alone, to compare fill_fresh with", _build_fill)
+FILL = _alloc_op("fill", "fill a preallocated array: the write alone, to compare fill_fresh with")
 FILL_FRESH = _alloc_op(
-    "fill_fresh", "allocate an array and fill it, as an eager op writes its output: the write plus any page faults",
-    _build_fill_fresh)
+    "fill_fresh", "allocate an array and fill it, as an eager op writes its output: the write plus any page faults")
 
 
 OPERATIONS: dict[str, Operation] = {

@@ -1,4 +1,4 @@
-"""The profile schema: pydantic v2 models, no I/O (see ``calibration.storage``).
+"""The profile schema: pydantic v2 models, no I/O (see ``calibration.profile.storage``).
 
 Latencies are in milliseconds, throughputs in GFLOP/s and GB/s (10^9), sizes in bytes.
 Efficiencies are fractions of the *measured* ceilings recorded on each entry, never of a
@@ -9,21 +9,24 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
-from calibration.keys import ParamValue
-from calibration.roofline import Bottleneck
-from calibration.verdict import Verdict
-
-SCHEMA_VERSION = 1
+from calibration.profile.roofline import Bottleneck
+from calibration.profile.verdict import Verdict
+from calibration.specs.keys import ParamValue
 
 
 class _Model(BaseModel):
     # Unknown fields are an error: a typo in a hand-edited profile should not vanish.
     model_config = ConfigDict(extra="forbid")
+
+
+class FrozenModel(BaseModel):
+    """An immutable result (a comparison, a partition, an estimate), not a profile entry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class PeakSource(str, Enum):
@@ -213,94 +216,3 @@ class MeasuredSummary(_Model):
         default_factory=dict,
         description="nn.Module class -> what a call of it costs over the registry kernel it runs, on a tiny "
                     "input (negative where the kernel's benchmarked call path is the slower one)")
-
-
-class HardwareCalibration(_Model):
-    schema_version: int = SCHEMA_VERSION
-    metadata: Metadata
-    peak_gflops: dict[str, Peak] = Field(default_factory=dict, description="theoretical peak per dtype")
-    peak_bandwidth_gbps: Peak | None = None
-    measured: MeasuredSummary = Field(default_factory=MeasuredSummary)
-    operation_profiles: dict[str, OperationCalibration] = Field(default_factory=dict)
-    fusion_profiles: dict[str, list[FusionCalibration]] = Field(
-        default_factory=dict, description="pattern name -> one entry per shape, dtype and fused variant"
-    )
-
-    # ------------------------------------------------------------------ I/O
-    def save(self, path: str | Path) -> Path:
-        """Write atomically: a reader sees the old file or the new one, never a partial one."""
-        from calibration.storage import save_calibration
-
-        return save_calibration(self, path)
-
-    # ------------------------------------------------------------------ lookups
-    def get_operation(
-        self, operation: str, *, dtype: str = "float32", device: str | None = None, **params: ParamValue
-    ) -> OperationCalibration | None:
-        """The entry measured at exactly these parameters, or None."""
-        from calibration.lookup import find_exact
-
-        return find_exact(self, operation, dtype, device or self.metadata.device_type, params)
-
-    def get_efficiency(
-        self,
-        operation: str,
-        *,
-        metric: Literal["compute", "bandwidth"] | None = None,
-        dtype: str = "float32",
-        device: str | None = None,
-        **params: ParamValue,
-    ) -> float:
-        """Efficiency at these parameters: exact entry, else interpolated in log FLOPs.
-
-        ``metric`` picks compute or bandwidth efficiency; by default the one the roofline of
-        this profile says bounds the queried shape.
-        """
-        from calibration.lookup import efficiency_at
-
-        return efficiency_at(self, operation, dtype, device or self.metadata.device_type, params, metric)
-
-    def get_fusion_pattern(
-        self, pattern: str, *, variant: str | None = None, dtype: str = "float32", device: str | None = None,
-        **shape: ParamValue,
-    ) -> FusionCalibration | None:
-        """The entry at this shape (or the nearest calibrated size); the fastest fused
-        variant unless ``variant`` is given; None when the pattern was never calibrated."""
-        from calibration.lookup import nearest_fusion
-
-        return nearest_fusion(self, pattern, variant, dtype, device or self.metadata.device_type, shape)
-
-    def get_fusion_speedup(
-        self, pattern: str, default: float = 1.0, *, variant: str | None = None, dtype: str = "float32",
-        device: str | None = None, **shape: ParamValue,
-    ) -> float:
-        """Measured speedup of fusing ``pattern``: exact shape, else interpolated between
-        calibrated sizes in log FLOPs; with no shape, the median over sizes; ``default``
-        when the pattern was never calibrated."""
-        from calibration.lookup import fusion_speedup
-
-        return fusion_speedup(self, pattern, default, variant, dtype, device or self.metadata.device_type, shape)
-
-    def compute_ceiling(self, dtype: str) -> float | None:
-        measured = self.measured.compute_ceiling_gflops.get(dtype)
-        if measured:
-            return measured
-        peak = self.peak_gflops.get(dtype)
-        return peak.value if peak else None
-
-    def dram_bandwidth(self) -> float | None:
-        """Measured DRAM ceiling, else the best STREAM figure, else the user's peak."""
-        if "DRAM" in self.measured.bandwidth_by_level_gbps:
-            return self.measured.bandwidth_by_level_gbps["DRAM"]
-        if self.measured.stream_gbps:
-            return max(self.measured.stream_gbps.values())
-        return self.peak_bandwidth_gbps.value if self.peak_bandwidth_gbps else None
-
-    # ------------------------------------------------------------------ display
-    def summary(self) -> str:
-        from calibration.report import render_summary
-
-        return render_summary(self)
-
-    def print_summary(self, file: Any = None) -> None:
-        print(self.summary(), file=file)

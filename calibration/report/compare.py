@@ -16,11 +16,17 @@ from enum import Enum
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import computed_field
 
-from calibration.ranktest import mann_whitney_u, smallest_p_value
-from calibration.schema import FusionCalibration, HardwareCalibration, LatencyStats, OperationCalibration
-from calibration.verdict import Verdict
+from calibration.profile.entries import FrozenModel
+from calibration.profile.schema import (
+    FusionCalibration,
+    HardwareCalibration,
+    LatencyStats,
+    OperationCalibration,
+)
+from calibration.profile.verdict import Verdict
+from calibration.report.ranktest import mann_whitney_u, smallest_p_value
 
 Metric = Literal["latency", "gflops", "speedup"]
 METRICS: tuple[Metric, ...] = ("latency", "gflops", "speedup")
@@ -61,23 +67,19 @@ class Status(str, Enum):
     UNCHANGED = "unchanged"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MetadataDifference(_Frozen):
+class MetadataDifference(FrozenModel):
     field: str
     base: str | int | bool | None
     new: str | int | bool | None
 
 
-class VerdictFlip(_Frozen):
+class VerdictFlip(FrozenModel):
     key: str
     base: Verdict
     new: Verdict
 
 
-class EntryComparison(_Frozen):
+class EntryComparison(FrozenModel):
     key: str
     kind: Literal["operation", "fusion"]
     base: float
@@ -99,7 +101,7 @@ class EntryComparison(_Frozen):
         return Status.IMPROVEMENT if self.improvement else Status.UNCHANGED
 
 
-class Comparison(_Frozen):
+class Comparison(FrozenModel):
     base_name: str
     new_name: str
     metric: Metric

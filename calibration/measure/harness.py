@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from calibration import stats
-from calibration.fold import Record
-from calibration.ops import Case, Kernel
-from calibration.schema import LatencyStats
+from calibration.measure import stats
+from calibration.measure.fold import Record
+from calibration.measure.kernels import Kernel, build
+from calibration.profile.schema import LatencyStats
+from calibration.specs.operations import Case
 
 # A timed round lasts at least this long, so timer resolution (~100 ns for
 # perf_counter) and the timer call itself stay below 0.1% of a round.
@@ -215,7 +216,7 @@ def time_interleaved(
 
 def measure(benchmark, case: Case, budget: Budget) -> Record | None:
     """Time an operation case; None when benchmarking is disabled."""
-    kernel = case.build()
+    kernel = build(case)
     benchmark.group = case.operation
     benchmark.extra_info.update(
         calibration_key=case.key, flops=case.flops, bytes=case.bytes, dtype=case.dtype

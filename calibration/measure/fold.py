@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from calibration import roofline, stats, verdict
-from calibration.fusion import FusionCase
-from calibration.ops import DTYPES, OPERATIONS, Case
-from calibration.schema import (
+from calibration.measure import stats
+from calibration.profile import roofline, verdict
+from calibration.profile.schema import (
     FusionCalibration,
     HardwareCalibration,
     LatencyStats,
@@ -17,6 +16,9 @@ from calibration.schema import (
     OperationCalibration,
     Peak,
 )
+from calibration.specs.dtypes import itemsize
+from calibration.specs.operations import OPERATIONS, Case
+from calibration.specs.patterns import FusionCase
 
 STREAM_KERNELS = ("stream_copy", "stream_scale", "stream_add", "stream_triad")
 
@@ -105,7 +107,7 @@ def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencySt
     """``base``: the unfused latency, interleaved with the fused rounds where available."""
     case, spec = fused.case, fused.case.spec
     flops, fused_bytes = case.flops, case.bytes
-    unfused_bytes = spec.bytes_unfused(case.param_dict, DTYPES[case.dtype].itemsize)
+    unfused_bytes = spec.bytes_unfused(case.param_dict, itemsize(case.dtype))
     t_unfused, t_fused = base.median_ms / 1e3, fused.latency.median_ms / 1e3
     speedup = t_unfused / t_fused
     if base.samples_ms and fused.latency.samples_ms:
@@ -114,10 +116,9 @@ def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencySt
     else:
         low = high = None
     compute = cal.compute_ceiling(case.dtype)
-    levels, dram, caches = cal.measured.bandwidth_by_level_gbps, cal.dram_bandwidth(), cal.metadata.cache_sizes
 
     def bottleneck(nbytes: int) -> roofline.Bottleneck:
-        return roofline.classify(flops, nbytes, compute, roofline.bandwidth_ceiling(nbytes, caches, levels, dram))
+        return roofline.classify(flops, nbytes, compute, cal.bandwidth_ceiling(nbytes))
 
     return FusionCalibration(
         key=case.key,
@@ -164,8 +165,6 @@ def fold(
         peak_bandwidth_gbps=peak_bandwidth,
         measured=summarize(records, metadata.cache_sizes),
     )
-    dram = cal.dram_bandwidth()
-    levels = cal.measured.bandwidth_by_level_gbps
     for record in records:
         case, seconds = record.case, _seconds(record)
         flops, nbytes = case.flops, case.bytes
@@ -173,8 +172,7 @@ def fold(
         attained_gbps = roofline.gbps(nbytes, seconds)
         compute_ceiling = cal.compute_ceiling(case.dtype) if flops else None
         # the alloc family times the allocator, not the memory system: no roof scores it
-        bandwidth_ceiling = None if case.spec.family == "alloc" else roofline.bandwidth_ceiling(
-            nbytes, metadata.cache_sizes, levels, dram)
+        bandwidth_ceiling = None if case.spec.family == "alloc" else cal.bandwidth_ceiling(nbytes)
         cal.operation_profiles[case.key] = OperationCalibration(
             key=case.key,
             operation=case.operation,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from calibration.ops import DTYPES, resolve_selection
+from calibration.specs.dtypes import DTYPE_NAMES
+from calibration.specs.operations import resolve_selection
 
 DEVICES = ("cpu", "cuda")
 
@@ -36,9 +37,9 @@ def parse_peak_gflops(text: str) -> dict[str, float]:
     for item in text.split(","):
         dtype, sep, value = item.partition("=")
         dtype = dtype.strip()
-        if not sep or dtype not in DTYPES:
+        if not sep or dtype not in DTYPE_NAMES:
             raise argparse.ArgumentTypeError(
-                f"--peak-gflops entry {item!r} must be DTYPE=GFLOPS with DTYPE one of {', '.join(DTYPES)}"
+                f"--peak-gflops entry {item!r} must be DTYPE=GFLOPS with DTYPE one of {', '.join(DTYPE_NAMES)}"
             )
         peaks[dtype] = parse_positive_float(value, f"--peak-gflops {dtype} (GFLOPS)")
     return peaks
@@ -75,7 +76,7 @@ def parse_operations(text: str) -> frozenset[str]:
 
 
 def parse_fusion_patterns(text: str) -> frozenset[str]:
-    from calibration.fusion import resolve_families
+    from calibration.specs.patterns import resolve_families
 
     return _parse_names(text, "--fusion-patterns", resolve_families)
 

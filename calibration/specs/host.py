@@ -1,5 +1,7 @@
 """What machine this is: caches, cores, memory, software versions, allocator settings.
 
+Torch-free: the STREAM sizes in the operation specs follow the last-level cache.
+
 Everything here is read from the OS or the libraries; nothing is estimated. A value that
 cannot be read is None, never a guess.
 """
@@ -9,8 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
-from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -210,58 +210,3 @@ def busy_cpus(interval: float = 0.2) -> float | None:
         return None
     share = (second[0] - first[0]) / (second[1] - first[1])
     return round(share * (os.cpu_count() or 1), 2)
-
-
-def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str],
-             load_before: float | None = None, busy_before: float | None = None):
-    """The profile's metadata for a run on ``device`` in this process."""
-    import torch
-
-    from calibration.schema import CudaInfo, Metadata
-
-    cuda = None
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        cuda = CudaInfo(
-            name=props.name,
-            capability=f"{props.major}.{props.minor}",
-            memory_gib=round(props.total_memory / 2**30, 2),
-            multiprocessors=props.multi_processor_count,
-            cuda_version=torch.version.cuda,
-            cudnn_version=torch.backends.cudnn.version(),
-        )
-    commit, dirty = git_commit()
-    device_name = cuda.name if cuda else cpu_model()
-    return Metadata(
-        hardware_name=hardware_name or device_name,
-        device_type=device,
-        device_name=device_name,
-        cpu_model=cpu_model(),
-        physical_cores=physical_cores(),
-        logical_cpus=os.cpu_count() or 1,
-        usable_cpus=usable_cpus(),
-        threads=torch.get_num_threads(),
-        interop_threads=torch.get_num_interop_threads(),
-        memory_gib=memory_gib(),
-        cache_sizes=cache_sizes(),
-        cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        os=platform.platform(),
-        python_version=platform.python_version(),
-        torch_version=torch.__version__,
-        numpy_version=package_version("numpy"),
-        pydantic_version=package_version("pydantic"),
-        pytest_version=package_version("pytest"),
-        pytest_benchmark_version=package_version("pytest-benchmark"),
-        calibration_version=package_version("calibration"),
-        date=datetime.now(timezone.utc),
-        git_commit=commit,
-        git_dirty=dirty,
-        allocator=allocator_settings(),
-        thread_env=thread_settings(),
-        cuda=cuda,
-        quick=quick,
-        command=[sys.argv[0], *command] if command else list(sys.argv),
-        load_average_before=load_before,
-        busy_cpus_before=busy_before,
-        load_average_after=load_average(),
-    )

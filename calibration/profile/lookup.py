@@ -1,23 +1,25 @@
-"""Finding entries in a profile: exact matches and interpolation between sizes."""
+"""Querying a profile: exact matches, interpolation between sizes, ceilings.
+
+:class:`ProfileQueries` is mixed into :class:`~calibration.profile.schema.ProfileQueries`;
+it reads the profile's fields and the operation and pattern specs, nothing else."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from calibration import roofline
-from calibration.keys import ParamValue
-
-if TYPE_CHECKING:
-    from calibration.schema import HardwareCalibration, OperationCalibration
+from calibration.profile import roofline
+from calibration.profile.entries import FusionCalibration, OperationCalibration
+from calibration.specs.dtypes import itemsize
+from calibration.specs.keys import ParamValue
+from calibration.specs.operations import OPERATIONS
+from calibration.specs.patterns import PATTERNS
 
 Metric = Literal["compute", "bandwidth"]
 
 
 def _spec(operation: str):
-    from calibration.ops import OPERATIONS
-
     try:
         return OPERATIONS[operation]
     except KeyError:
@@ -27,7 +29,7 @@ def _spec(operation: str):
 
 
 def candidates(
-    cal: HardwareCalibration, operation: str, dtype: str, device: str, params: Mapping[str, ParamValue]
+    cal: ProfileQueries, operation: str, dtype: str, device: str, params: Mapping[str, ParamValue]
 ) -> list[OperationCalibration]:
     """Entries of the same operation, dtype, device and kernel variant as ``params``."""
     spec = _spec(operation)
@@ -43,7 +45,7 @@ def candidates(
 
 
 def find_exact(
-    cal: HardwareCalibration, operation: str, dtype: str, device: str, params: Mapping[str, ParamValue]
+    cal: ProfileQueries, operation: str, dtype: str, device: str, params: Mapping[str, ParamValue]
 ) -> OperationCalibration | None:
     params = _spec(operation).complete(params)
     for entry in candidates(cal, operation, dtype, device, params):
@@ -71,7 +73,7 @@ def interpolation_pool(pool: list[OperationCalibration], metric: Metric, *, use_
 
 
 def efficiency_at(
-    cal: HardwareCalibration,
+    cal: ProfileQueries,
     operation: str,
     dtype: str,
     device: str,
@@ -90,18 +92,13 @@ def efficiency_at(
     exact = find_exact(cal, operation, dtype, device, params) if not missing else None
     if missing and exact is None:
         raise KeyError(f"{operation} needs parameters {', '.join(missing)} to interpolate")
-    from calibration.ops import itemsize
-
     flops = spec.flops(params)
     nbytes = spec.bytes_moved(params, itemsize(dtype))
     if metric is None:
         if exact is not None:
             bottleneck = exact.bottleneck
         else:
-            bw = roofline.bandwidth_ceiling(
-                nbytes, cal.metadata.cache_sizes, cal.measured.bandwidth_by_level_gbps, cal.dram_bandwidth()
-            )
-            bottleneck = roofline.classify(flops, nbytes, cal.compute_ceiling(dtype), bw)
+            bottleneck = roofline.classify(flops, nbytes, cal.compute_ceiling(dtype), cal.bandwidth_ceiling(nbytes))
         metric = "compute" if bottleneck == roofline.Bottleneck.COMPUTE else "bandwidth"
     if exact is not None and _value(exact, metric) is not None:
         return _value(exact, metric)  # type: ignore[return-value]
@@ -123,7 +120,7 @@ def efficiency_at(
 # --------------------------------------------------------------------------- fusion
 
 
-def _fusion_entries(cal: HardwareCalibration, pattern: str, variant: str | None, dtype: str, device: str):
+def _fusion_entries(cal: ProfileQueries, pattern: str, variant: str | None, dtype: str, device: str):
     return [
         entry
         for entry in cal.fusion_profiles.get(pattern, [])
@@ -142,8 +139,6 @@ def _by_shape(entries) -> dict[tuple, list]:
 
 
 def _query_flops(pattern: str, shape: Mapping[str, ParamValue]) -> int | None:
-    from calibration.fusion import PATTERNS
-
     spec = PATTERNS.get(pattern)
     if spec is None or not shape:
         return None
@@ -181,3 +176,72 @@ def fusion_speedup(cal, pattern, default, variant, dtype, device, shape) -> floa
         middle = len(speedups) // 2
         return speedups[middle] if len(speedups) % 2 else (speedups[middle - 1] + speedups[middle]) / 2
     return roofline.interpolate_log(flops, [(max(e.flops, 1), e.speedup) for e in best])
+
+
+# --------------------------------------------------------------------------- the profile's methods
+
+
+class ProfileQueries:
+    """The query methods of a profile, mixed into ``HardwareCalibration``, whose fields they read.
+
+    (No field annotations here: pydantic would take them as fields and reorder the JSON.)"""
+
+    def get_operation(
+        self, operation: str, *, dtype: str = "float32", device: str | None = None, **params: ParamValue
+    ) -> OperationCalibration | None:
+        """The entry measured at exactly these parameters, or None."""
+        return find_exact(self, operation, dtype, device or self.metadata.device_type, params)
+
+    def get_efficiency(
+        self,
+        operation: str,
+        *,
+        metric: Literal["compute", "bandwidth"] | None = None,
+        dtype: str = "float32",
+        device: str | None = None,
+        **params: ParamValue,
+    ) -> float:
+        """Efficiency at these parameters: exact entry, else interpolated in log FLOPs.
+
+        ``metric`` picks compute or bandwidth efficiency; by default the one the roofline of
+        this profile says bounds the queried shape.
+        """
+        return efficiency_at(self, operation, dtype, device or self.metadata.device_type, params, metric)
+
+    def get_fusion_pattern(
+        self, pattern: str, *, variant: str | None = None, dtype: str = "float32", device: str | None = None,
+        **shape: ParamValue,
+    ) -> FusionCalibration | None:
+        """The entry at this shape (or the nearest calibrated size); the fastest fused
+        variant unless ``variant`` is given; None when the pattern was never calibrated."""
+        return nearest_fusion(self, pattern, variant, dtype, device or self.metadata.device_type, shape)
+
+    def get_fusion_speedup(
+        self, pattern: str, default: float = 1.0, *, variant: str | None = None, dtype: str = "float32",
+        device: str | None = None, **shape: ParamValue,
+    ) -> float:
+        """Measured speedup of fusing ``pattern``: exact shape, else interpolated between
+        calibrated sizes in log FLOPs; with no shape, the median over sizes; ``default``
+        when the pattern was never calibrated."""
+        return fusion_speedup(self, pattern, default, variant, dtype, device or self.metadata.device_type, shape)
+
+    def compute_ceiling(self, dtype: str) -> float | None:
+        measured = self.measured.compute_ceiling_gflops.get(dtype)
+        if measured:
+            return measured
+        peak = self.peak_gflops.get(dtype)
+        return peak.value if peak else None
+
+    def dram_bandwidth(self) -> float | None:
+        """Measured DRAM ceiling, else the best STREAM figure, else the user's peak."""
+        if "DRAM" in self.measured.bandwidth_by_level_gbps:
+            return self.measured.bandwidth_by_level_gbps["DRAM"]
+        if self.measured.stream_gbps:
+            return max(self.measured.stream_gbps.values())
+        return self.peak_bandwidth_gbps.value if self.peak_bandwidth_gbps else None
+
+    def bandwidth_ceiling(self, nbytes: int) -> float | None:
+        """The bandwidth a working set of ``nbytes`` gets: the measured ceiling of the cache
+        level it fits in, else the DRAM ceiling (see :func:`roofline.bandwidth_ceiling`)."""
+        return roofline.bandwidth_ceiling(
+            nbytes, self.metadata.cache_sizes, self.measured.bandwidth_by_level_gbps, self.dram_bandwidth())

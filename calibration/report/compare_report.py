@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from calibration.compare import Comparison, EntryComparison, Method, Metric, Status
+from calibration.report.compare import (
+    Comparison,
+    EntryComparison,
+    Method,
+    Metric,
+    Status,
+)
 
 TITLES = {"latency": "median latency", "gflops": "GFLOPS", "speedup": "fusion speedup"}
 

@@ -23,22 +23,20 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from calibration import lookup, roofline
-from calibration.ops import OPERATIONS, itemsize
-from calibration.partitioner import NodeCost, Partition, partition
-from calibration.roofline import Bottleneck
-from calibration.schema import HardwareCalibration
+from calibration.predict.plan import partition
+from calibration.predict.results import NodeCost, Partition
+from calibration.profile import lookup, roofline
+from calibration.profile.entries import FrozenModel
+from calibration.profile.roofline import Bottleneck
+from calibration.profile.schema import HardwareCalibration
+from calibration.specs.dtypes import itemsize
+from calibration.specs.operations import OPERATIONS
 
 Mode = Literal["eager", "fused"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class KernelEstimate(_Frozen):
+class KernelEstimate(FrozenModel):
     name: str
     op: str
     operation: str | None
@@ -48,7 +46,7 @@ class KernelEstimate(_Frozen):
     allocation_seconds: float = 0.0  # page faults of a fresh output, included in seconds
 
 
-class SubgraphEstimate(_Frozen):
+class SubgraphEstimate(FrozenModel):
     index: int
     name: str
     pattern: str | None
@@ -61,7 +59,7 @@ class SubgraphEstimate(_Frozen):
     bottleneck: Bottleneck
 
 
-class LatencyEstimate(_Frozen):
+class LatencyEstimate(FrozenModel):
     model: str
     mode: str
     total_ms: float
@@ -107,9 +105,7 @@ class Mapper:
         cal = self.calibration
         if cal is None:
             return self.peak_bandwidth_gbps
-        return roofline.bandwidth_ceiling(
-            nbytes, cal.metadata.cache_sizes, cal.measured.bandwidth_by_level_gbps,
-            cal.dram_bandwidth() or self.peak_bandwidth_gbps)
+        return cal.bandwidth_ceiling(nbytes) or self.peak_bandwidth_gbps
 
     def _dispatch_seconds(self) -> float:
         overhead = self.calibration.measured.dispatch_overhead_us if self.calibration else None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from calibration.keys import format_params
-from calibration.schema import HardwareCalibration, OperationCalibration
+from typing import Any
+
+from calibration.profile.entries import OperationCalibration
+from calibration.specs.keys import format_params
 
 WIDTH = 100
 
@@ -22,12 +24,12 @@ def _latency(ms: float) -> str:
     return f"{ms * 1e3:.2f} us"
 
 
-def _busy(cal: HardwareCalibration) -> list[str]:
+def _busy(cal: ProfileSummary) -> list[str]:
     warning = cal.metadata.busy_warning()
     return [f"  WARNING: {warning}; rerun on an idle machine before trusting these numbers"] if warning else []
 
 
-def _peaks(cal: HardwareCalibration) -> list[str]:
+def _peaks(cal: ProfileSummary) -> list[str]:
     lines = ["Theoretical peaks (only as given; never assumed):"]
     if cal.peak_gflops:
         for dtype, peak in cal.peak_gflops.items():
@@ -41,7 +43,7 @@ def _peaks(cal: HardwareCalibration) -> list[str]:
     return lines
 
 
-def _measured(cal: HardwareCalibration) -> list[str]:
+def _measured(cal: ProfileSummary) -> list[str]:
     m = cal.measured
     lines = ["Measured ceilings:"]
     if not m.matmul_gflops:
@@ -97,7 +99,7 @@ def _row(entry: OperationCalibration) -> str:
     )
 
 
-def render_summary(cal: HardwareCalibration) -> str:
+def render_summary(cal: ProfileSummary) -> str:
     md = cal.metadata
     threads = f"{md.threads} threads" if md.threads else "threads unknown"
     lines = [
@@ -133,7 +135,7 @@ def _range(values: list[float], fmt: str = ".2f", suffix: str = "x") -> str:
     return f"{low}{suffix}" if low == high else f"{low}-{high}{suffix}"
 
 
-def _fusion(cal: HardwareCalibration) -> list[str]:
+def _fusion(cal: ProfileSummary) -> list[str]:
     if not cal.fusion_profiles:
         return []
     lines = [
@@ -168,3 +170,13 @@ def _fusion(cal: HardwareCalibration) -> list[str]:
     if hurts:
         lines.append(f"  fusion hurts (avoid at some size): {', '.join(hurts)}")
     return lines
+
+
+class ProfileSummary:
+    """The display methods of a profile (mixed into ``HardwareCalibration``)."""
+
+    def summary(self) -> str:
+        return render_summary(self)
+
+    def print_summary(self, file: Any = None) -> None:
+        print(self.summary(), file=file)

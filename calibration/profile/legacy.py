@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from calibration import verdict
-from calibration.roofline import Bottleneck
-from calibration.schema import (
+from calibration.profile import verdict
+from calibration.profile.roofline import Bottleneck
+from calibration.profile.schema import (
     FusionCalibration,
     HardwareCalibration,
     LatencyStats,

@@ -1,0 +1,271 @@
+"""The torch kernels that run each operation of :data:`calibration.specs.operations.OPERATIONS`.
+
+A builder takes an operation's parameters, a dtype name and a device, allocates its inputs
+(and, where the eager call would reuse one, its output) and returns a zero-argument kernel
+that the harness times. Names, shapes and FLOP/byte models are the spec's; this module only
+runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+from calibration.specs.operations import (
+    MATMUL_PATHS,
+    MODULE_CALL_FORMS,
+    OPERATIONS,
+    STREAM_SCALAR,
+    Case,
+    Params,
+    probe_operation,
+)
+
+Kernel = Callable[[], object]
+Builder = Callable[[Params, str, torch.device], Kernel]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "tf32": torch.float32,  # float32 storage, TensorFloat-32 tensor-core math (CUDA only)
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def dtype_unsupported_reason(dtype: str, device: str) -> str | None:
+    """Why ``dtype`` cannot be calibrated on ``device`` here, or None if it can."""
+    if dtype not in DTYPES:
+        return f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}"
+    if device == "cpu":
+        if dtype in ("tf32", "float16"):
+            return f"{dtype} matmul is a CUDA path"
+        if dtype == "bfloat16" and not (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        ):
+            return "this CPU has no native bfloat16 (avx512_bf16 or AMX): bf16 would be emulated"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return "this GPU does not support bfloat16"
+    return None
+
+
+def _randn(shape: Iterable[int], dtype: str, device: torch.device) -> torch.Tensor:
+    return torch.randn(*shape, dtype=DTYPES[dtype], device=device)
+
+
+def _build_matmul(p: Params, dtype: str, device: torch.device) -> Kernel:
+    M, K, N, path = p["M"], p["K"], p["N"], p["path"]
+    a = _randn((M, K), dtype, device)
+    b = _randn((K, N), dtype, device)
+    if path == "aten":
+        c = torch.empty(M, N, dtype=DTYPES[dtype], device=device)
+        if device.type == "cuda":
+            allow_tf32 = dtype == "tf32"
+
+            def run_cuda() -> object:
+                torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+                return torch.mm(a, b, out=c)
+
+            return run_cuda
+        return lambda: torch.mm(a, b, out=c)
+    if device.type != "cpu":
+        raise ValueError(f"matmul path {path!r} exists only on CPU")
+    weight = b.t().contiguous()  # oneDNN linear takes W as (N, K)
+    expected = torch.mm(a, b)
+    if path == "mkldnn":
+        a_m, w_m = a.to_mkldnn(), weight.to_mkldnn()
+
+        def run() -> object:
+            return torch._C._nn.mkldnn_linear(a_m, w_m, None)
+
+        got = run().to_dense()
+    elif path == "mkldnn_packed":
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, M)
+
+        def run() -> object:
+            return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+
+        got = run()
+    else:
+        raise ValueError(f"unknown matmul path {path!r}; known: {', '.join(MATMUL_PATHS)}")
+    # An alternative path only counts toward the ceiling if it computes the same product.
+    tol = 1e-2 if dtype == "bfloat16" else 1e-4
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * math.sqrt(K))
+    return run
+
+
+def _build_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["B"], p["IN"]), dtype, device)
+    w = _randn((p["OUT"], p["IN"]), dtype, device)
+    bias = _randn((p["OUT"],), dtype, device)
+    y = torch.empty(p["B"], p["OUT"], dtype=DTYPES[dtype], device=device)
+    wt = w.t()
+    return lambda: torch.addmm(bias, x, wt, out=y)  # the kernel F.linear dispatches to
+
+
+def _build_bmm(p: Params, dtype: str, device: torch.device) -> Kernel:
+    a = _randn((p["BATCH"], p["M"], p["K"]), dtype, device)
+    b = _randn((p["BATCH"], p["K"], p["N"]), dtype, device)
+    c = torch.empty(p["BATCH"], p["M"], p["N"], dtype=DTYPES[dtype], device=device)
+    return lambda: torch.bmm(a, b, out=c)
+
+
+def _build_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["CIN"], p["H"], p["W"]), dtype, device)
+    w = _randn((p["COUT"], p["CIN"] // p["GROUPS"], p["K"], p["K"]), dtype, device)
+    stride, pad, groups = p["STRIDE"], p["PAD"], p["GROUPS"]
+    conv = torch.nn.functional.conv2d
+    return lambda: conv(x, w, None, stride, pad, 1, groups)
+
+
+def _build_softmax(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["ROWS"], p["COLS"]), dtype, device)
+    y = torch.empty_like(x)
+    return lambda: torch.ops.aten._softmax.out(x, -1, False, out=y)
+
+
+def _build_layernorm(p: Params, dtype: str, device: torch.device) -> Kernel:
+    rows, cols = p["ROWS"], p["COLS"]
+    x = _randn((rows, cols), dtype, device)
+    weight, bias = _randn((cols,), dtype, device), _randn((cols,), dtype, device)
+    # The function nn.LayerNorm reaches. Its aten .out overload computes into a temporary and
+    # copies, 1.5x slower here, so this one allocates its output as a model's call does.
+    return lambda: torch.native_layer_norm(x, [cols], weight, bias, 1e-5)
+
+
+def _build_batchnorm(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    weight, bias = _randn((p["C"],), dtype, device), _randn((p["C"],), dtype, device)
+    mean = _randn((p["C"],), dtype, device)
+    var = torch.rand(p["C"], dtype=DTYPES[dtype], device=device) + 0.5
+    y = torch.empty_like(x)
+    save_mean, save_rstd = torch.empty(0, device=device), torch.empty(0, device=device)
+    # native_batch_norm is what nn.BatchNorm2d in eval runs; _native_batch_norm_legit_no_training.out
+    # computes into a temporary and copies, which ran 1.5-2x slower here.
+    return lambda: torch.ops.aten.native_batch_norm.out(
+        x, weight, bias, mean, var, False, 0.1, 1e-5, out=y, save_mean=save_mean, save_invstd=save_rstd)
+
+
+def _build_maxpool(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    y = torch.empty(0, dtype=DTYPES[dtype], device=device)
+    idx = torch.empty(0, dtype=torch.int64, device=device)
+    k, s, pad = [p["K"]] * 2, [p["STRIDE"]] * 2, [p["PAD"]] * 2
+    return lambda: torch.ops.aten.max_pool2d_with_indices.out(x, k, s, pad, [1, 1], False, out=y, indices=idx)
+
+
+def _build_avgpool(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    y = torch.empty(0, dtype=DTYPES[dtype], device=device)
+    k, s, pad = [p["K"]] * 2, [p["STRIDE"]] * 2, [p["PAD"]] * 2
+    return lambda: torch.ops.aten.avg_pool2d.out(x, k, s, pad, False, True, None, out=y)
+
+
+def _build_global_avgpool(p: Params, dtype: str, device: torch.device) -> Kernel:
+    x = _randn((p["N"], p["C"], p["H"], p["W"]), dtype, device)
+    pool = torch.nn.functional.adaptive_avg_pool2d
+    # the function nn.AdaptiveAvgPool2d(1) calls; its .out overload and avg_pool2d with a
+    # whole-plane window are different kernels, 2.5-3x slower here
+    return lambda: pool(x, 1)
+
+
+def _build_dispatch(p: Params, dtype: str, device: torch.device) -> Kernel:
+    a, b = _randn((p["n"],), dtype, device), _randn((p["n"],), dtype, device)
+    c = torch.empty_like(a)
+    return lambda: torch.add(a, b, out=c)
+
+
+def _build_module_call(p: Params, dtype: str, device: torch.device) -> Kernel:
+    probe, operation = probe_operation(p)
+    if p["form"] == "kernel":
+        return BUILDERS[operation.name](probe.params, dtype, device)
+    if p["form"] != "module":
+        raise ValueError(f"module_call form must be one of {MODULE_CALL_FORMS}, got {p['form']!r}")
+    module = PROBE_MODULES[str(p["module"])]().to(device=device, dtype=DTYPES[dtype]).eval().requires_grad_(False)
+    x = _randn(probe.input_shape, dtype, device)
+    return lambda: module(x)
+
+
+def _build_fill(p: Params, dtype: str, device: torch.device) -> Kernel:
+    y = torch.empty(p["n"], dtype=DTYPES[dtype], device=device)
+    return lambda: y.fill_(1.0)
+
+
+def _build_fill_fresh(p: Params, dtype: str, device: torch.device) -> Kernel:
+    n, torch_dtype = p["n"], DTYPES[dtype]
+    return lambda: torch.empty(n, dtype=torch_dtype, device=device).fill_(1.0)  # freed on return
+
+
+
+def _build_elementwise(kernel: Callable[..., object], inputs: int) -> Builder:
+    def build(p: Params, dtype: str, device: torch.device) -> Kernel:
+        args = [_randn((p["n"],), dtype, device) for _ in range(inputs)]
+        out = torch.empty(p["n"], dtype=DTYPES[dtype], device=device)
+        return lambda: kernel(*args, out=out)
+
+    return build
+
+
+def _build_stream(kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]) -> Builder:
+    def build(p: Params, dtype: str, device: torch.device) -> Kernel:
+        a = torch.zeros(p["n"], dtype=DTYPES[dtype], device=device)
+        b = torch.full((p["n"],), 1.0, dtype=DTYPES[dtype], device=device)
+        c = torch.full((p["n"],), 2.0, dtype=DTYPES[dtype], device=device)
+        return lambda: kernel(a, b, c)
+
+    return build
+
+
+# The modules the module_call probes call (their input shapes and twin kernels are specs).
+PROBE_MODULES: dict[str, Callable[[], torch.nn.Module]] = {
+    "Conv2d": lambda: torch.nn.Conv2d(1, 1, 1, bias=False),
+    "BatchNorm2d": lambda: torch.nn.BatchNorm2d(1),
+    "Linear": lambda: torch.nn.Linear(16, 16),
+    "LayerNorm": lambda: torch.nn.LayerNorm(16),
+    "MaxPool2d": lambda: torch.nn.MaxPool2d(3, 2, 1),
+    "AdaptiveAvgPool2d": lambda: torch.nn.AdaptiveAvgPool2d(1),
+    "ReLU": torch.nn.ReLU,
+    "ReLU6": torch.nn.ReLU6,
+    "GELU": torch.nn.GELU,
+    "SiLU": torch.nn.SiLU,
+    "Sigmoid": torch.nn.Sigmoid,
+}
+
+BUILDERS: dict[str, Builder] = {
+    "matmul": _build_matmul,
+    "linear": _build_linear,
+    "bmm": _build_bmm,
+    "conv2d": _build_conv,
+    "add": _build_elementwise(torch.add, 2),
+    "mul": _build_elementwise(torch.mul, 2),
+    # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.
+    "relu": _build_elementwise(lambda x, out: torch.clamp_min(x, 0, out=out), 1),
+    "gelu": _build_elementwise(torch._C._nn.gelu, 1),
+    "sigmoid": _build_elementwise(torch.sigmoid, 1),
+    "silu": _build_elementwise(torch._C._nn.silu, 1),
+    "stream_copy": _build_stream(lambda a, b, c: a.copy_(b)),
+    "stream_scale": _build_stream(lambda a, b, c: torch.mul(b, STREAM_SCALAR, out=a)),
+    "stream_add": _build_stream(lambda a, b, c: torch.add(b, c, out=a)),
+    "stream_triad": _build_stream(lambda a, b, c: torch.add(b, c, alpha=STREAM_SCALAR, out=a)),
+    "softmax": _build_softmax,
+    "layernorm": _build_layernorm,
+    "batchnorm": _build_batchnorm,
+    "maxpool": _build_maxpool,
+    "avgpool": _build_avgpool,
+    "global_avgpool": _build_global_avgpool,
+    "dispatch": _build_dispatch,
+    "module_call": _build_module_call,
+    "fill": _build_fill,
+    "fill_fresh": _build_fill_fresh,
+}
+if set(BUILDERS) != set(OPERATIONS):  # a spec without a kernel, or a kernel without a spec
+    raise ImportError(f"operation specs and kernels disagree: {sorted(set(BUILDERS) ^ set(OPERATIONS))}")
+
+
+def build(case: Case) -> Kernel:
+    """A ready-to-time kernel for ``case``."""
+    return BUILDERS[case.operation](case.param_dict, case.dtype, torch.device(case.device))

@@ -1,0 +1,278 @@
+"""Per-node costs and the kernel graph.
+
+Each node's FLOPs and bytes follow the conventions of :mod:`calibration.specs.operations`
+(multiply-add = 2 FLOPs, bias = 1 FLOP per output element, element-wise costs from
+``ELEMENTWISE_FLOPS``, bytes = compulsory traffic at the real dtype size), and a kernel the
+operation registry models gets that operation's name and parameters, so a mapper can ask the
+profile about it. :class:`KernelGraph` makes views transparent: who produces what each
+kernel reads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import fx, nn
+
+from calibration.predict.results import NodeCost
+from calibration.predict.trace import (
+    POINTWISE_FLOPS,
+    VIEW_OPS,
+    Recorder,
+    TensorInfo,
+    canonical,
+    dtype_name,
+    op_name,
+)
+from calibration.specs.operations import ELEMENTWISE_FLOPS
+
+
+def module_params(module: nn.Module) -> int:
+    """Floating-point parameters and buffers: what the kernel reads (BN's num_batches_tracked is not)."""
+    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    return sum(t.numel() * t.element_size() for t in tensors if t.is_floating_point())
+
+
+def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _node_flops(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> int | None:
+    """FLOPs of one kernel node, or None when no formula models ``op``."""
+    outs = rec.values[node]
+    out = outs[0] if outs else None
+    numel = out.numel if out is not None else 0
+    args, kwargs = rec.args[node]
+    shapes = [a for a in args if isinstance(a, tuple) and all(isinstance(x, int) for x in a)]
+    module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    if op in ("conv1d", "conv2d", "conv3d"):  # only conv2d starts a pattern; all count alike
+        weight = tuple(module.weight.shape) if module is not None else shapes[1]
+        has_bias = (module.bias is not None) if module is not None else arg(args, kwargs, 2, "bias") is not None
+        return 2 * numel * math.prod(weight[1:]) + (numel if has_bias else 0)
+    if op == "linear":
+        fin = module.in_features if module is not None else shapes[1][-1]
+        has_bias = (module.bias is not None) if module is not None else arg(args, kwargs, 2, "bias") is not None
+        return 2 * numel * fin + (numel if has_bias else 0)
+    if op in ("matmul", "mm", "bmm"):
+        return 2 * numel * shapes[0][-1]
+    if op in ("addmm", "baddbmm"):  # bias + a @ b
+        return 2 * numel * shapes[1][-1] + numel
+    if op == "scaled_dot_product_attention":
+        q, k, v = shapes[:3]
+        scores = math.prod(q[:-1]) * k[-2]
+        # the two GEMMs (FlopCounterMode's formula), then scale and softmax per score
+        return 2 * scores * q[-1] + 2 * scores * v[-1] + scores * (1 + ELEMENTWISE_FLOPS["softmax"])
+    if op == "max_pool2d":
+        kernel = module.kernel_size if module is not None else arg(args, kwargs, 1, "kernel_size")
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        return numel * (kh * kw - 1)  # K*K-1 comparisons per output, as ops.MAXPOOL
+    if op == "avg_pool2d":
+        kernel = module.kernel_size if module is not None else arg(args, kwargs, 1, "kernel_size")
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        return numel * kh * kw
+    if op in ("adaptive_avg_pool2d", "mean", "sum"):
+        return math.prod(shapes[0])  # each input element is added once
+    if op in POINTWISE_FLOPS:
+        return POINTWISE_FLOPS[op] * numel
+    return None
+
+
+# Canonical op -> the ops registry's element-wise operation of the same kernel.
+_ELEMENTWISE_OPERATION = {"add": "add", "mul": "mul", "relu": "relu", "gelu": "gelu", "sigmoid": "sigmoid",
+                          "silu": "silu", "relu6": "relu", "hardtanh": "relu", "clamp": "relu", "sub": "add",
+                          "div": "mul"}
+
+
+def _pair(value: Any) -> int:
+    return value if isinstance(value, int) else int(value[0])
+
+
+class ConvArgs(NamedTuple):
+    cin: int
+    cout: int
+    kernel: tuple[int, ...]
+    stride: int
+    pad: int
+    groups: int
+
+
+def conv_args(node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> ConvArgs:
+    """A conv node's geometry, whether it calls nn.Conv2d, F.conv2d, aten.conv2d or aten.convolution."""
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        return ConvArgs(m.in_channels, m.out_channels, tuple(m.kernel_size), _pair(m.stride), _pair(m.padding),
+                        m.groups)
+    args, kwargs = rec.args[node]
+    weight = args[1]
+    # F.conv2d / aten.conv2d take groups 7th; aten.convolution 9th, after transposed and output_padding
+    groups_at = 8 if node.target in (torch.ops.aten.convolution.default, torch.ops.aten._convolution.default) else 6
+    groups = int(arg(args, kwargs, groups_at, "groups", 1))
+    return ConvArgs(weight[1] * groups, weight[0], tuple(weight[2:]), _pair(arg(args, kwargs, 3, "stride", 1)),
+                    _pair(arg(args, kwargs, 4, "padding", 0)), groups)
+
+
+def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> dict[str, Any]:
+    """{'operation': registry name, 'params': its parameters} for kernels the registry models."""
+    outs = rec.values[node]
+    if not outs:
+        return {}
+    out = outs[0]
+    args, kwargs = rec.args[node]
+    shapes = [a for a in args if isinstance(a, tuple) and all(isinstance(x, int) for x in a)]
+    module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    if op == "conv2d" and shapes and len(shapes[0]) == 4:
+        n, cin, h, w = shapes[0]
+        conv = conv_args(node, gm, rec)
+        # the registry's convolutions are square: K is the kernel's height
+        params = {"N": n, "CIN": cin, "COUT": conv.cout, "H": h, "W": w, "K": conv.kernel[0], "STRIDE": conv.stride,
+                  "PAD": conv.pad, "GROUPS": conv.groups}
+        # Reorders to and from oneDNN's 8-channel blocks (ONEDNN_VERBOSE shows them); an input
+        # of under 8 channels, an RGB stem's, is read as it is.
+        in_bytes = out.nbytes // out.numel * n * cin * h * w if out.numel else 0
+        scratch = ((in_bytes,) if cin >= 8 else ()) + (out.nbytes,)
+        return {"operation": "conv2d", "params": params, "scratch_bytes": scratch}
+    if op == "linear" and shapes:
+        fin = module.in_features if module is not None else shapes[0][-1]
+        return {"operation": "linear",
+                "params": {"B": out.numel // out.shape[-1], "IN": fin, "OUT": out.shape[-1]}}
+    if op in ("matmul", "mm", "bmm") and len(shapes) >= 2 and len(out.shape) >= 2:
+        batch = math.prod(out.shape[:-2])
+        return {"operation": "bmm" if batch > 1 else "matmul",
+                "params": ({"BATCH": batch} if batch > 1 else {})
+                | {"M": out.shape[-2], "K": shapes[0][-1], "N": out.shape[-1]}}
+    if op in _ELEMENTWISE_OPERATION:
+        return {"operation": _ELEMENTWISE_OPERATION[op], "params": {"n": out.numel}}
+    if op == "copy":  # a reshape or contiguous that had to copy: a STREAM copy
+        return {"operation": "stream_copy", "params": {"n": out.numel}}
+    if op in ("softmax", "layer_norm") and out.shape:
+        return {"operation": "softmax" if op == "softmax" else "layernorm",
+                "params": {"ROWS": out.numel // out.shape[-1], "COLS": out.shape[-1]}}
+    if op == "batch_norm" and len(out.shape) == 4:
+        return {"operation": "batchnorm", "params": dict(zip("NCHW", out.shape))}
+    if op in ("max_pool2d", "avg_pool2d") and shapes and len(shapes[0]) == 4:
+        if module is not None:
+            k, stride, pad = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+        else:
+            k = _pair(arg(args, kwargs, 1, "kernel_size"))
+            stride = _pair(arg(args, kwargs, 2, "stride", None) or k)
+            pad = _pair(arg(args, kwargs, 3, "padding", 0))
+        n, c, h, w = shapes[0]
+        return {"operation": "maxpool" if op == "max_pool2d" else "avgpool",
+                "params": {"N": n, "C": c, "H": h, "W": w, "K": k, "STRIDE": stride, "PAD": pad}}
+    if op == "adaptive_avg_pool2d" and shapes and len(shapes[0]) == 4 and tuple(out.shape[-2:]) == (1, 1):
+        n, c, h, w = shapes[0]  # global average pooling
+        return {"operation": "global_avgpool", "params": {"N": n, "C": c, "H": h, "W": w}}
+    return {}
+
+
+def _node_bytes(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> tuple[int, int]:
+    """(bytes read, bytes written) of a standalone kernel: each distinct input node once."""
+    read = 0
+    for source in input_nodes(node):
+        read += sum(t.read for t in rec.values.get(source, []))
+    if node.op == "call_module":
+        read += module_params(gm.get_submodule(str(node.target)))
+    written = written_bytes(op, rec.values[node])
+    return read, written
+
+
+def written_bytes(op: str, outputs: list[TensorInfo]) -> int:
+    extra = outputs[0].numel * 8 if op == "max_pool2d" and len(outputs) == 1 else 0  # eager max pooling
+    return sum(t.nbytes for t in outputs) + extra  # also writes int64 indices (ops.MAXPOOL)
+
+
+def input_nodes(node: fx.Node) -> list[fx.Node]:
+    seen: dict[fx.Node, None] = {}
+    fx.node.map_arg((node.args, node.kwargs), lambda a: seen.setdefault(a, None))
+    return list(seen)
+
+
+# --------------------------------------------------------------------------- the kernel graph
+
+
+class KernelGraph:
+    """Kernels with views made transparent: who produces what each kernel reads."""
+
+    def __init__(self, gm: fx.GraphModule, rec: Recorder):
+        self.gm, self.rec = gm, rec
+        self.order: list[fx.Node] = [n for n in gm.graph.nodes if n.op.startswith("call_")]
+        self.op: dict[fx.Node, str] = {n: op_name(n, gm) for n in self.order}
+        for n, inner in rec.inner_ops.items():
+            if len(inner) == 1:  # a wrapped function that runs one op is that op (a mask's add)
+                self.op[n] = canonical(inner[0])
+        self.costs: dict[fx.Node, NodeCost] = {}
+        self.uncounted: list[str] = []
+        for n in self.order:
+            self.costs[n] = self._cost(n)
+        self.kernels = [n for n in self.order if self.costs[n].kernel]
+        self.consumers: dict[fx.Node, list[fx.Node]] = {k: [] for k in self.kernels}
+        self.escapes: set[fx.Node] = set()
+        for k in self.kernels:
+            for source in input_nodes(k):
+                producer = self.producer(source)
+                if producer is not None and k not in self.consumers[producer]:
+                    self.consumers[producer].append(k)
+        for n in gm.graph.nodes:
+            if n.op == "output":
+                for source in input_nodes(n):
+                    if (producer := self.producer(source)) is not None:
+                        self.escapes.add(producer)
+
+    def _cost(self, n: fx.Node) -> NodeCost:
+        op = self.op[n]
+        outs = self.rec.values[n]
+        free = not outs or (op in VIEW_OPS and self.rec.aliased[n])
+        if op in VIEW_OPS and not free:
+            op = "copy"  # a reshape/contiguous that could not alias copies its input
+        flops, nbytes = 0, 0
+        counted = None if free else _node_flops(op, n, self.gm, self.rec)
+        if counted is None and not free and self.rec.aliased[n]:
+            # an op no formula knows that handed back its input (a wrapped helper such as
+            # "add the mask if there is one", called without one) did no work
+            free = True
+        if not free:
+            if counted is None:
+                self.uncounted.append(op)
+            flops = counted or 0
+            nbytes = sum(_node_bytes(op, n, self.gm, self.rec))
+        meta = outs[0] if outs else None
+        return NodeCost(
+            name=n.name, kind=n.op, target=_target_name(n), op=op,
+            module=type(self.gm.get_submodule(str(n.target))).__name__ if n.op == "call_module" else None,
+            shape=tuple(meta.shape) if meta is not None else None,
+            dtype=dtype_name(meta.dtype) if meta is not None else None,
+            kernel=not free, flops=flops, bytes=nbytes,
+            allocated_bytes=0 if free or self.rec.aliased[n] else sum(t.nbytes for t in outs),
+            **({} if free else _registry_params(op, n, self.gm, self.rec)),
+        )
+
+    def producer(self, node: fx.Node) -> fx.Node | None:
+        """The kernel whose output ``node`` is or views; None for inputs and parameters."""
+        if not self.rec.values.get(node):
+            return None  # a shape or a scalar carries no data dependency
+        while node.op.startswith("call_") and not self.costs[node].kernel:
+            sources = [s for s in input_nodes(node) if self.rec.values.get(s)]
+            if not sources:
+                return None
+            node = sources[0]  # a view's data is its first tensor argument's
+        return node if node.op.startswith("call_") else None
+
+    def sole_consumer(self, k: fx.Node) -> fx.Node | None:
+        users = self.consumers[k]
+        return users[0] if len(users) == 1 and k not in self.escapes else None
+
+    def inputs(self, k: fx.Node) -> list[fx.Node | None]:
+        """Producers of the tensor arguments of ``k`` (None: a graph input or a parameter)."""
+        return [self.producer(s) for s in input_nodes(k) if self.rec.values.get(s)]
+
+
+def _target_name(n: fx.Node) -> str:
+    if isinstance(n.target, str):
+        return n.target
+    return getattr(n.target, "__qualname__", None) or str(n.target)
+
+

@@ -1,0 +1,187 @@
+"""Tracing a model and recording what its example run did, node by node.
+
+``trace`` gives an fx graph (``torch.fx``, falling back to ``torch.export``); :class:`Recorder`
+runs it once on the example inputs and keeps every tensor's shape, dtype and storage, and
+whether an op aliased its input; :func:`op_name` gives each node one canonical name, the same
+for its fx, method and aten forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from calibration.specs.operations import ELEMENTWISE_FLOPS
+
+# Ops that may return an alias of an input. When the real run shows they did, they are free;
+# when they copied (reshape of a transposed tensor, contiguous of a permuted one) they are a
+# copy kernel. Any other op is a kernel even when it writes in place.
+VIEW_OPS = frozenset({
+    "view", "reshape", "flatten", "unflatten", "permute", "transpose", "t", "contiguous", "expand",
+    "expand_as", "view_as", "reshape_as", "squeeze", "unsqueeze", "getitem", "chunk", "split",
+    "unbind", "narrow", "select", "slice", "dropout", "identity", "detach", "alias", "to", "type",
+    "float", "split_with_sizes", "_unsafe_view",
+})
+# Nodes that return Python values (shapes, sizes) rather than tensors cost nothing either.
+
+# Per-element FLOPs not in specs.operations.ELEMENTWISE_FLOPS. relu6/hardtanh clamp on both sides (two
+# compares, as specs.patterns counts ReLU6); other unary math (exp, tanh, sqrt...) counts as one,
+# the way erf counts as one inside gelu.
+POINTWISE_FLOPS: dict[str, int] = {
+    **ELEMENTWISE_FLOPS,
+    "sub": 1, "div": 1, "neg": 1, "relu6": 2, "hardtanh": 2, "exp": 1, "tanh": 1, "sqrt": 1,
+    "rsqrt": 1, "pow": 1, "abs": 1, "clamp": 2, "log": 1, "erf": 1, "where": 1, "masked_fill": 1,
+    "batch_norm": ELEMENTWISE_FLOPS["batchnorm"], "layer_norm": ELEMENTWISE_FLOPS["layernorm"],
+    "log_softmax": ELEMENTWISE_FLOPS["softmax"], "copy": 0, "cat": 0, "stack": 0, "clone": 0,
+}
+
+_ALIASES: dict[str, str] = {
+    "iadd": "add", "radd": "add", "__add__": "add", "__radd__": "add", "isub": "sub", "rsub": "sub",
+    "imul": "mul", "__mul__": "mul", "__rmul__": "mul", "truediv": "div", "itruediv": "div", "__truediv__": "div",
+    "__matmul__": "matmul", "_softmax": "softmax", "_log_softmax": "log_softmax",
+    "_native_batch_norm_legit_no_training": "batch_norm", "native_batch_norm": "batch_norm",
+    "native_layer_norm": "layer_norm", "convolution": "conv2d", "_convolution": "conv2d",
+    "_scaled_dot_product_flash_attention_for_cpu": "scaled_dot_product_attention",
+    "_scaled_dot_product_flash_attention": "scaled_dot_product_attention",
+    "_scaled_dot_product_efficient_attention": "scaled_dot_product_attention",
+    "max_pool2d_with_indices": "max_pool2d", "_adaptive_avg_pool2d": "adaptive_avg_pool2d",
+    "hardtanh_": "hardtanh", "_to_copy": "copy", "copy_": "copy", "native_dropout": "dropout",
+    "feature_dropout": "dropout",
+}
+
+_MODULE_OPS: dict[type[nn.Module], str] = {
+    nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d", nn.Linear: "linear",
+    nn.BatchNorm1d: "batch_norm", nn.BatchNorm2d: "batch_norm", nn.BatchNorm3d: "batch_norm",
+    nn.LayerNorm: "layer_norm", nn.ReLU: "relu", nn.ReLU6: "relu6", nn.GELU: "gelu", nn.SiLU: "silu",
+    nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softmax: "softmax", nn.Hardtanh: "hardtanh",
+    nn.MaxPool2d: "max_pool2d", nn.AvgPool2d: "avg_pool2d", nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d",
+    nn.Dropout: "dropout", nn.Flatten: "flatten", nn.Identity: "identity", nn.Unflatten: "unflatten",
+}
+
+
+def op_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    """The canonical name of what a node computes, the same for its fx, method and aten forms."""
+    if node.op == "call_module":
+        module = gm.get_submodule(str(node.target))
+        name = _MODULE_OPS.get(type(module), type(module).__name__)
+    elif node.op == "call_method":
+        name = str(node.target)
+    else:
+        target = node.target
+        if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+            name = aten_name(target)
+        else:
+            name = getattr(target, "__name__", str(target))
+    return canonical(name)
+
+
+def aten_name(op: torch._ops.OpOverload | torch._ops.OpOverloadPacket) -> str:
+    qualified = op._schema.name if isinstance(op, torch._ops.OpOverload) else op._qualified_op_name
+    return qualified.split("::")[-1]
+
+
+def canonical(name: str) -> str:
+    """One name per operation, whatever form (fx, method, aten, in-place) it came in."""
+    name = _ALIASES.get(name, name)
+    if name.endswith("_") and not name.startswith("_") and name[:-1] in POINTWISE_FLOPS:
+        name = name[:-1]  # in-place form: same math, same traffic
+    return _ALIASES.get(name, name)
+
+
+def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.GraphModule, str]:
+    """fx symbolic trace; torch.export where data-dependent Python control flow defeats it."""
+    try:
+        return fx.symbolic_trace(model), "fx"
+    except Exception as fx_error:  # fx raises TraceError, TypeError, AttributeError... on control flow
+        try:
+            return torch.export.export(model, tuple(example_inputs)).module(), "export"
+        except Exception as export_error:
+            raise RuntimeError(
+                f"could not trace {type(model).__name__}: fx said {fx_error!r}; torch.export said {export_error!r}"
+            ) from export_error
+
+
+def tensors(value: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    torch.utils._pytree.tree_map_(lambda v: out.append(v) if isinstance(v, torch.Tensor) else None, value)
+    return out
+
+
+class TensorInfo(NamedTuple):
+    """What the cost model keeps of a tensor the example run produced (not its data)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    numel: int
+    nbytes: int  # written by the kernel that produces it
+    read: int  # read by a kernel that consumes it
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> TensorInfo:
+        nbytes = t.numel() * t.element_size()
+        # a slice reads only its elements; a broadcast (expand) view reads its storage once
+        return cls(tuple(t.shape), t.dtype, t.numel(), nbytes, min(nbytes, t.untyped_storage().nbytes()))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The profile's name of a dtype: float32, bfloat16, ... (tf32 is a matmul mode, not a dtype)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _opaque(n: fx.Node) -> bool:
+    """A call of a plain Python function from outside torch: fx.wrap leaves, for instance."""
+    if n.op != "call_function" or isinstance(n.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return False
+    module = getattr(n.target, "__module__", None) or ""
+    return callable(n.target) and not module.startswith(("torch", "_operator", "operator", "builtins", "math"))
+
+
+class _AtenRecorder(TorchDispatchMode):
+    """The aten ops run inside a block, by name (views and aliases left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops.append(aten_name(func))
+        return func(*args, **(kwargs or {}))
+
+
+class Recorder(ShapeProp):
+    """ShapeProp that also keeps, per node, what a cost model needs from the real values."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.values: dict[fx.Node, list[TensorInfo]] = {}  # tensors each node produced
+        self.aliased: dict[fx.Node, bool] = {}
+        self.args: dict[fx.Node, tuple[Any, dict[str, Any]]] = {}
+        # for calls of user functions fx keeps opaque (torch.fx.wrap): the aten ops they ran
+        self.inner_ops: dict[fx.Node, list[str]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if _opaque(n):
+            with _AtenRecorder() as seen:
+                result = super().run_node(n)
+            self.inner_ops[n] = seen.ops
+        else:
+            result = super().run_node(n)
+        outputs = tensors(result)
+        inputs = tensors((args, kwargs))
+        storages = {t.untyped_storage().data_ptr() for t in inputs if t.untyped_storage().nbytes()}
+        self.values[n] = [TensorInfo.of(t) for t in outputs]
+        self.aliased[n] = bool(outputs) and all(
+            t.untyped_storage().data_ptr() in storages or not t.untyped_storage().nbytes() for t in outputs)
+        # Only shapes and scalars are kept from the arguments, not the tensors themselves.
+        self.args[n] = torch.utils._pytree.tree_map(
+            lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else v, (args, kwargs))
+        return result
+
+

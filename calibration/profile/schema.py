@@ -1,0 +1,52 @@
+"""The profile: :class:`HardwareCalibration`, one pydantic v2 model per JSON profile.
+
+Its entries are in :mod:`calibration.profile.entries`, its queries in
+:mod:`calibration.profile.lookup` and its text summary in :mod:`calibration.profile.summary`;
+reading a file is :func:`calibration.profile.storage.load_calibration`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from calibration.profile.entries import (
+    BUSY_CPUS,
+    CudaInfo,
+    FrozenModel,
+    FusionCalibration,
+    LatencyStats,
+    MeasuredSummary,
+    Metadata,
+    OperationCalibration,
+    Peak,
+    PeakSource,
+    _Model,
+)
+from calibration.profile.files import save_calibration
+from calibration.profile.lookup import ProfileQueries
+from calibration.profile.summary import ProfileSummary
+
+SCHEMA_VERSION = 1
+
+__all__ = [
+    "BUSY_CPUS", "SCHEMA_VERSION", "CudaInfo", "FrozenModel", "FusionCalibration", "HardwareCalibration",
+    "LatencyStats", "MeasuredSummary", "Metadata", "OperationCalibration", "Peak", "PeakSource",
+]
+
+
+class HardwareCalibration(_Model, ProfileQueries, ProfileSummary):
+    schema_version: int = SCHEMA_VERSION
+    metadata: Metadata
+    peak_gflops: dict[str, Peak] = Field(default_factory=dict, description="theoretical peak per dtype")
+    peak_bandwidth_gbps: Peak | None = None
+    measured: MeasuredSummary = Field(default_factory=MeasuredSummary)
+    operation_profiles: dict[str, OperationCalibration] = Field(default_factory=dict)
+    fusion_profiles: dict[str, list[FusionCalibration]] = Field(
+        default_factory=dict, description="pattern name -> one entry per shape, dtype and fused variant"
+    )
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a reader sees the old file or the new one, never a partial one."""
+        return save_calibration(self, path)
