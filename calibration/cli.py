@@ -122,29 +122,8 @@ fusion verdicts that flipped are reported; neither fails the comparison.
 """
 
 
-def load_model(spec: str, batch: int, input_shape: tuple[int, ...] | None):
-    """(model, example input) for a registered name or a user's ``module:attr`` factory."""
-    import importlib
-
-    import torch
-
-    from calibration.predict import models
-
-    if spec in models.MODELS:
-        return models.MODELS[spec]().eval(), models.example_input(spec, batch)
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--model {spec!r}: give one of {', '.join(models.MODELS)} or MODULE:FACTORY")
-    if input_shape is None:
-        raise ValueError(f"--model {spec}: a user model needs --input-shape (without the batch), e.g. 3,224,224")
-    factory = getattr(importlib.import_module(module_name), attr)
-    model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"--model {spec}: {attr} returned {type(model).__name__}, not an nn.Module")
-    return model.eval(), torch.randn(batch, *input_shape)
-
-
 def _cmd_partition(args: argparse.Namespace) -> int:
+    from calibration.predict.models import load_model
     from calibration.predict.plan import partition
     from calibration.profile.storage import ProfileError, load_calibration
 
@@ -158,74 +137,15 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure_latency_ms(model, example, min_run_time: float = 1.0) -> float:
-    """Median eager latency with torch.utils.benchmark at this process's thread count."""
-    import torch
-    from torch.utils import benchmark
-
-    with torch.no_grad():
-        timer = benchmark.Timer("model(x)", globals={"model": model, "x": example},
-                                num_threads=torch.get_num_threads())
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
-# Profile entries re-timed to tell how fast the machine runs now against calibration time.
-DRIFT_REFERENCES = (
-    ("matmul", {"M": 1024, "K": 1024, "N": 1024, "path": "aten"}),
-    ("conv2d", {"N": 1, "CIN": 64, "COUT": 64, "H": 56, "W": 56, "K": 3, "STRIDE": 1, "PAD": 1, "GROUPS": 1}),
-)
-
-
-def drift(calibration, min_run_time: float = 0.3) -> dict[str, float]:
-    """Now / profile median of the reference cases the profile has (1.0: as fast as when calibrated).
-
-    On a shared machine these move 0.85-1.5x within minutes; a prediction error smaller than
-    that spread says nothing either way.
-    """
-    import torch
-    from torch.utils import benchmark
-
-    from calibration.measure.kernels import build
-    from calibration.specs.operations import Case
-
-    ratios = {}
-    for operation, params in DRIFT_REFERENCES:
-        case = Case(operation, tuple(params.items()), "float32", calibration.metadata.device_type)
-        entry = calibration.operation_profiles.get(case.key)
-        if entry is None:
-            continue
-        timer = benchmark.Timer("kernel()", globals={"kernel": build(case)}, num_threads=torch.get_num_threads())
-        ratios[operation] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3 / entry.latency.median_ms
-    return ratios
-
-
-def format_drift(ratios: dict[str, float]) -> str:
-    return ", ".join(f"{name} x{ratio:.2f}" for name, ratio in ratios.items()) or "no reference case in the profile"
-
-
-def page_faults_per_call(model, example, calls: int = 5) -> int | None:
-    """Minor page faults per warm forward pass (None where getrusage is missing).
-
-    Memory the allocator handed back to the OS is faulted in again when an output is
-    written: on glibc that is every block above its mmap threshold, and heap trimmed
-    between calls, at about a microsecond per 4 KiB page on a VM.
-    """
-    try:
-        import resource
-    except ImportError:
-        return None
-    import torch
-
-    with torch.no_grad():
-        model(example)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(calls):
-            model(example)
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // calls
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from calibration.measure.model_timing import (
+        drift,
+        format_drift,
+        measure_latency_ms,
+        page_faults_per_call,
+    )
     from calibration.predict.mapper import predict_latency
+    from calibration.predict.models import load_model
     from calibration.profile.storage import ProfileError, load_calibration
 
     try:
@@ -301,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     part = sub.add_parser("partition", help="print a model's fusion partition (subgraphs, FLOPs, traffic)")
     part.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
                       help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
-    part.add_argument("--batch", type=options.parse_threads, default=1, metavar="N", help="batch size (default: 1)")
+    part.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
     part.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
                       help="input shape without the batch, for a MODULE:FACTORY model")
     part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
@@ -311,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
                          help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
     predict.add_argument("--profile", required=True, metavar="PROFILE", help="the calibration to predict with")
-    predict.add_argument("--batch", type=options.parse_threads, default=1, metavar="N", help="batch size (default: 1)")
+    predict.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
     predict.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
                          help="input shape without the batch, for a MODULE:FACTORY model")
     predict.add_argument("--mode", choices=("eager", "fused"), default="eager",

@@ -125,6 +125,15 @@ def test_partition_bad_input_exits_2(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["partition", "predict"])
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_a_bad_batch_is_reported_as_a_bad_batch(capsys, command, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--model", "mlp", "--profile", "p.json", "--batch", value])
+    assert exit_info.value.code == 2
+    assert f"--batch must be a positive integer, got {value!r}" in capsys.readouterr().err
+
+
 def test_predict_prints_the_table_and_with_measure_the_error(tmp_path, capsys):
     n = 1 << 25
     cal = fold(
@@ -141,7 +150,7 @@ def test_predict_prints_the_table_and_with_measure_the_error(tmp_path, capsys):
 
 
 def test_page_faults_per_call_counts_what_a_forward_faults_in(monkeypatch):
-    from calibration import cli
+    from calibration.measure import model_timing
 
     class Fresh(torch.nn.Module):
         def forward(self, x):
@@ -157,18 +166,18 @@ def test_page_faults_per_call_counts_what_a_forward_faults_in(monkeypatch):
 
     import resource
     monkeypatch.setattr(resource, "getrusage", getrusage)
-    assert cli.page_faults_per_call(Fresh(), torch.zeros(4)) == 7
+    assert model_timing.page_faults_per_call(Fresh(), torch.zeros(4)) == 7
 
 
 def test_drift_divides_the_time_now_by_the_profile_median():
-    from calibration import cli
+    from calibration.measure import model_timing
 
     slow = fold([record("matmul", 1e6, M=1024, K=1024, N=1024, path="aten")], metadata())  # 1000 s
-    ratios = cli.drift(slow, min_run_time=0.01)
+    ratios = model_timing.drift(slow, min_run_time=0.01)
     assert list(ratios) == ["matmul"] and 0 < ratios["matmul"] < 1e-3
-    assert cli.format_drift(ratios).startswith("matmul x0.00")
-    assert cli.drift(fold([], metadata())) == {}
-    assert cli.format_drift({}) == "no reference case in the profile"
+    assert model_timing.format_drift(ratios).startswith("matmul x0.00")
+    assert model_timing.drift(fold([], metadata())) == {}
+    assert model_timing.format_drift({}) == "no reference case in the profile"
 
 
 def test_summary_flags_cache_levels_whose_triad_is_a_per_call_cost():

@@ -402,3 +402,28 @@ def test_fusion_patterns_select_families_and_twins_run_in_shuffled_order(pyteste
     assert positions == sorted(positions)
     # operations are not selected when only --fusion-patterns is given
     assert not any("test_conv2d" in i for i in ids)
+
+
+ALLOC_BENCH = """
+    import pytest
+
+
+    @pytest.mark.operation("fill_fresh")
+    def test_fill_fresh(op_case, calibrate):
+        calibrate(op_case)
+
+
+    @pytest.mark.operation("fill")
+    def test_fill(op_case, calibrate):
+        calibrate(op_case)
+"""
+
+
+def test_allocator_probes_run_first_whatever_their_file_is_called(bench):
+    """The allocator probes must meet a heap no other case has used; file names do not decide that."""
+    bench.makepyfile(test_zz_alloc=ALLOC_BENCH)  # sorts after test_bench.py
+    result = bench.runpytest_subprocess(*PLUGIN_ARGS, "--quick", "--collect-only", "-q")
+    ids = [line for line in result.outlines if "::" in line]
+    assert [i.split("::")[1].split("[")[0] for i in ids] == ["test_fill_fresh"] * 2 + ["test_fill"] * 2 + [
+        "test_dispatch"]
+    assert "n=8912896" in ids[0] and "n=7864320" in ids[1]  # 34 MiB before 30 MiB: largest first

@@ -30,6 +30,14 @@ def test_roofline_seconds_takes_the_slower_roof():
     assert roofline.roofline_seconds(2_000_000_000, 400_000_000, 100.0, 40.0) == pytest.approx(0.02)
     assert roofline.roofline_seconds(0, 400_000_000, None, 40.0) == pytest.approx(0.01)
     assert roofline.roofline_seconds(10, 10, None, 40.0) is None
+    assert roofline.roofline_seconds(10, 10, 100.0, None) is None
+    assert roofline.roofline_seconds(0, 0, None, None) == 0.0
+
+
+def test_roof_seconds_gives_both_roofs_and_zero_for_an_unknown_one():
+    assert roofline.roof_seconds(2_000_000_000, 400_000_000, 100.0, 40.0) == pytest.approx((0.02, 0.01))
+    assert roofline.roof_seconds(2_000_000_000, 400_000_000, None, 40.0) == pytest.approx((0.0, 0.01))
+    assert roofline.roof_seconds(2_000_000_000, 400_000_000, 100.0, None) == pytest.approx((0.02, 0.0))
 
 
 def test_level_for_working_set_uses_half_of_each_level():

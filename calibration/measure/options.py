@@ -45,14 +45,22 @@ def parse_peak_gflops(text: str) -> dict[str, float]:
     return peaks
 
 
-def parse_threads(text: str) -> int:
+def parse_positive_int(text: str, option: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{option} must be a positive integer, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{option} must be a positive integer, got {text!r}")
     return value
+
+
+def parse_threads(text: str) -> int:
+    return parse_positive_int(text, "--threads")
+
+
+def parse_batch(text: str) -> int:
+    return parse_positive_int(text, "--batch")
 
 
 def parse_device(text: str) -> str:

@@ -14,8 +14,8 @@ from torch.utils import flop_counter
 def sdpa_flop_formula() -> Iterator[None]:
     """Count the CPU flash-attention kernel inside the block.
 
-    FlopCounterMode counts ``_scaled_dot_product_flash_attention_for_cpu`` as 0 FLOPs
-    (shared/MACHINE.md); this teaches it the two-GEMM formula it uses for the CUDA kernels,
+    FlopCounterMode (torch 2.13) counts ``_scaled_dot_product_flash_attention_for_cpu`` as
+    0 FLOPs; this teaches it the two-GEMM formula it uses for the CUDA kernels,
     and leaves torch's global registry as it found it on exit.
     """
     registry = flop_counter.flop_registry

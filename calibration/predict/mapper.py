@@ -176,8 +176,7 @@ class Mapper:
         if calibrated is not None:
             return calibrated
         compute, bandwidth = self._compute_ceiling(dtype), self._bandwidth_ceiling(node.bytes)
-        t_compute = node.flops / (compute * 1e9) if node.flops and compute else 0.0
-        t_memory = node.bytes / (bandwidth * 1e9) if node.bytes and bandwidth else 0.0
+        t_compute, t_memory = roofline.roof_seconds(node.flops, node.bytes, compute, bandwidth)
         if self.calibration is None:
             self._note("no calibration: roofline at the given peaks, no efficiency, no dispatch overhead")
             source = "peaks"

@@ -12,6 +12,7 @@ the caller's RNG: seed it (``torch.manual_seed``) for repeatable weights.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -383,3 +384,19 @@ def random_input(shapes: dict[str, tuple[int, ...]], name: str, batch: int, *, w
     except KeyError:
         raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(shapes)}") from None
     return torch.randn(batch, *shape)
+
+
+def load_model(spec: str, batch: int, input_shape: tuple[int, ...] | None):
+    """(model, example input) for a registered name or a user's ``module:attr`` factory."""
+    if spec in MODELS:
+        return MODELS[spec]().eval(), example_input(spec, batch)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--model {spec!r}: give one of {', '.join(MODELS)} or MODULE:FACTORY")
+    if input_shape is None:
+        raise ValueError(f"--model {spec}: a user model needs --input-shape (without the batch), e.g. 3,224,224")
+    factory = getattr(importlib.import_module(module_name), attr)
+    model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--model {spec}: {attr} returned {type(model).__name__}, not an nn.Module")
+    return model.eval(), torch.randn(batch, *input_shape)

@@ -87,7 +87,7 @@ def _gflops(flops: int) -> str:
 
 
 def render_report(p: Partition, top: int = 5) -> str:
-    """The predecessor's partitioner report (shared/reference/003), with FLOPs that agree."""
+    """The report in the predecessor's layout (its partitioner printed these sections), with FLOPs that agree."""
     before, after = p.unfused, p.fused
     saved = before.bytes - after.bytes
     lines = [

@@ -55,20 +55,22 @@ def efficiency(attained: float, ceiling: float | None) -> float | None:
     return attained / ceiling
 
 
+def roof_seconds(
+    flops: int, nbytes: int, compute_gflops: float | None, bandwidth_gbps: float | None
+) -> tuple[float, float]:
+    """(seconds at the compute roof, seconds at the bandwidth roof); an unknown roof gives 0."""
+    t_compute = flops / (compute_gflops * 1e9) if flops and compute_gflops else 0.0
+    t_memory = nbytes / (bandwidth_gbps * 1e9) if nbytes and bandwidth_gbps else 0.0
+    return t_compute, t_memory
+
+
 def roofline_seconds(
     flops: int, nbytes: int, compute_gflops: float | None, bandwidth_gbps: float | None
 ) -> float | None:
     """Lower bound on run time from the two roofs; None if a needed roof is unknown."""
-    parts = []
-    if flops:
-        if not compute_gflops:
-            return None
-        parts.append(flops / (compute_gflops * 1e9))
-    if nbytes:
-        if not bandwidth_gbps:
-            return None
-        parts.append(nbytes / (bandwidth_gbps * 1e9))
-    return max(parts) if parts else 0.0
+    if (flops and not compute_gflops) or (nbytes and not bandwidth_gbps):
+        return None
+    return max(roof_seconds(flops, nbytes, compute_gflops, bandwidth_gbps))
 
 
 def level_for_working_set(working_set_bytes: int, cache_sizes: Mapping[str, int]) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 # A gain smaller than this is not worth a fusion decision even when it is significant:
-# separately timed cases drift by 3-5% on a shared machine (see shared/MACHINE.md).
+# separately timed cases drift by 3-5% on a shared machine (measured on this project's 2-vCPU VMs).
 MIN_EFFECT = 0.05
 # Without raw samples (a profile from the predecessor) only a large effect counts.
 POINT_ESTIMATE_MARGIN = 0.10

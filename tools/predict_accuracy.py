@@ -1,8 +1,8 @@
 """Predicted vs measured eager latency (issue 4's accuracy table).
 
-    python bench/predict_accuracy.py PROFILE.json                    # the four reference models
-    python bench/predict_accuracy.py PROFILE.json --heldout          # models never used for tuning
-    python bench/predict_accuracy.py PROFILE.json --without-exact    # drop entries the models hit exactly
+    python tools/predict_accuracy.py PROFILE.json                    # the four reference models
+    python tools/predict_accuracy.py PROFILE.json --heldout          # models never used for tuning
+    python tools/predict_accuracy.py PROFILE.json --without-exact    # drop entries the models hit exactly
 
 Predicts each model at batch 1 and 8 from the profile, then measures it eagerly ``--repeats``
 times, interleaved, with torch.utils.benchmark at this process's thread count, and prints a
@@ -17,12 +17,11 @@ import argparse
 import statistics
 import sys
 
-import heldout_models  # bench/ is on sys.path: this runs as a script from it
 import torch
 
 from calibration import load_calibration
-from calibration.cli import drift, format_drift, measure_latency_ms
-from calibration.predict import models
+from calibration.measure.model_timing import drift, format_drift, measure_latency_ms
+from calibration.predict import heldout_models, models
 from calibration.predict.mapper import predict_latency
 from calibration.predict.plan import partition
 

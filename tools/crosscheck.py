@@ -1,11 +1,11 @@
 """Cross-check the plugin's timings against torch.utils.benchmark on the same shapes.
 
-    python bench/crosscheck.py [--repeats 3]
+    python tools/crosscheck.py [--repeats 3]
 
 Alternates a quick calibration of the matmul and STREAM cases (through the plugin, in
 this process) with torch.utils.benchmark.Timer.blocked_autorange on the same kernels and
 thread count, and prints GFLOPS / GB/s side by side with the relative difference. Not a
-test: it times things, so it belongs beside the benchmarks.
+test: it times things.
 """
 
 from __future__ import annotations

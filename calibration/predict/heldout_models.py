@@ -1,10 +1,10 @@
 """Held-out models: check that latency predictions generalise beyond the reference models.
 
-The calibrator is built and tuned against the reference models in ``calibration/models.py``
+The calibrator is built and tuned against the reference models in ``calibration/predict/models.py``
 (ResNet-18, MobileNet-V2, one BERT-base layer, an MLP). A prediction that is only accurate on
 those says little, so these models are kept out of calibration and out of any tuning of the
 mapper, and are used only to measure how well predictions carry over to networks the calibrator
-never saw (``python bench/predict_accuracy.py PROFILE.json --heldout``). Do not tune against them.
+never saw (``python tools/predict_accuracy.py PROFILE.json --heldout``). Do not tune against them.
 
 They cover other shapes and ops than the reference set: ResNet-50 (bottleneck 1x1-3x3-1x1 convs),
 VGG-11 with BatchNorm (large dense 3x3 convs, a 25088-wide classifier), EfficientNet-B0 (SiLU, 5x5
