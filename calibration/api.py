@@ -15,7 +15,8 @@ class CalibrationRunError(RuntimeError):
 
 def find_bench_dir(bench_dir: str | Path | None = None) -> Path:
     """The ``bench/`` folder: as given, else ``./bench``, else the one beside this package."""
-    candidates = [Path(bench_dir)] if bench_dir else [Path.cwd() / "bench", Path(__file__).resolve().parent.parent / "bench"]
+    candidates = ([Path(bench_dir)] if bench_dir
+                  else [Path.cwd() / "bench", Path(__file__).resolve().parent.parent / "bench"])
     for candidate in candidates:
         if candidate.is_dir():
             return candidate

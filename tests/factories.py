@@ -54,3 +54,29 @@ def latency(median_ms: float, iqr_ms: float = 0.0, rounds: int = 10) -> LatencyS
 
 def record(operation: str, median_ms: float, dtype: str = "float32", iqr_ms: float = 0.0, **params) -> Record:
     return Record(Case(operation, tuple(params.items()), dtype, "cpu"), latency(median_ms, iqr_ms))
+
+
+# --------------------------------------------------------------------------- plugin runs
+
+DISPATCH_KEY = "dispatch[n=1]/float32/cpu"
+# The plugin is named explicitly (not left to the entry point); hypothesis's plugin is off
+# because it adds a second of imports to every run and nothing here uses it.
+PLUGIN_ARGS = ("-p", "calibration.plugin", "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+# A one-case bench file: the 1-element dispatch add, the cheapest case there is.
+DISPATCH_BENCH = """
+    import pathlib
+
+    import pytest
+
+
+    @pytest.mark.operation("dispatch")
+    def test_dispatch(op_case, calibrate):
+        pathlib.Path(__file__).with_name("ran.marker").touch()
+        calibrate(op_case)
+"""
+
+
+def run_bench(pytester, *args: str):
+    """pytest with the calibration plugin and ``--quick`` in a subprocess, in ``pytester``'s folder."""
+    return pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick", *args)

@@ -129,7 +129,8 @@ def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencySt
         dtype=case.dtype,
         device=case.device,
         variant=case.variant,
-        fused_kernel=spec.library_kernel if case.variant == "library" else "torch.compile (inductor) of the unfused code",
+        fused_kernel=(spec.library_kernel if case.variant == "library"
+                      else "torch.compile (inductor) of the unfused code"),
         flops=flops,
         unfused_bytes=unfused_bytes,
         fused_bytes=fused_bytes,

@@ -152,10 +152,11 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
         return {"operation": "softmax" if op == "softmax" else "layernorm",
                 "params": {"ROWS": out.numel // out.shape[-1], "COLS": out.shape[-1]}}
     if op == "batch_norm" and len(out.shape) == 4:
-        return {"operation": "batchnorm", "params": dict(zip("NCHW", out.shape))}
+        return {"operation": "batchnorm", "params": dict(zip("NCHW", out.shape, strict=True))}
     if op in ("max_pool2d", "avg_pool2d") and shapes and len(shapes[0]) == 4:
         if module is not None:
-            k, stride, pad = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+            k, pad = _pair(module.kernel_size), _pair(module.padding)
+            stride = _pair(module.stride or module.kernel_size)
         else:
             k = _pair(arg(args, kwargs, 1, "kernel_size"))
             stride = _pair(arg(args, kwargs, 2, "stride", None) or k)

@@ -172,7 +172,8 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
         dtype = g.costs[kernels[0]].dtype
         subgraphs.append(Subgraph(
             index=i, name=pattern or g.costs[kernels[0]].op, pattern=pattern, candidate=candidate, fused=fused,
-            decision=decision, nodes=tuple(g.costs[n] for n in sorted(members[i], key=position.__getitem__)), shape=shape, dtype=dtype, flops=flops,
+            decision=decision, nodes=tuple(g.costs[n] for n in sorted(members[i], key=position.__getitem__)),
+            shape=shape, dtype=dtype, flops=flops,
             external_bytes=external, internal_bytes=standalone - external,
             arithmetic_intensity=roofline.arithmetic_intensity(flops, external),
             bottleneck=_bottleneck(calibration, flops, external, dtype), speedup=speedup,
@@ -200,7 +201,8 @@ def _bottleneck(calibration: HardwareCalibration | None, flops: int, nbytes: int
                 dtype: str | None) -> Bottleneck | None:
     if calibration is None or dtype is None:
         return None
-    verdict = roofline.classify(flops, nbytes, calibration.compute_ceiling(dtype), calibration.bandwidth_ceiling(nbytes))
+    ceiling = calibration.bandwidth_ceiling(nbytes)
+    verdict = roofline.classify(flops, nbytes, calibration.compute_ceiling(dtype), ceiling)
     return None if verdict is Bottleneck.UNKNOWN else verdict
 
 

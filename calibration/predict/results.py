@@ -121,7 +121,8 @@ def render_report(p: Partition, top: int = 5) -> str:
         intensity = f"{s.arithmetic_intensity:.1f} FLOPs/byte" if s.arithmetic_intensity is not None else "n/a"
         lines += [
             f"{rank}. **{s.pattern} (Subgraph {s.index})**: {', '.join(n.name for n in s.nodes if n.kernel)}",
-            f"   - FLOPs: {s.flops / 1e9:.3f} G ({100 * s.flops / p.total_flops if p.total_flops else 0:.1f}% of total)",
+            f"   - FLOPs: {s.flops / 1e9:.3f} G "
+            f"({100 * s.flops / p.total_flops if p.total_flops else 0:.1f}% of total)",
             f"   - External memory: {_mb(s.external_bytes)}",
             f"   - Internal memory: {_mb(s.internal_bytes)} (stays in cache) <- "
             f"{100 * s.internal_bytes / total if total else 0:.1f}% reduction",

@@ -123,7 +123,7 @@ def interpolate_log(x: float, points: Sequence[tuple[float, float]]) -> float:
     if x >= xs[-1]:
         return ys[-1]
     lx = math.log(x)
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=False):
         if x0 <= x <= x1:
             t = (lx - math.log(x0)) / (math.log(x1) - math.log(x0))
             return y0 + t * (y1 - y0)

@@ -106,7 +106,7 @@ def render_text(comparison: Comparison, *, show_unchanged: bool = True) -> str:
         widths = [max(len(row[i]) for row in table) for i in range(5)]
         lines.append("")
         for row in table:
-            cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:5], widths[1:])]
+            cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:5], widths[1:], strict=True)]
             lines.append("  ".join(cells + [row[5]]).rstrip())
     lines.append("")
     if c.verdict_flips:

@@ -332,7 +332,7 @@ def draw_roofline(
                 text.set_x(-28)  # headers start where the handles do
 
     notes = []
-    for index, p in enumerate(profiles):
+    for p in profiles:
         prefix = f"{p.label}: " if len(profiles) == 2 else ""
         notes += [prefix + n for n in p.notes]
     if len(profiles) == 2:

@@ -92,7 +92,9 @@ class FusionCase:
     def bytes(self) -> int:
         size = itemsize(self.dtype)
         params = self.param_dict
-        return self.spec.bytes_unfused(params, size) if self.variant == "unfused" else self.spec.bytes_fused(params, size)
+        if self.variant == "unfused":
+            return self.spec.bytes_unfused(params, size)
+        return self.spec.bytes_fused(params, size)
 
 
 # =========================================================================== linear

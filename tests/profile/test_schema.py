@@ -64,7 +64,8 @@ def calibrations(draw):
     return HardwareCalibration(
         metadata=metadata(hardware_name=draw(st.text(min_size=1, max_size=20)), quick=draw(st.booleans())),
         peak_gflops=peaks,
-        peak_bandwidth_gbps=draw(st.one_of(st.none(), st.builds(Peak, value=positive, source=st.just(PeakSource.USER)))),
+        peak_bandwidth_gbps=draw(
+            st.one_of(st.none(), st.builds(Peak, value=positive, source=st.just(PeakSource.USER)))),
         measured=MeasuredSummary(
             matmul_gflops=draw(st.dictionaries(st.just("float32"), finite, max_size=1)),
             stream_gbps=draw(st.dictionaries(st.sampled_from(["stream_copy", "stream_triad"]), finite, max_size=2)),

@@ -53,7 +53,8 @@ def mobilenet_v2_macs() -> int:
     """Stem, then per InvertedResidual: 1x1 expand (t > 1), 3x3 depthwise, 1x1 project; last 1x1, fc."""
     side, channels = 112, 32
     macs = side * side * channels * 3 * 9  # stem 3x3/2
-    settings = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    settings = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1))
     for t, c, n, s in settings:  # expansion, channels, repeats, first stride
         for i in range(n):
             hidden = channels * t

@@ -13,7 +13,7 @@ from calibration import calibrate_hardware, load_calibration
 from calibration.cli import main
 from calibration.measure.fold import fold
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_schema_prints_the_json_schema(capsys):
@@ -57,6 +57,7 @@ def test_run_rejects_bad_values(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.times_kernels
 def test_run_calibrates_through_pytest(tmp_path):
     out = tmp_path / "p.json"
     proc = subprocess.run(
@@ -72,6 +73,7 @@ def test_run_calibrates_through_pytest(tmp_path):
     assert sorted(cal.operation_profiles) == ["dispatch[n=1]/float32/cpu"]
 
 
+@pytest.mark.times_kernels
 def test_calibrate_hardware_api(tmp_path):
     out = tmp_path / "api.json"
     cal = calibrate_hardware(
@@ -90,6 +92,7 @@ def test_run_rejects_an_unknown_fusion_family(tmp_path, capsys):
     assert "unknown fusion family or pattern 'convs'" in capsys.readouterr().err
 
 
+@pytest.mark.times_kernels
 def test_calibrate_hardware_runs_the_selected_fusion_patterns(tmp_path):
     cal = calibrate_hardware(
         output_path=tmp_path / "fusion.json", fusion_patterns=["Add_ReLU"], quick=True, bench_dir=REPO / "bench",
@@ -134,6 +137,7 @@ def test_a_bad_batch_is_reported_as_a_bad_batch(capsys, command, value):
     assert f"--batch must be a positive integer, got {value!r}" in capsys.readouterr().err
 
 
+@pytest.mark.times_kernels
 def test_predict_prints_the_table_and_with_measure_the_error(tmp_path, capsys):
     n = 1 << 25
     cal = fold(
@@ -169,6 +173,7 @@ def test_page_faults_per_call_counts_what_a_forward_faults_in(monkeypatch):
     assert model_timing.page_faults_per_call(Fresh(), torch.zeros(4)) == 7
 
 
+@pytest.mark.times_kernels
 def test_drift_divides_the_time_now_by_the_profile_median():
     from calibration.measure import model_timing
 

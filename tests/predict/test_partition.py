@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from factories import latency, metadata
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -16,7 +17,6 @@ from calibration.predict.flops import sdpa_flop_formula
 from calibration.predict.plan import fusion_benefit, partition, should_fuse
 from calibration.predict.results import Partition
 from calibration.specs.patterns import PATTERNS, FusionCase
-from tests.factories import latency, metadata
 
 F32 = 4
 

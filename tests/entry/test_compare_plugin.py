@@ -1,5 +1,5 @@
 """--calibrate-compare at the end of a pytest run, in pytester subprocesses timing only the
-``dispatch`` case (see test_plugin.py). A regression cannot be forced by timing, so the
+``dispatch`` case (see tests/entry/conftest.py). A regression cannot be forced by timing, so the
 base profile is the first run's with its dispatch latency divided by 10: the second run
 then looks 10x slower. (With a factor of 3 the test failed once, output unseen, while the
 2-core machine was busy with other runs; 10x leaves a wide margin for run-to-run drift.)"""
@@ -7,14 +7,16 @@ then looks 10x slower. (With a factor of 3 the test failed once, output unseen, 
 from __future__ import annotations
 
 import pytest
-from test_plugin import KEY, bench, run  # noqa: F401 (bench is a fixture)
+from factories import DISPATCH_KEY as KEY
+from factories import run_bench as run
 
 from calibration import load_calibration
 
 FACTOR = 10
 
 
-def test_a_significantly_slower_run_fails_and_names_the_entry(bench):  # noqa: F811
+@pytest.mark.times_kernels
+def test_a_significantly_slower_run_fails_and_names_the_entry(bench):
     first = run(bench, "--calibrate-out=base.json")
     assert first.ret == pytest.ExitCode.OK
     base = load_calibration(bench.path / "base.json")
@@ -54,7 +56,7 @@ def test_a_significantly_slower_run_fails_and_names_the_entry(bench):  # noqa: F
     ],
     ids=["invalid-base", "fail-without-base"],
 )
-def test_bad_compare_options_are_usage_errors_before_any_benchmark(bench, args, message):  # noqa: F811
+def test_bad_compare_options_are_usage_errors_before_any_benchmark(bench, args, message):
     (bench.path / "base.json").write_text("{")
 
     result = run(bench, *args)

@@ -331,10 +331,11 @@ def test_a_profile_measured_on_a_busy_machine_is_called_out():
     base = steady(1)
     new = profile({"relu": noisy(1.0, 0.01, 2), "add": noisy(2.0, 0.01, 3)}, busy_cpus_before=1.9)
     comparison = compare(base, new, base_name="base.json", new_name="new.json")
-    assert comparison.busy == ["new.json (other processes kept 1.9 of 2 CPUs busy when the run started; they competed for cores and memory bandwidth)"]
-    assert "measured on a busy machine, timings inflated: new.json (other processes kept 1.9 of 2 CPUs busy when the run started; they competed for cores and memory bandwidth)" in render_text(comparison)
-    assert "> Measured on a busy machine, timings inflated: `new.json (other processes kept 1.9 of 2 CPUs busy when the run started; they competed for cores and memory bandwidth)`" \
-        in render_markdown(comparison)
+    why = ("new.json (other processes kept 1.9 of 2 CPUs busy when the run started; "
+           "they competed for cores and memory bandwidth)")
+    assert comparison.busy == [why]
+    assert f"measured on a busy machine, timings inflated: {why}" in render_text(comparison)
+    assert f"> Measured on a busy machine, timings inflated: `{why}`" in render_markdown(comparison)
     assert compare(base, steady(2)).busy == []
 
 

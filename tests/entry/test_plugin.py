@@ -9,51 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from factories import metadata, record
+from factories import DISPATCH_KEY as KEY
+from factories import PLUGIN_ARGS, metadata, record
+from factories import run_bench as run
 
 from calibration import SCHEMA_VERSION, ProfileError, load_calibration
 from calibration.measure import options
 from calibration.measure.fold import fold
 from calibration.specs.operations import FAMILIES
 
-KEY = "dispatch[n=1]/float32/cpu"
-# The plugin is named explicitly (not left to the entry point); hypothesis's plugin is off
-# because it adds a second of imports to every run and nothing here uses it.
-PLUGIN_ARGS = ("-p", "calibration.plugin", "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
-
-DISPATCH_BENCH = """
-    import pathlib
-
-    import pytest
-
-
-    @pytest.mark.operation("dispatch")
-    def test_dispatch(op_case, calibrate):
-        pathlib.Path(__file__).with_name("ran.marker").touch()
-        calibrate(op_case)
-"""
-
-
-@pytest.fixture
-def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester directory holding the dispatch bench file (``test_bench.py``)."""
-    # The runs need pytest-benchmark's fixture from its entry point.
-    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    pytester.makepyfile(test_bench=DISPATCH_BENCH)
-    return pytester
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick", *args)
-
-
 # --------------------------------------------------------------------------- writing
 
 
+@pytest.mark.times_kernels
 def test_calibrate_out_writes_a_loadable_profile(bench):
     result = run(bench, "--calibrate-out=p.json")
 
@@ -120,6 +92,7 @@ def test_benchmark_disable_writes_no_profile_and_says_why(bench):
     assert not (bench.path / "p.json").exists()
 
 
+@pytest.mark.times_kernels
 def test_xdist_worker_writes_no_profile(bench, monkeypatch):
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
 
@@ -182,6 +155,7 @@ def test_bad_peak_is_a_usage_error_on_the_command_line(bench):
 # --------------------------------------------------------------------------- interrupted
 
 
+@pytest.mark.times_kernels
 def test_interrupted_run_leaves_the_existing_profile_alone(bench):
     bench.makepyfile(test_zstop="""
         def test_stop():
@@ -205,6 +179,7 @@ def test_interrupted_run_leaves_the_existing_profile_alone(bench):
 # --------------------------------------------------------------------------- pytest-benchmark
 
 
+@pytest.mark.times_kernels
 def test_pytest_benchmark_json_is_written_beside_the_profile(bench):
     result = run(bench, "--benchmark-json=bench.json", "--calibrate-out=p.json")
 
@@ -219,6 +194,7 @@ def test_pytest_benchmark_json_is_written_beside_the_profile(bench):
 # --------------------------------------------------------------------------- selection
 
 
+@pytest.mark.times_kernels
 def test_operations_deselects_other_families(bench):
     result = run(bench, "--operations", "matmul", "--calibrate-out=p.json")
 
@@ -235,7 +211,8 @@ def test_unknown_operation_is_a_usage_error_listing_the_families(bench):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     families = ", ".join(sorted(FAMILIES))
     assert "dispatch" in families and "matmul" in families
-    result.stderr.fnmatch_lines([f"*argument --operations: unknown operation or family 'nosuch'; families: {families};*"])
+    result.stderr.fnmatch_lines(
+        [f"*argument --operations: unknown operation or family 'nosuch'; families: {families};*"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -366,6 +343,7 @@ BROKEN_FUSION_BENCH = """
 """
 
 
+@pytest.mark.times_kernels
 def test_a_fused_variant_that_disagrees_fails_and_is_never_recorded(pytester, monkeypatch):
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     pytester.makepyfile(test_fusion_bench=BROKEN_FUSION_BENCH)
@@ -381,9 +359,10 @@ def test_a_fused_variant_that_disagrees_fails_and_is_never_recorded(pytester, mo
     assert profile.fusion_profiles == {}  # the only fused variant failed: no speedup recorded
 
 
+@pytest.mark.times_kernels
 def test_fusion_patterns_select_families_and_twins_run_in_shuffled_order(pytester, monkeypatch):
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    bench_dir = __import__("pathlib").Path(__file__).resolve().parent.parent / "bench"
+    bench_dir = __import__("pathlib").Path(__file__).resolve().parents[2] / "bench"
     result = pytester.runpytest_subprocess(
         *PLUGIN_ARGS, str(bench_dir), "--fusion-patterns", "conv,elementwise", "--collect-only", "-q",
     )
@@ -404,24 +383,10 @@ def test_fusion_patterns_select_families_and_twins_run_in_shuffled_order(pyteste
     assert not any("test_conv2d" in i for i in ids)
 
 
-ALLOC_BENCH = """
-    import pytest
-
-
-    @pytest.mark.operation("fill_fresh")
-    def test_fill_fresh(op_case, calibrate):
-        calibrate(op_case)
-
-
-    @pytest.mark.operation("fill")
-    def test_fill(op_case, calibrate):
-        calibrate(op_case)
-"""
-
-
 def test_allocator_probes_run_first_whatever_their_file_is_called(bench):
     """The allocator probes must meet a heap no other case has used; file names do not decide that."""
-    bench.makepyfile(test_zz_alloc=ALLOC_BENCH)  # sorts after test_bench.py
+    alloc = Path(__file__).resolve().parents[2] / "bench" / "test_alloc.py"
+    bench.makepyfile(test_zz_alloc=alloc.read_text())  # the real probes, in a file sorting after test_bench.py
     result = bench.runpytest_subprocess(*PLUGIN_ARGS, "--quick", "--collect-only", "-q")
     ids = [line for line in result.outlines if "::" in line]
     assert [i.split("::")[1].split("[")[0] for i in ids] == ["test_fill_fresh"] * 2 + ["test_fill"] * 2 + [
