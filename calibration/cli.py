@@ -138,15 +138,11 @@ def _cmd_partition(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from calibration.measure.model_timing import (
-        drift,
-        format_drift,
-        measure_latency_ms,
-        page_faults_per_call,
-    )
-    from calibration.predict.mapper import predict_latency
+    from calibration.predict.mapper import mapper_for
     from calibration.predict.models import load_model
+    from calibration.predict.plan import partition
     from calibration.profile.storage import ProfileError, load_calibration
+    from calibration.report import prediction
 
     try:
         model, example = load_model(args.model, args.batch, args.input_shape)
@@ -154,21 +150,39 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except (ValueError, ImportError, AttributeError, ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    estimate = predict_latency(model, example, calibration, mode=args.mode)
-    print(estimate.table())
-    if args.measure:
-        measured = measure_latency_ms(model, example)
-        error = 100 * (estimate.total_ms / measured - 1)
-        print(f"measured eager latency: {measured:.3f} ms (torch.utils.benchmark, "
-              f"{__import__('torch').get_num_threads()} threads); prediction error {error:+.1f}%")
-        print(f"reference cases now vs in the profile (1.00: as fast as when calibrated): "
-              f"{format_drift(drift(calibration))}")
-        faults = page_faults_per_call(model, example)
-        if faults:
-            charged = sum(k.allocation_seconds for sg in estimate.subgraphs for k in sg.kernels) * 1e3
-            print(f"page faults per forward: {faults} ({faults * 4096 / 2**20:.1f} MiB of memory the allocator "
-                  f"had returned to the OS); the prediction charges {charged:.3f} ms for fresh outputs")
+    part = partition(model, example, calibration)
+    mapper = mapper_for(calibration)
+    eager = mapper.estimate(part, "eager")
+    fused = mapper.estimate(part, "fused")
+    measured = _measure_predicted(args, model, example, calibration, part, eager) if args.measure or args.by_op \
+        else {}
+    shown = dict(model=args.model, batch=args.batch, part=part, eager=eager, fused=fused, calibration=calibration,
+                 **measured)
+    if args.format == "json":
+        print(json.dumps(prediction.as_json(**shown), indent=1))
+    else:
+        print(prediction.render(**shown))
     return 0
+
+
+def _measure_predicted(args, model, example, calibration, part, eager) -> dict:
+    """The interleaved measurement rounds, the page faults and, with --by-op, the attribution."""
+    from calibration.measure.model_timing import measure_rounds, page_faults_per_call
+
+    measurement = measure_rounds(model, example, calibration, rounds=args.rounds)
+    out = {"measurement": measurement, "refusal": measurement.refusal(calibration),
+           "faults": page_faults_per_call(model, example)}
+    if args.by_op:
+        from calibration.measure.node_profile import profile_graph
+        from calibration.predict.trace import trace
+        from calibration.report.attribution import attribute
+
+        gm, _ = trace(model, (example,))
+        copies = frozenset(n.name for sg in part.subgraphs for n in sg.nodes if n.kernel and n.op == "copy")
+        graph = profile_graph(gm, (example,), copy_nodes=copies)
+        out["attribution"] = attribute(part, eager, graph, batch=args.batch, calibration=calibration,
+                                       eager_ms=measurement.model_ms)
+    return out
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -234,9 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
     predict.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
                          help="input shape without the batch, for a MODULE:FACTORY model")
-    predict.add_argument("--mode", choices=("eager", "fused"), default="eager",
-                         help="eager: every kernel separately (default); fused: apply measured fusion speedups")
-    predict.add_argument("--measure", action="store_true", help="also time the model eagerly and print the error")
+    predict.add_argument("--measure", action="store_true",
+                         help="also time the model eagerly, in interleaved rounds with the profile's reference "
+                              "kernels, and print the error raw and drift-corrected")
+    predict.add_argument("--by-op", action="store_true",
+                         help="with --measure: run the model under torch.profiler and put each kernel's measured "
+                              "time beside its prediction, with every measured time no kernel accounts for")
+    predict.add_argument("--rounds", type=options.parse_rounds, default=3, metavar="N",
+                         help="measurement rounds, each re-timing the reference kernels then the model (default: 3)")
+    predict.add_argument("--format", choices=("text", "json"), default="text",
+                         help="text: one screen (default); json: every kernel and round as data")
     predict.set_defaults(func=_cmd_predict)
 
     _add_compare(sub)

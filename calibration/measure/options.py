@@ -63,6 +63,10 @@ def parse_batch(text: str) -> int:
     return parse_positive_int(text, "--batch")
 
 
+def parse_rounds(text: str) -> int:
+    return parse_positive_int(text, "--rounds")
+
+
 def parse_device(text: str) -> str:
     if text not in DEVICES:
         raise argparse.ArgumentTypeError(f"--device must be one of {', '.join(DEVICES)}, got {text!r}")

@@ -19,11 +19,13 @@ measured for its pattern (nearest calibrated size), for a runtime that fuses as 
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
+from calibration.predict import allocator
 from calibration.predict.plan import partition
 from calibration.predict.results import NodeCost, Partition
 from calibration.profile import lookup, roofline
@@ -43,7 +45,6 @@ class KernelEstimate(FrozenModel):
     seconds: float
     bottleneck: Bottleneck
     source: str  # how the time was obtained: calibrated, interpolated, roofline fallback
-    allocation_seconds: float = 0.0  # page faults of a fresh output, included in seconds
 
 
 class SubgraphEstimate(FrozenModel):
@@ -59,10 +60,22 @@ class SubgraphEstimate(FrozenModel):
     bottleneck: Bottleneck
 
 
+class AllocatorTerm(FrozenModel):
+    """What one forward's page faults cost under the allocator this process uses."""
+
+    allocator: str  # as detected: glibc (defaults), glibc (MALLOC_...=...), jemalloc, tcmalloc, mimalloc
+    fault_bytes: int | None  # the forward's allocations replayed through that allocator; None: not replayed
+    ms: float | None  # at the profile's price per faulted page; None: unpriced
+    ms_low: float | None = None
+    ms_high: float | None = None
+
+
 class LatencyEstimate(FrozenModel):
     model: str
     mode: str
-    total_ms: float
+    total_ms: float  # steady_ms plus the allocator term (where priced)
+    steady_ms: float  # the kernels alone: what a caching allocator gives
+    allocator: AllocatorTerm | None = None
     subgraphs: tuple[SubgraphEstimate, ...]
     notes: tuple[str, ...]  # fallbacks taken, stated once each
 
@@ -73,6 +86,9 @@ class LatencyEstimate(FrozenModel):
             rows.append(f"{sg.index:>3} {sg.name[:28]:<28} {len(sg.kernels):>7} {sg.flops / 1e9:8.3f} "
                         f"{sg.bytes / 1e6:8.2f} {sg.total_ms:9.3f} {share:5.1f}  {sg.bottleneck.value}")
         rows.append(f"predicted total ({self.mode}): {self.total_ms:.3f} ms")
+        if self.allocator is not None and self.allocator.ms:
+            rows.append(f"  of which {self.steady_ms:.3f} ms steady state and {self.allocator.ms:.3f} ms page faults "
+                        f"({self.allocator.allocator})")
         rows += [f"note: {note}" for note in self.notes]
         return "\n".join(rows)
 
@@ -90,7 +106,6 @@ class Mapper:
         self.peak_gflops = peak_gflops
         self.peak_bandwidth_gbps = peak_bandwidth_gbps
         self.notes: list[str] = []
-        self._alloc_points: list[tuple[int, float]] | None = None
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -127,47 +142,13 @@ class Mapper:
         return max(0.0, measured.module_call_overhead_us - measured.dispatch_overhead_us) / 1e6
 
     # ------------------------------------------------------------------ kernels
-    def _allocation_seconds(self, nbytes: int) -> float:
-        """What a fresh output of ``nbytes`` costs over writing into reused memory.
-
-        From the profile's fill / fill_fresh pairs: linear in bytes between the calibrated
-        sizes, per byte beyond the largest, scaled down to nothing below the smallest.
-        """
-        if not nbytes or self.calibration is None:
-            return 0.0
-        points = self._allocation_points()
-        if not points:
-            return 0.0
-        if nbytes >= points[-1][0]:
-            return points[-1][1] * nbytes / points[-1][0]
-        lo = (0, 0.0)
-        for hi in points:
-            if nbytes <= hi[0]:
-                return lo[1] + (hi[1] - lo[1]) * (nbytes - lo[0]) / (hi[0] - lo[0])
-            lo = hi
-        return 0.0  # unreachable: nbytes < the largest point
-
-    def _allocation_points(self) -> list[tuple[int, float]]:
-        if self._alloc_points is None:
-            fresh, reused = {}, {}
-            for entry in self.calibration.operation_profiles.values():
-                if entry.device == self.device and entry.operation in ("fill", "fill_fresh"):
-                    table = fresh if entry.operation == "fill_fresh" else reused
-                    table[entry.bytes] = entry.latency.median_ms / 1e3
-            self._alloc_points = sorted((b, max(0.0, fresh[b] - reused[b])) for b in fresh.keys() & reused.keys())
-        return self._alloc_points
-
     def kernel(self, node: NodeCost) -> KernelEstimate:
         estimate = self._kernel(node)
         # the microbenchmarks call kernels; a model calls modules, which costs a class-dependent
         # amount more per call (a probe can measure less: never below a bare op call)
         extra = self._module_call_seconds(node.module) if node.kind == "call_module" else 0.0
-        allocation = sum(self._allocation_seconds(size) for size in (node.allocated_bytes, *node.scratch_bytes))
-        if allocation > 0.05 * estimate.seconds:
-            self._note("fresh outputs pay the allocator's page faults measured by fill_fresh vs fill")
-        if extra or allocation:
-            seconds = max(estimate.seconds + extra, self._dispatch_seconds()) + allocation
-            estimate = estimate.model_copy(update={"seconds": seconds, "allocation_seconds": allocation})
+        if extra:
+            estimate = estimate.model_copy(update={"seconds": max(estimate.seconds + extra, self._dispatch_seconds())})
         return estimate
 
     def _kernel(self, node: NodeCost) -> KernelEstimate:
@@ -266,8 +247,53 @@ class Mapper:
                 speedup=speedup, total_ms=seconds / speedup * 1e3,
                 bottleneck=Bottleneck.COMPUTE if compute >= seconds / 2 and kernels else Bottleneck.MEMORY,
             ))
-        return LatencyEstimate(model=part.model, mode=mode, total_ms=sum(s.total_ms for s in subgraphs),
-                               subgraphs=tuple(subgraphs), notes=tuple(self.notes))
+        steady = sum(s.total_ms for s in subgraphs)
+        term = self.allocator_term(part)
+        if mode == "fused" and term is not None and term.ms:
+            self._note("fused mode keeps the eager forward's page faults: a fused runtime allocates fewer "
+                       "intermediates, which the replay does not know")
+        faults = term.ms if term is not None and term.ms is not None else 0.0
+        return LatencyEstimate(model=part.model, mode=mode, total_ms=steady + faults, steady_ms=steady,
+                               allocator=term, subgraphs=tuple(subgraphs), notes=tuple(self.notes))
+
+    # ------------------------------------------------------------------ allocator
+    def allocator_term(self, part: Partition) -> AllocatorTerm | None:
+        """The forward's allocations replayed through this process's allocator, priced per page."""
+        if part.allocations is None or self.device != "cpu":
+            return None
+        detected = allocator.detect()
+        pages = allocator.replay_faults(part.allocations)
+        if pages is None:
+            self._note("the allocation replay could not run here: page faults are not predicted")
+            return AllocatorTerm(allocator=detected, fault_bytes=None, ms=None)
+        price = self._fault_price()
+        if pages and price is None:
+            self._note("the profile prices no page fault (no fill_fresh/fill pair above 32 MiB that costs "
+                       "more fresh): the allocator term is left out of the total")
+            return AllocatorTerm(allocator=detected, fault_bytes=pages * allocator.PAGE, ms=None)
+        low, mid, high = (pages * p * 1e3 for p in price) if price else (0.0, 0.0, 0.0)
+        return AllocatorTerm(allocator=detected, fault_bytes=pages * allocator.PAGE, ms=mid, ms_low=low, ms_high=high)
+
+    def _fault_price(self) -> tuple[float, float, float] | None:
+        """(low, median, high) seconds per 4 KiB page faulted in, from the profile.
+
+        fill_fresh allocates and writes a block; fill writes a reused one. Above 32 MiB, the
+        largest threshold glibc's defaults ever map below, every block is mapped fresh, so
+        their difference is the price of its pages. Sizes disagree by up to 2x on a VM: the
+        spread is the range.
+        """
+        if self.calibration is None:
+            return None
+        fresh, reused = {}, {}
+        for entry in self.calibration.operation_profiles.values():
+            if entry.device == self.device and entry.operation in ("fill", "fill_fresh") \
+                    and entry.bytes > allocator.MMAP_THRESHOLD_MAX:
+                (fresh if entry.operation == "fill_fresh" else reused)[entry.bytes] = entry.latency.median_ms / 1e3
+        prices = sorted((fresh[b] - reused[b]) / (b / allocator.PAGE) for b in fresh.keys() & reused.keys())
+        prices = [p for p in prices if p > 0]
+        if not prices:
+            return None
+        return prices[0], statistics.median(prices), prices[-1]
 
 
 class CPUMapper(Mapper):
@@ -278,11 +304,17 @@ class GPUMapper(Mapper):
     device = "cuda"
 
 
+def mapper_for(calibration: HardwareCalibration | None = None, *, peak_gflops: float | None = None,
+               peak_bandwidth_gbps: float | None = None) -> Mapper:
+    """The mapper of the profile's device."""
+    device = calibration.metadata.device_type if calibration else "cpu"
+    mapper_type = GPUMapper if device == "cuda" else CPUMapper
+    return mapper_type(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
+
+
 def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
                     calibration: HardwareCalibration | None = None, *, mode: Mode = "eager",
                     peak_gflops: float | None = None, peak_bandwidth_gbps: float | None = None) -> LatencyEstimate:
     """Partition ``model`` and estimate its latency on the calibrated device."""
-    device = calibration.metadata.device_type if calibration else "cpu"
-    mapper_type = GPUMapper if device == "cuda" else CPUMapper
-    mapper = mapper_type(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
+    mapper = mapper_for(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)

@@ -28,7 +28,7 @@ from calibration.predict.cost import (
 )
 from calibration.predict.match import match_pattern, pattern_shape
 from calibration.predict.results import Partition, Subgraph, Totals
-from calibration.predict.trace import Recorder, trace
+from calibration.predict.trace import Recorder, record_allocations, trace
 from calibration.profile import roofline
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
@@ -129,6 +129,8 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
     rec = Recorder(gm)
     with torch.no_grad():
         rec.propagate(*inputs)
+        # the model's own forward, after that warm-up: what each eager call allocates and frees
+        allocations = record_allocations(lambda: model(*inputs))
     g = KernelGraph(gm, rec)
 
     # Greedy: the first pattern found from each kernel in execution order wins.
@@ -194,6 +196,7 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
         unfused=Totals(subgraphs=len(g.kernels), flops=total_flops, bytes=sum(g.costs[k].bytes for k in g.kernels)),
         fused=Totals(subgraphs=len(subgraphs), flops=fused_flops, bytes=sum(s.external_bytes for s in subgraphs)),
         histogram=dict(histogram.most_common()), uncounted=tuple(sorted(set(g.uncounted))),
+        allocations=allocations,
     )
 
 

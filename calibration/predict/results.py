@@ -70,6 +70,10 @@ class Partition(FrozenModel):
     fused: Totals
     histogram: dict[str, int]  # pattern name (or "Unfused") -> subgraph count
     uncounted: tuple[str, ...]  # ops whose FLOPs no formula here models (counted as 0)
+    # The CPU allocator's requests during one forward of the example, in order: (block, bytes)
+    # allocates, (block, 0) frees; None where they could not be recorded. The allocator term
+    # replays them (predict.allocator).
+    allocations: tuple[tuple[int, int], ...] | None = None
 
     def report(self) -> str:
         return render_report(self)

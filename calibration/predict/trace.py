@@ -8,7 +8,7 @@ for its fx, method and aten forms.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from calibration.specs import host
 from calibration.specs.operations import ELEMENTWISE_FLOPS
 
 # Ops that may return an alias of an input. When the real run shows they did, they are free;
@@ -185,3 +186,40 @@ class Recorder(ShapeProp):
         return result
 
 
+
+
+def record_allocations(run: Callable[[], Any]) -> tuple[tuple[int, int], ...] | None:
+    """The CPU allocator's requests while ``run()`` executes, in order.
+
+    ``(block, nbytes)`` allocates a block, ``(block, 0)`` frees it. A block still live at
+    the end is freed there if ``run`` returned it (the caller drops a forward's output), and
+    left out otherwise: a cache that outlives the call faults in once, not every call.
+    None where this torch's profiler cannot report allocations.
+    """
+    try:
+        from torch._C._profiler import _EventType
+        from torch.profiler import ProfilerActivity, profile
+
+        with host.quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = run()
+        found: list[tuple[int, int, int]] = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            event = stack.pop()
+            if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+                found.append((event.start_time_ns, event.extra_fields.ptr, event.extra_fields.alloc_size))
+            stack.extend(event.children)
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    returned = {t.untyped_storage().data_ptr() for t in tensors(result)}
+    live: dict[int, int] = {}
+    events: list[tuple[int, int]] = []
+    for _, ptr, nbytes in sorted(found):
+        if nbytes > 0:
+            live[ptr] = len(events) + 1
+            events.append((live[ptr], nbytes))
+        elif ptr in live:
+            events.append((live.pop(ptr), 0))
+    events += [(block, 0) for ptr, block in live.items() if ptr in returned]
+    dropped = set(live[ptr] for ptr in live if ptr not in returned)
+    return tuple(e for e in events if e[0] not in dropped)

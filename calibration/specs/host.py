@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -210,3 +212,49 @@ def busy_cpus(interval: float = 0.2) -> float | None:
         return None
     share = (second[0] - first[0]) / (second[1] - first[1])
     return round(share * (os.cpu_count() or 1), 2)
+
+
+class OtherLoad:
+    """How many CPUs other processes keep busy from now until :meth:`busy_cpus` is called.
+
+    All CPUs' busy time from /proc/stat, less this process's own CPU time (every thread),
+    over the wall time between: what competed with the work this process did meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        import resource
+        import time
+
+        times = _cpu_times()
+        if times is None:
+            return None
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return times[0] / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime, time.monotonic()
+
+    def busy_cpus(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None or end[2] <= self._start[2]:
+            return None
+        busy = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        return round(max(busy, 0.0) / (end[2] - self._start[2]), 2)
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 inside the block: torch's profiler prints from C++ there."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -8,6 +8,7 @@ from factories import latency, metadata, record
 from torch import nn
 
 from calibration.measure.fold import FusionRecord, fold
+from calibration.predict import allocator
 from calibration.predict.mapper import CPUMapper, predict_latency
 from calibration.predict.plan import partition
 from calibration.specs.patterns import FusionCase
@@ -156,50 +157,70 @@ def test_a_module_faster_than_its_benchmarked_kernel_call_never_drops_below_a_ba
     assert estimate.total_ms == pytest.approx(0.0105)
 
 
-def allocation_profile():
-    """Fresh outputs cost nothing extra at 1 MiB and 16 ms more than a reused one at 64 MiB."""
+def allocation_profile(with_pairs: bool = True):
+    """A fresh 64 MiB block costs 16 ms more than a reused one: 16 ms / 16384 pages."""
     mib = (1 << 20) // 4  # float32 elements in a MiB
-    return fold(ceilings() + [
-        record("fill", 0.05, n=mib), record("fill_fresh", 0.05, n=mib),
-        record("fill", 3.0, n=64 * mib), record("fill_fresh", 19.0, n=64 * mib),
-    ], metadata(cache_sizes={}))
+    pairs = [record("fill", 3.0, n=64 * mib), record("fill_fresh", 19.0, n=64 * mib)] if with_pairs else []
+    return fold(ceilings() + [record("fill", 0.05, n=mib), record("fill_fresh", 0.05, n=mib)] + pairs,
+                metadata(cache_sizes={}))
 
 
-@pytest.mark.parametrize(("mib", "inplace", "penalty_ms"), [
-    (96, False, 16.0 * 96 / 64),  # beyond the largest size: the same cost per byte
-    (32.5, False, 16.0 * (32.5 - 1) / (64 - 1)),  # linear between the calibrated sizes
-    (96, True, 0.0),  # an in-place kernel allocates nothing
-])
-def test_fresh_outputs_pay_the_measured_allocation_cost(mib, inplace, penalty_ms):
-    x = torch.randn(int(mib * (1 << 20) // 4))
-    estimate = predict_latency(nn.ReLU(inplace=inplace).eval(), x, allocation_profile())
-    relu = estimate.subgraphs[0].kernels[0]
-    assert relu.allocation_seconds * 1e3 == pytest.approx(penalty_ms, rel=1e-6)
-    roofline = 2 * x.numel() * 4 / (DRAM_GBPS * 1e9) + 2e-6  # uncalibrated relu: roofline plus dispatch
-    assert relu.seconds == pytest.approx(roofline + penalty_ms / 1e3, rel=1e-6)
-    assert any("page faults" in note for note in estimate.notes) == (penalty_ms > 0)
+@pytest.fixture
+def glibc_defaults(monkeypatch):
+    for name in allocator.GLIBC_SETTINGS + ("LD_PRELOAD",):
+        monkeypatch.delenv(name, raising=False)
 
 
-def test_a_convolution_also_pays_for_its_blocked_scratch_copies():
-    # 16 -> 64 channels, 1x1, on 64 x 64: a 16 MiB input and a 64 MiB output (mib = 2^18 floats)
-    conv = nn.Sequential(nn.Conv2d(16, 64, 1, bias=False)).eval()
-    estimate = predict_latency(conv, torch.randn(1, 16, 2048, 128), allocation_profile())
+PRICE_MS = 16.0 / (64 * 256)  # per 4 KiB page
+
+
+def test_a_block_above_32_mib_faults_in_every_forward_and_is_priced_apart(glibc_defaults):
+    x = torch.randn(48 * (1 << 20) // 4)  # relu's 48 MiB output: glibc maps it fresh on every call
+    estimate = predict_latency(nn.ReLU().eval(), x, allocation_profile())
+    term = estimate.allocator
+    assert term.allocator == "glibc (defaults)"
+    pages = term.fault_bytes // allocator.PAGE
+    assert 48 * 256 <= pages <= 48 * 256 + 2  # the block's pages (and its header's)
+    assert term.ms == pytest.approx(pages * PRICE_MS) and term.ms_low == term.ms_high == term.ms
+    assert estimate.total_ms == pytest.approx(estimate.steady_ms + term.ms)
     (kernel,) = estimate.subgraphs[0].kernels
-    # the output and its blocked twin at 16 ms each; the 16 MiB input's copy at 15/63 of that
-    assert kernel.allocation_seconds * 1e3 == pytest.approx(2 * 16.0 + 16.0 * (16 - 1) / (64 - 1), rel=1e-6)
+    assert kernel.seconds * 1e3 == pytest.approx(estimate.steady_ms)  # the kernel itself pays no faults
 
 
-def test_a_kernel_takes_the_roof_its_variants_calibrated_sizes_were_bound_by():
-    # 8 rows x 4096x4096 is about 4 FLOPs per byte: by the ceilings (100 GFLOPS, 20 GB/s) it
-    # is memory-bound, but every calibrated 8-row GEMM was compute-bound at 25% of the ceiling
-    l3 = 1 << 16  # a 768 KiB triad: in the 32 MiB L3, at 200 GB/s
-    cal = fold(ceilings() + [record("stream_triad", 3 * 4 * l3 / 200e9 * 1e3, n=l3),
-                             record("linear", (2 * 8 * 256 * 256 + 8 * 256) / 25e9 * 1e3, B=8, IN=256, OUT=256)],
-               metadata(cache_sizes={"L3": 32 << 20}))
-    assert cal.get_operation("linear", B=8, IN=256, OUT=256).bottleneck.value == "compute"
-    torch.manual_seed(0)
-    estimate = predict_latency(nn.Linear(4096, 4096).eval(), torch.randn(8, 4096), cal)
-    linear = estimate.subgraphs[0].kernels[0]
-    flops = 2 * 8 * 4096 * 4096 + 8 * 4096
-    assert linear.bottleneck.value == "compute"
-    assert linear.seconds == pytest.approx(flops / 25e9, rel=1e-6)
+def test_an_in_place_kernel_allocates_and_faults_nothing(glibc_defaults):
+    x = torch.randn(48 * (1 << 20) // 4)
+    estimate = predict_latency(nn.ReLU(inplace=True).eval(), x, allocation_profile())
+    assert estimate.allocator.fault_bytes == 0 and estimate.allocator.ms == 0.0
+    assert estimate.total_ms == estimate.steady_ms
+
+
+def test_a_profile_without_a_fault_price_leaves_the_term_out_and_says_so(glibc_defaults):
+    estimate = predict_latency(nn.ReLU().eval(), torch.randn(48 * (1 << 20) // 4), allocation_profile(False))
+    assert estimate.allocator.fault_bytes > 0 and estimate.allocator.ms is None
+    assert estimate.total_ms == estimate.steady_ms
+    assert any("prices no page fault" in note for note in estimate.notes)
+
+
+def test_two_large_outputs_fault_in_both_blocks_every_forward(glibc_defaults):
+    # 40 MiB each, above 32 MiB: whatever the heap holds, glibc maps both fresh on every call
+    estimate = predict_latency(nn.Sequential(nn.ReLU(), nn.ReLU()).eval(), torch.randn(10 << 20),
+                               allocation_profile())
+    assert 2 * 40 * 256 <= estimate.allocator.fault_bytes // allocator.PAGE <= 2 * 40 * 256 + 4
+
+
+def test_the_allocator_is_named_from_the_environment_and_loaded_libraries():
+    assert allocator.detect({}, loaded=[]) == "glibc (defaults)"
+    assert allocator.detect({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, loaded=[]) == "jemalloc"
+    assert allocator.detect({}, loaded=["/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"]) == "tcmalloc"
+    tuned = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "8000000000"}
+    assert allocator.detect(tuned, loaded=[]) == \
+        "glibc (MALLOC_MMAP_THRESHOLD_=4000000000, MALLOC_TRIM_THRESHOLD_=8000000000)"
+
+
+def test_the_replay_runs_under_the_given_environment():
+    block = [(1, 64 << 20), (1, 0)]  # above 32 MiB: glibc maps it fresh whatever the threshold says
+    assert 64 * 256 <= allocator.replay_faults(block, env={"PATH": ""}) <= 64 * 256 + 1
+    # a fixed 128 KiB threshold (setting it turns glibc's dynamic raise off): mapped fresh every call
+    small = [(1, 1 << 20), (1, 0)]
+    assert 256 <= allocator.replay_faults(small, env={"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}) <= 258
+    assert allocator.replay_faults([]) == 0
