@@ -248,6 +248,7 @@ class KernelGraph:
             dtype=dtype_name(meta.dtype) if meta is not None else None,
             kernel=not free, flops=flops, bytes=nbytes,
             allocated_bytes=0 if free or self.rec.aliased[n] else sum(t.nbytes for t in outs),
+            copy_bytes=0 if free or op == "copy" else self.rec.copied.get(n, 0),
             **({} if free else _registry_params(op, n, self.gm, self.rec)),
         )
 

@@ -45,6 +45,7 @@ class KernelEstimate(FrozenModel):
     seconds: float
     bottleneck: Bottleneck
     source: str  # how the time was obtained: calibrated, interpolated, roofline fallback
+    copy_seconds: float = 0.0  # an operand copied before the kernel (NodeCost.copy_bytes), included in seconds
 
 
 class SubgraphEstimate(FrozenModel):
@@ -149,7 +150,19 @@ class Mapper:
         extra = self._module_call_seconds(node.module) if node.kind == "call_module" else 0.0
         if extra:
             estimate = estimate.model_copy(update={"seconds": max(estimate.seconds + extra, self._dispatch_seconds())})
+        if node.copy_bytes:
+            copy = self._copy_seconds(node)
+            estimate = estimate.model_copy(update={"seconds": estimate.seconds + copy, "copy_seconds": copy})
         return estimate
+
+    def _copy_seconds(self, node: NodeCost) -> float:
+        """An operand the call copied before its GEMM, as the STREAM copy of its size."""
+        dtype = node.dtype or "float32"
+        elements = max(node.copy_bytes // itemsize(dtype), 1)
+        copy = NodeCost(name=f"{node.name}/copy", kind="call_function", target="copy", op="copy", shape=(elements,),
+                        dtype=dtype, kernel=True, flops=0, bytes=2 * elements * itemsize(dtype),
+                        operation="stream_copy", params={"n": elements})
+        return self._kernel(copy).seconds
 
     def _kernel(self, node: NodeCost) -> KernelEstimate:
         dtype = node.dtype or "float32"

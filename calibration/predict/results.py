@@ -28,6 +28,9 @@ class NodeCost(FrozenModel):
     params: dict[str, ParamValue] = {}
     # bytes of output this kernel allocates (0 for in-place kernels, which write into an input)
     allocated_bytes: int = 0
+    # bytes the call copied before its kernel ran: an operand it could not read as it was (a
+    # permuted activation reshaped for a Linear's GEMM); priced as a STREAM copy of that size
+    copy_bytes: int = 0
     # buffers the kernel allocates and frees inside the call, each of these sizes: oneDNN runs
     # an NCHW convolution on channel-blocked copies of its input and output
     scratch_bytes: tuple[int, ...] = ()

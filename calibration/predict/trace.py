@@ -142,17 +142,30 @@ def _opaque(n: fx.Node) -> bool:
     return callable(n.target) and not module.startswith(("torch", "_operator", "operator", "builtins", "math"))
 
 
+# Aten ops that materialise a tensor; seen inside a GEMM's call, they copy an operand the
+# GEMM cannot read as it is (a permuted activation before a Linear).
+COPY_ATEN_OPS = frozenset({"clone", "_to_copy", "copy_", "contiguous"})
+# Composite ops that reshape their operands into a GEMM and copy those that are not viewable.
+GEMM_OPS = frozenset({"linear", "matmul", "bmm", "mm", "addmm", "baddbmm", "einsum"})
+
+
 class _AtenRecorder(TorchDispatchMode):
-    """The aten ops run inside a block, by name (views and aliases left out)."""
+    """The aten ops run inside a block, by name (views and aliases left out), and the bytes
+    written by the copies among them."""
 
     def __init__(self):
         super().__init__()
         self.ops: list[str] = []
+        self.copied = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
         if not func.is_view:
-            self.ops.append(aten_name(func))
-        return func(*args, **(kwargs or {}))
+            name = aten_name(func)
+            self.ops.append(name)
+            if name in COPY_ATEN_OPS:
+                self.copied += sum(t.numel() * t.element_size() for t in tensors(result))
+        return result
 
 
 class Recorder(ShapeProp):
@@ -165,13 +178,18 @@ class Recorder(ShapeProp):
         self.args: dict[fx.Node, tuple[Any, dict[str, Any]]] = {}
         # for calls of user functions fx keeps opaque (torch.fx.wrap): the aten ops they ran
         self.inner_ops: dict[fx.Node, list[str]] = {}
+        # bytes a GEMM node's call copied to make its operands readable (0 or absent: none)
+        self.copied: dict[fx.Node, int] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        if _opaque(n):
+        if _opaque(n) or (n.op.startswith("call_") and op_name(n, self.module) in GEMM_OPS):
             with _AtenRecorder() as seen:
                 result = super().run_node(n)
-            self.inner_ops[n] = seen.ops
+            if _opaque(n):
+                self.inner_ops[n] = seen.ops
+            else:
+                self.copied[n] = seen.copied
         else:
             result = super().run_node(n)
         outputs = tensors(result)

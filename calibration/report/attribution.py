@@ -124,14 +124,18 @@ def attribute(part: Partition, estimate: LatencyEstimate, measured: GraphProfile
                     rows.append(AttributionRow(name=node.name, kind="view", op=node.op, module=node.module,
                                                target=node.target, predicted_ms=0.0, measured_ms=total))
                 continue
-            for op, ms in hidden.items():
-                rows.append(AttributionRow(name=f"{node.name}/{op}", kind="hidden copy", op="copy",
-                                           target=node.target, predicted_ms=0.0, measured_ms=ms))
             k = predicted.get(node.name)
+            copy_ms = k.copy_seconds * 1e3 if k else 0.0
+            # the partition's predicted copy goes to the measured copy rows, shared by their time
+            for op, ms in hidden.items():
+                share = ms / sum(hidden.values()) if sum(hidden.values()) else 1 / len(hidden)
+                rows.append(AttributionRow(name=f"{node.name}/{op}", kind="hidden copy", op="copy",
+                                           target=node.target, predicted_ms=copy_ms * share, measured_ms=ms))
             rows.append(AttributionRow(
                 name=node.name, kind="kernel", op=node.op, module=node.module, target=node.target,
                 operation=node.operation, bound=k.bottleneck.value if k else None, source=k.source if k else None,
-                predicted_ms=k.seconds * 1e3 if k else 0.0, measured_ms=total - sum(hidden.values()),
+                predicted_ms=(k.seconds * 1e3 - (copy_ms if hidden else 0.0)) if k else 0.0,
+                measured_ms=total - sum(hidden.values()),
                 roof_ms=_roof_ms(calibration, node.flops, node.bytes, node.dtype),
             ))
     rows.append(AttributionRow(name="(between nodes)", kind="glue", predicted_ms=0.0,

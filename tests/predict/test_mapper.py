@@ -224,3 +224,21 @@ def test_the_replay_runs_under_the_given_environment():
     small = [(1, 1 << 20), (1, 0)]
     assert 256 <= allocator.replay_faults(small, env={"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}) <= 258
     assert allocator.replay_faults([]) == 0
+
+
+def test_an_operand_copied_before_a_gemm_is_priced_as_a_stream_copy():
+    class Permuted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 32)
+
+        def forward(self, x):
+            return self.fc(x.permute(0, 2, 1))
+
+    x = torch.randn(8, 64, 128)  # 256 KiB copied before the GEMM
+    cal = fold(ceilings() + [record("stream_copy", 0.1, n=64 * 1024)], metadata(cache_sizes={}))
+    (fc,) = [k for sg in predict_latency(Permuted().eval(), x, cal).subgraphs for k in sg.kernels]
+    assert fc.copy_seconds == pytest.approx(0.1e-3 * (8 * 64 * 128) / (64 * 1024), rel=0.01)  # same efficiency
+    plain = [k for sg in predict_latency(nn.Sequential(nn.Linear(64, 32)).eval(), torch.randn(8, 128, 64),
+                                         cal).subgraphs for k in sg.kernels]
+    assert plain[0].copy_seconds == 0.0

@@ -456,3 +456,28 @@ def test_reference_models(name, histogram, kernels, biases):
     gemm = sum(n.flops for s in p.subgraphs for n in s.nodes if n.op in GEMMS)
     assert gemm == counted_flops(model, x) + biases
     assert p.fused.bytes < p.unfused.bytes
+
+
+class PermutedLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.fc(x.permute(0, 2, 1))
+
+
+def test_a_gemm_that_copies_its_operand_counts_the_copy():
+    """A Linear on a permuted activation copies it (aten.clone) before its GEMM: the partition
+    counts those bytes; on a contiguous operand it counts none."""
+    x = torch.randn(2, 16, 12)
+    fc = by_name(partition(PermutedLinear().eval(), x))["fc"]
+    assert fc.copy_bytes == x.numel() * F32
+    assert by_name(partition(nn.Sequential(nn.Linear(16, 8)).eval(), torch.randn(2, 12, 16)))["_0"].copy_bytes == 0
+
+    class Copies(nn.Module):  # a contiguous() that had to copy is a copy kernel, not a hidden copy
+        def forward(self, x):
+            return x.transpose(0, 1).contiguous()
+
+    nodes = by_name(partition(Copies().eval(), torch.randn(4, 5)))
+    assert nodes["contiguous"].op == "copy" and nodes["contiguous"].copy_bytes == 0
