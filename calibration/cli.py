@@ -185,16 +185,6 @@ def _measure_predicted(args, model, example, calibration, part, eager) -> dict:
     return out
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-shape must be comma-separated integers, got {text!r}") from None
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"--input-shape must be positive integers, got {text!r}")
-    return shape
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
                       help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
     part.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
-    part.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
+    part.add_argument("--input-shape", type=options.parse_shape, metavar="D,D,...",
                       help="input shape without the batch, for a MODULE:FACTORY model")
     part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
     part.set_defaults(func=_cmd_partition)
@@ -246,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
     predict.add_argument("--profile", required=True, metavar="PROFILE", help="the calibration to predict with")
     predict.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
-    predict.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
+    predict.add_argument("--input-shape", type=options.parse_shape, metavar="D,D,...",
                          help="input shape without the batch, for a MODULE:FACTORY model")
     predict.add_argument("--measure", action="store_true",
                          help="also time the model eagerly, in interleaved rounds with the profile's reference "

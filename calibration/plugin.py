@@ -46,6 +46,13 @@ HELP_COMPARE_FAIL = (
     "than THRESHOLD, a percentage (10%% or 10). Without it regressions beyond 10%% are reported only. "
     "Default: %(default)r."
 )
+HELP_MODEL = (
+    "Also calibrate every distinct kernel and fusion group of this model at its own shapes: a registered "
+    "model (resnet18, mobilenet_v2, bert_layer, mlp) or MODULE:FACTORY returning an nn.Module. Repeat for "
+    "several. Predictions of that model then hit exact entries. Default: none."
+)
+HELP_MODEL_BATCH = "Batch sizes for --calibrate-model, comma-separated. Default: 1."
+HELP_MODEL_SHAPE = "Input shape without the batch for a --calibrate-model MODULE:FACTORY, e.g. 3,224,224."
 HELP_OPERATIONS = (
     "Comma-separated operation families or names to calibrate "
     f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'). Default: all."
@@ -75,6 +82,7 @@ class CalibrationState:
     compare_fail: float | None = None
     comparison: object | None = None
     compare_problem: str | None = None  # why no comparison was made
+    workload: object | None = None  # the --calibrate-model cases (calibration.workload.WorkloadCases)
 
 
 STATE = pytest.StashKey[CalibrationState]()
@@ -96,6 +104,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_OPERATIONS)
     group.addoption("--fusion-patterns", metavar="LIST", type=options.parse_fusion_patterns, default=None,
                     help=HELP_FUSION)
+    group.addoption("--calibrate-model", metavar="MODEL", action="append", default=None, help=HELP_MODEL)
+    group.addoption("--calibrate-model-batch", metavar="LIST", type=options.parse_batches, default=(1,),
+                    help=HELP_MODEL_BATCH)
+    group.addoption("--calibrate-model-input-shape", metavar="D,D,...", type=options.parse_model_shape,
+                    default=None, help=HELP_MODEL_SHAPE)
     group.addoption("--calibrate-compare", metavar="BASE", default=None, help=HELP_COMPARE)
     group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
                     default=None, help=HELP_COMPARE_FAIL)
@@ -140,6 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[STATE] = state
     _load_compare_base(config, state)
+    _load_workload(config, state)
     if state.out is None:
         return
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -158,6 +172,21 @@ def pytest_configure(config: pytest.Config) -> None:
         check_writable(state.out)
     except ProfileError as exc:
         raise pytest.UsageError(f"--calibrate-out: {exc}") from None
+
+
+def _load_workload(config: pytest.Config, state: CalibrationState) -> None:
+    """Partition the --calibrate-model models now: a model that cannot load stops the run first."""
+    specs = config.getoption("calibrate_model")
+    if not specs:
+        return
+    from calibration.workload import model_cases
+
+    try:
+        state.workload = model_cases(specs, config.getoption("calibrate_model_batch"), device=state.device,
+                                     input_shape=config.getoption("calibrate_model_input_shape"),
+                                     dtypes=FUSION_DTYPES[state.device][:1])
+    except (ValueError, ImportError, AttributeError, RuntimeError) as exc:
+        raise pytest.UsageError(f"--calibrate-model: {exc}") from None
 
 
 def _load_compare_base(config: pytest.Config, state: CalibrationState) -> None:
@@ -199,6 +228,7 @@ def _parametrize_operation(metafunc: pytest.Metafunc) -> None:
     name = _marker_arg(metafunc, "operation", "op_case", OPERATIONS)
     state = metafunc.config.stash[STATE]
     cases = OPERATIONS[name].cases(quick=state.quick, device=state.device)
+    cases += _workload_cases(state, state.workload.operations.get(name, []) if state.workload else [], cases)
     metafunc.parametrize("op_case", cases, ids=[case.id for case in cases])
 
 
@@ -212,7 +242,14 @@ def _parametrize_fusion(metafunc: pytest.Metafunc) -> None:
         if pattern.family == family
         for case in pattern.cases(quick=state.quick, device=state.device, dtypes=dtypes)
     ]
+    cases += _workload_cases(state, state.workload.fusion.get(family, []) if state.workload else [], cases)
     metafunc.parametrize("fusion_case", cases, ids=[case.id for case in cases])
+
+
+def _workload_cases(state: CalibrationState, extra: list, grid: list) -> list:
+    """The --calibrate-model cases the grid does not already have."""
+    have = {case.key for case in grid}
+    return [case for case in extra if case.key not in have]
 
 
 def _case_of(item: pytest.Item):
@@ -351,7 +388,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         busy_before=state.busy_before,
     )
     peak_gflops, peak_bandwidth = _peaks(state)
-    state.calibration = fold(state.records, metadata, fusion_records=state.fusion_records,
+    origins = {key: ", ".join(labels) for key, labels in state.workload.origin.items()} if state.workload else {}
+    state.calibration = fold(state.records, metadata, fusion_records=state.fusion_records, origins=origins,
                              peak_gflops=peak_gflops, peak_bandwidth=peak_bandwidth)
     state.unpaired = unpaired(state.fusion_records)
     _compare(session, state)

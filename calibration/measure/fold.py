@@ -158,7 +158,10 @@ def fold(
     fusion_records: Iterable[FusionRecord] = (),
     peak_gflops: Mapping[str, Peak] | None = None,
     peak_bandwidth: Peak | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> HardwareCalibration:
+    """The profile of these records; ``origins`` maps a case key to the models it was calibrated for."""
+    origins = origins or {}
     records = list(records)
     cal = HardwareCalibration(
         metadata=metadata,
@@ -194,6 +197,7 @@ def fold(
             bandwidth_efficiency=roofline.efficiency(attained_gbps, bandwidth_ceiling),
             bottleneck=roofline.classify(flops, nbytes, cal.compute_ceiling(case.dtype), bandwidth_ceiling),
             noisy=stats.is_noisy(record.latency.median_ms, record.latency.iqr_ms or 0.0),
+            origin=origins.get(case.key),
         )
     fusion_records = list(fusion_records)
     unfused = {r.case.shape_key: r for r in fusion_records if r.case.variant == "unfused"}
@@ -202,6 +206,6 @@ def fold(
         base = record.baseline or (standalone.latency if standalone else None)
         if record.case.variant == "unfused" or base is None:
             continue
-        entry = _fusion_entry(cal, record, base)
+        entry = _fusion_entry(cal, record, base).model_copy(update={"origin": origins.get(record.case.key)})
         cal.fusion_profiles.setdefault(entry.pattern, []).append(entry)
     return cal

@@ -120,3 +120,24 @@ def parse_alpha(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"--alpha must be a probability between 0 and 1, exclusive, got {text!r}")
     return value
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """A comma-separated list of positive batch sizes, e.g. ``1,8``."""
+    parts = [part.strip() for part in text.split(",")]
+    return tuple(dict.fromkeys(parse_positive_int(part, "--calibrate-model-batch") for part in parts))
+
+
+def parse_shape(text: str, option: str = "--input-shape") -> tuple[int, ...]:
+    """An input shape without the batch: comma-separated positive integers."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{option} must be positive integers, got {text!r}")
+    return shape
+
+
+def parse_model_shape(text: str) -> tuple[int, ...]:
+    return parse_shape(text, "--calibrate-model-input-shape")

@@ -160,6 +160,8 @@ class FusionCalibration(_Model):
     compile_seconds: float | None = Field(
         default=None, description="first call of the compiled variant (compilation), excluded from timing"
     )
+    origin: str | None = Field(
+        default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
 
 
 class OperationCalibration(_Model):
@@ -182,6 +184,8 @@ class OperationCalibration(_Model):
     bandwidth_efficiency: float | None = Field(ge=0)
     bottleneck: Bottleneck
     noisy: bool = Field(description="IQR above 10% of the median")
+    origin: str | None = Field(
+        default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
 
 
 class MeasuredSummary(_Model):

@@ -127,7 +127,22 @@ def render_summary(cal: ProfileSummary) -> str:
         lines.append(f"  {noisy} entr{'y is' if noisy == 1 else 'ies are'} noisy (IQR > 10% of median): "
                      "rerun on a quieter machine before trusting them")
     lines += _fusion(cal)
+    lines += _workload(cal)
     return "\n".join(lines)
+
+
+def _workload(cal: ProfileSummary) -> list[str]:
+    """Which entries were calibrated for a model (--calibrate-model), per model."""
+    counts: dict[str, int] = {}
+    entries = [*cal.operation_profiles.values(), *(e for es in cal.fusion_profiles.values() for e in es)]
+    for entry in entries:
+        for label in (entry.origin or "").split(", "):
+            if label:
+                counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return []
+    return ["", "Calibrated for models (--calibrate-model): "
+            + "; ".join(f"{label}: {n} entr{'y' if n == 1 else 'ies'}" for label, n in sorted(counts.items()))]
 
 
 def _range(values: list[float], fmt: str = ".2f", suffix: str = "x") -> str:

@@ -1,0 +1,81 @@
+"""Calibrating for a workload: the distinct kernels and fusion groups of given models as cases.
+
+``pytest bench/ --calibrate-model resnet18 --calibrate-model-batch 1,8`` partitions each
+model at each batch and adds every kernel the operation registry models (at the model's own
+shapes and dtype), and every fusion group the partitioner formed, to the run's cases. The
+profile then holds exact entries for that model, so predicting it is composition alone;
+each such entry records the models it came from (``origin``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from calibration.predict.models import load_model
+from calibration.predict.plan import partition
+from calibration.specs.operations import OPERATIONS, Case
+from calibration.specs.patterns import PATTERNS, FusionCase
+
+
+@dataclass
+class WorkloadCases:
+    operations: dict[str, list[Case]] = field(default_factory=dict)  # operation -> its new cases
+    fusion: dict[str, list[FusionCase]] = field(default_factory=dict)  # pattern family -> its new cases
+    origin: dict[str, list[str]] = field(default_factory=dict)  # case key -> "model bN" it came from
+
+    def add(self, case: Case | FusionCase, label: str) -> None:
+        key = case.key
+        if key not in self.origin:
+            if isinstance(case, Case):
+                self.operations.setdefault(case.operation, []).append(case)
+            else:
+                self.fusion.setdefault(PATTERNS[case.pattern].family, []).append(case)
+        if label not in self.origin.setdefault(key, []):
+            self.origin[key].append(label)
+
+    def count(self) -> int:
+        return len(self.origin)
+
+
+def _ordered(names: Sequence[str], params: dict) -> tuple:
+    """Parameters in the spec's order, the names the spec lists only (a key is built from them)."""
+    return tuple((name, params[name]) for name in names if name in params)
+
+
+def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
+                input_shape: tuple[int, ...] | None = None, dtypes: Iterable[str] = ("float32",),
+                variants_of=None) -> WorkloadCases:
+    """The cases of every distinct kernel and fusion group of ``models`` at ``batches``.
+
+    ``variants_of(pattern)`` gives the fused variants to time on this device (default: the
+    pattern's own list).
+    """
+    found = WorkloadCases()
+    for spec in models:
+        for batch in batches:
+            model, example = load_model(spec, batch, input_shape)
+            label = f"{spec} b{batch}"
+            part = partition(model, example)
+            for sg in part.subgraphs:
+                for node in sg.nodes:
+                    if not node.kernel or node.operation not in OPERATIONS:
+                        continue
+                    op = OPERATIONS[node.operation]
+                    params = op.complete(node.params)
+                    if any(name not in params for name in op.param_names):
+                        continue
+                    found.add(Case(node.operation, _ordered(op.param_names, params), node.dtype or "float32",
+                                   device), label)
+                if sg.fused and sg.pattern in PATTERNS:
+                    pattern = PATTERNS[sg.pattern]
+                    names = list(pattern.shapes(False)[0])
+                    shape = dict(sg.shape)
+                    if any(name not in shape for name in names if name != "GROUPS"):
+                        continue
+                    variants = variants_of(pattern) if variants_of else pattern.variants(device)
+                    for dtype in dtypes:
+                        for variant in variants:
+                            order = names if "GROUPS" in names else [*names, "GROUPS"]
+                            found.add(FusionCase(sg.pattern, _ordered(order, shape), dtype, device, variant), label)
+    return found

@@ -1,0 +1,85 @@
+"""--calibrate-model: a model's own kernels and fusion groups become cases (no timing here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from factories import PLUGIN_ARGS, metadata, record
+
+from calibration.measure.fold import fold
+from calibration.profile.summary import render_summary
+from calibration.workload import model_cases
+
+TINY = """
+import torch
+from torch import nn
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 24)).eval()
+"""
+
+
+def test_a_model_gives_its_distinct_kernels_and_fusion_groups_at_its_own_shapes():
+    found = model_cases(["mlp"], [1, 8], device="cpu")
+    linear = {c.key for c in found.operations["linear"]}
+    assert linear == {f"linear[B={b},IN={i},OUT={o}]/float32/cpu"
+                      for b in (1, 8) for i, o in ((784, 512), (512, 256), (256, 10))}
+    assert {c.key for c in found.operations["relu"]} == {f"relu[n={n}]/float32/cpu" for n in (512, 256, 4096, 2048)}
+    fused = {(c.pattern, c.param_dict["B"], c.variant) for c in found.fusion["linear"]}
+    assert ("Linear_Bias_ReLU", 8, "unfused") in fused and ("Linear_Bias_ReLU", 8, "library") in fused
+    assert found.origin["linear[B=8,IN=784,OUT=512]/float32/cpu"] == ["mlp b8"]
+    assert found.count() == len(found.origin)
+
+
+def test_a_kernel_two_models_share_is_one_case_with_both_origins():
+    found = model_cases(["mlp", "calibration.predict.models:mlp"], [1], device="cpu", input_shape=(784,))
+    key = "linear[B=1,IN=784,OUT=512]/float32/cpu"
+    assert [c.key for c in found.operations["linear"]].count(key) == 1
+    assert found.origin[key] == ["mlp b1", "calibration.predict.models:mlp b1"]
+
+
+def test_conv_cases_carry_every_registry_parameter_and_groups_once():
+    found = model_cases(["mobilenet_v2"], [1], device="cpu")
+    conv = found.operations["conv2d"][0]
+    assert [name for name, _ in conv.params] == ["N", "CIN", "COUT", "H", "W", "K", "STRIDE", "PAD", "GROUPS"]
+    for case in found.fusion["conv"]:
+        names = [name for name, _ in case.params]
+        assert names.count("GROUPS") <= 1 and names[:7] == ["N", "CIN", "COUT", "H", "W", "K", "STRIDE"]
+
+
+def test_entries_record_their_origin_and_the_summary_counts_them():
+    cal = fold([record("relu", 0.01, n=512), record("relu", 0.02, n=1 << 20)], metadata(),
+               origins={"relu[n=512]/float32/cpu": "mlp b1"})
+    assert cal.operation_profiles["relu[n=512]/float32/cpu"].origin == "mlp b1"
+    assert cal.operation_profiles["relu[n=1048576]/float32/cpu"].origin is None
+    assert "Calibrated for models (--calibrate-model): mlp b1: 1 entry" in render_summary(cal)
+
+
+def test_the_plugin_adds_the_model_s_cases_to_the_grid(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    pytester.makepyfile(test_linear=(bench / "test_matmul.py").read_text(), tiny=TINY)
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    args = (*PLUGIN_ARGS, "--quick", "--collect-only", "-q", "-k", "linear")
+    plain = [line for line in pytester.runpytest_subprocess(*args).outlines if "::" in line]
+    result = pytester.runpytest_subprocess(*args, "--calibrate-model", "tiny:tiny", "--calibrate-model-input-shape",
+                                           "24", "--calibrate-model-batch", "1,8")
+    added = sorted(set(line for line in result.outlines if "::" in line) - set(plain))
+    assert added == sorted(f"test_linear.py::test_linear[B={b},IN={i},OUT={o}/float32/cpu]"
+                           for b in (1, 8) for i, o in ((24, 40), (40, 24)))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--calibrate-model", "nosuch"), "--calibrate-model: --model 'nosuch': give one of"),
+    (("--calibrate-model", "tiny:tiny"), "needs --input-shape"),
+    (("--calibrate-model", "mlp", "--calibrate-model-batch", "0"), "--calibrate-model-batch must be a positive"),
+])
+def test_a_model_that_cannot_load_stops_the_run_before_any_case(pytester, monkeypatch, args, message):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makepyfile(tiny=TINY)
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--collect-only", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
