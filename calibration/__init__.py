@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "should_fuse": "calibration.predict.plan",
 }
 
+# public name -> a module exported as it is (the README's ``from calibration import models``)
+_MODULES: dict[str, str] = {"models": "calibration.predict.models"}
+
 __all__ = [
     "CPUMapper",
     "FusionCalibration",
@@ -54,15 +57,20 @@ __all__ = [
     "calibrate_hardware",
     "fusion_benefit",
     "load_calibration",
+    "models",
     "partition",
     "predict_latency",
     "should_fuse",
 ]
-if set(__all__) != set(_EXPORTS):
+if set(__all__) != set(_EXPORTS) | set(_MODULES):
     raise ImportError("calibration.__all__ and its lazy exports disagree")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'calibration' has no attribute {name!r}")

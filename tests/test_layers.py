@@ -117,3 +117,9 @@ def test_the_public_api_resolves_lazily():
         assert getattr(calibration, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
         calibration.nosuch  # noqa: B018
+
+
+def test_the_readme_s_imports_work():
+    from calibration import load_calibration, models  # noqa: F401
+
+    assert models.resnet18().training is False and callable(models.example_input)
