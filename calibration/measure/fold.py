@@ -59,13 +59,15 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
         level = roofline.level_for_working_set(case.bytes, cache_sizes)
         if case.flops:
             best(summary.compute_ceiling_gflops, case.dtype, rate)
-        if case.spec.family != "alloc":  # those time the allocator; write-only fills are no ceiling
+        # The alloc family times the allocator, and write-only fills are no ceiling; the
+        # transition zone between the LLC and DRAM is no level's.
+        if case.spec.family != "alloc" and level != roofline.TRANSITION:
             best(summary.bandwidth_by_level_gbps, level, bandwidth)
         if case.operation == "matmul":
             best(summary.matmul_gflops_by_path.setdefault(case.dtype, {}), str(case.param_dict["path"]), rate)
             best(summary.matmul_gflops, case.dtype, rate)
         elif case.operation in STREAM_KERNELS:
-            if level == "DRAM":
+            if roofline.is_stream_size(int(case.param_dict["n"]) * itemsize(case.dtype), cache_sizes):
                 best(summary.stream_gbps, case.operation, bandwidth)
             if case.operation == "stream_triad":
                 best(summary.triad_by_level_gbps, level, bandwidth)

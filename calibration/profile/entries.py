@@ -175,7 +175,9 @@ class OperationCalibration(_Model):
     gflops: float = Field(ge=0)
     gbps: float = Field(ge=0)
     arithmetic_intensity: float | None = Field(description="FLOPs per byte")
-    memory_level: str = Field(description="cache level (or DRAM) the working set fits in")
+    memory_level: str = Field(
+        description="cache level the working set fits in (at most half of it), LLC-DRAM between that and STREAM's "
+                    "size (4x the last-level cache), else DRAM")
     compute_ceiling_gflops: float | None = Field(description="the ceiling compute_efficiency divides by")
     bandwidth_ceiling_gbps: float | None = Field(description="the ceiling bandwidth_efficiency divides by")
     compute_efficiency: float | None = Field(ge=0)
@@ -195,7 +197,8 @@ class MeasuredSummary(_Model):
     )
     bandwidth_by_level_gbps: dict[str, float] = Field(
         default_factory=dict,
-        description="per memory level: best GB/s of any operation case whose working set fits that level",
+        description="per memory level: best GB/s of any operation case whose working set lives in that level "
+                    "(none for LLC-DRAM, the transition zone between the last-level cache and DRAM)",
     )
     matmul_gflops: dict[str, float] = Field(
         default_factory=dict, description="best matmul GFLOPS per dtype over every path"
@@ -204,10 +207,11 @@ class MeasuredSummary(_Model):
         default_factory=dict, description="dtype -> library path -> best GFLOPS"
     )
     stream_gbps: dict[str, float] = Field(
-        default_factory=dict, description="STREAM copy/scale/add/triad at 4x the last-level cache"
+        default_factory=dict, description="STREAM copy/scale/add/triad with arrays of 4x the last-level cache"
     )
     triad_by_level_gbps: dict[str, float] = Field(
-        default_factory=dict, description="best triad sweep bandwidth with the working set in each level"
+        default_factory=dict,
+        description="best triad sweep bandwidth with the working set in each level (LLC-DRAM included)"
     )
     dispatch_overhead_us: float | None = None
     module_call_overhead_us: float | None = Field(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from calibration.profile import roofline
 from calibration.profile.entries import OperationCalibration
+from calibration.specs.host import STREAM_CACHE_MULTIPLE, UNKNOWN_LLC_BYTES
 from calibration.specs.keys import format_params
 
 WIDTH = 100
@@ -54,19 +56,25 @@ def _measured(cal: ProfileSummary) -> list[str]:
         of_peak = f"  = {100 * best / peak.value:.0f}% of peak" if peak else ""
         lines.append(f"  matmul {dtype:<9} {best:8.1f} GFLOPS  [{paths}]{of_peak}")
     if m.stream_gbps:
-        kernels = "  ".join(f"{k.removeprefix('stream_')} {v:.1f}" for k, v in m.stream_gbps.items())
+        kernels = "  ".join(f"{k.removeprefix('stream_')} {m.stream_gbps[k]:.1f}"
+                            for k in sorted(m.stream_gbps, key=_stream_order))
         peak = cal.peak_bandwidth_gbps
         best = max(m.stream_gbps.values())
         of_peak = f"  = {100 * best / peak.value:.0f}% of peak" if peak else ""
-        lines.append(f"  STREAM (DRAM) GB/s: {kernels}{of_peak}")
+        lines.append(f"  STREAM, {_stream_size(cal.metadata.cache_sizes)}, GB/s: {kernels}{of_peak}")
     else:
         lines.append("  bandwidth: not measured in this run (the STREAM cases did not run)")
+    order = roofline.levels(cal.metadata.cache_sizes)
     for title, table in (("triad sweep by level", m.triad_by_level_gbps),
                          ("bandwidth ceiling by level (best case)", m.bandwidth_by_level_gbps)):
         if table:
-            order = sorted(table, key=lambda lv: (lv == "DRAM", lv))
-            levels = "  ".join(f"{lv} {table[lv]:.1f}" for lv in order)
+            ordered = sorted(table, key=lambda lv: order.index(lv) if lv in order else len(order))
+            levels = "  ".join(f"{lv} {table[lv]:.1f}" for lv in ordered)
             lines.append(f"  {title} GB/s: {levels}")
+    if roofline.TRANSITION in m.triad_by_level_gbps:
+        lines.append(f"  note: {roofline.TRANSITION} is a working set between half the last-level cache and STREAM's "
+                     "size: partly cached, it sets no ceiling")
+    lines += _dram_note(cal)
     if m.dispatch_overhead_us is not None:
         lines.append(f"  dispatch overhead: {m.dispatch_overhead_us:.2f} us per call")
         # A call that costs a few dispatches moves too few bytes to say anything about its cache.
@@ -82,6 +90,40 @@ def _measured(cal: ProfileSummary) -> list[str]:
         calls = "  ".join(f"{module} {us:+.1f}" for module, us in sorted(m.module_overhead_us.items()))
         lines.append(f"  module call over its kernel, us: {calls}")
     return lines
+
+
+def _stream_order(kernel: str) -> int:
+    order = ("stream_copy", "stream_scale", "stream_add", "stream_triad")
+    return order.index(kernel) if kernel in order else len(order)
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:g} MiB"
+
+
+def _stream_size(cache_sizes: dict[str, int]) -> str:
+    if not cache_sizes:
+        return f"arrays of {_mib(STREAM_CACHE_MULTIPLE * UNKNOWN_LLC_BYTES)} or more (cache sizes unknown)"
+    llc = max(cache_sizes.values())
+    return f"arrays of {STREAM_CACHE_MULTIPLE}x the {_mib(llc)} LLC ({_mib(STREAM_CACHE_MULTIPLE * llc)} each)"
+
+
+# The DRAM ceiling is the best case that lives in DRAM; one well above the STREAM triad
+# (which the README promises as the DRAM figure) says which case set it, so the two
+# figures never disagree unexplained.
+DRAM_AGREEMENT = 0.10
+
+
+def _dram_note(cal: ProfileSummary) -> list[str]:
+    m = cal.measured
+    ceiling, triad = m.bandwidth_by_level_gbps.get("DRAM"), m.stream_gbps.get("stream_triad")
+    if ceiling is None or triad is None or ceiling <= (1 + DRAM_AGREEMENT) * triad:
+        return []
+    setter = max((e for e in cal.operation_profiles.values() if e.memory_level == "DRAM" and e.family != "alloc"),
+                 key=lambda e: e.gbps, default=None)
+    where = f" from {setter.operation}[{format_params(setter.params)}]" if setter else ""
+    return [f"  note: the DRAM ceiling {ceiling:.1f} GB/s{where} is {100 * (ceiling / triad - 1):.0f}% above the "
+            "STREAM triad: efficiencies in DRAM divide by it"]
 
 
 def _row(entry: OperationCalibration) -> str:

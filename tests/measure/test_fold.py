@@ -220,3 +220,55 @@ def test_module_overhead_is_the_difference_of_the_fastest_rounds():
     assert cal.measured.module_overhead_us == {"Conv2d": pytest.approx(5.0)}  # ReLU has no kernel form
     assert cal.measured.module_call_overhead_us == pytest.approx(3.5)
     assert "module call over its kernel, us: Conv2d +5.0" in render_summary(cal)
+
+
+def triad(n: int, gbps: float):
+    return record("stream_triad", 3 * 4 * n / (gbps * 1e9) * 1e3, n=n)
+
+
+@pytest.fixture
+def sweep():
+    """The full triad sweep of the issue's Zen 5 profile (32 MiB L3): the 48 MiB point ran at
+    156.9 GB/s, just over the L3 but far above the STREAM triad's 64.4 at 4x the LLC."""
+    return fold([
+        triad(1 << 10, 7.7), triad(1 << 14, 110.0), triad(1 << 20, 170.0),
+        triad(1 << 22, 156.9),  # 48 MiB working set
+        triad(1 << 24, 61.0),  # 192 MiB: DRAM, but arrays of 2x the LLC, not STREAM's 4x
+        triad(1 << 25, 64.4),  # STREAM: 128 MiB arrays
+        record("stream_copy", 2 * 4 * (1 << 25) / 55e9 * 1e3, n=1 << 25),
+        record("stream_copy", 2 * 4 * (1 << 22) / 140e9 * 1e3, n=1 << 22),  # not STREAM-sized
+        record("relu", 2 * 4 * (1 << 22) / 150e9 * 1e3, n=1 << 22),  # 32 MiB: transition too
+    ], metadata())
+
+
+def test_stream_figures_come_from_arrays_four_times_the_llc(sweep):
+    assert sweep.measured.stream_gbps == pytest.approx({"stream_triad": 64.4, "stream_copy": 55.0})
+
+
+def test_the_transition_zone_sets_no_ceiling(sweep):
+    m = sweep.measured
+    assert m.bandwidth_by_level_gbps == pytest.approx({"L1": 7.7, "L2": 110.0, "L3": 170.0, "DRAM": 64.4})
+    assert m.triad_by_level_gbps == pytest.approx(
+        {"L1": 7.7, "L2": 110.0, "L3": 170.0, "LLC-DRAM": 156.9, "DRAM": 64.4})
+    assert sweep.dram_bandwidth() == pytest.approx(64.4)
+    point = sweep.get_operation("stream_triad", n=1 << 22)
+    assert point.memory_level == "LLC-DRAM"
+    # scored against the ceilings interpolated between 16 MiB (L3) and 128 MiB (DRAM)
+    assert 64.4 < point.bandwidth_ceiling_gbps < 170.0
+
+
+def test_every_bandwidth_the_summary_shows_agrees_with_the_stream_entries(sweep):
+    text = render_summary(sweep)
+    assert "STREAM, arrays of 4x the 32 MiB LLC (128 MiB each), GB/s: copy 55.0  triad 64.4" in text
+    assert "bandwidth ceiling by level (best case) GB/s: L1 7.7  L2 110.0  L3 170.0  DRAM 64.4" in text
+    assert "triad sweep by level GB/s: L1 7.7  L2 110.0  L3 170.0  LLC-DRAM 156.9  DRAM 64.4" in text
+    assert "156.9" not in text.split("triad sweep by level")[0]
+
+
+
+def test_a_dram_ceiling_well_above_the_stream_triad_names_the_case_that_set_it():
+    n = 1 << 24
+    cal = fold([triad(1 << 25, 40.0), record("relu", 2 * 4 * n / 60e9 * 1e3, n=n)], metadata())
+    assert "note: the DRAM ceiling 60.0 GB/s from relu[n=16777216] is 50% above the STREAM triad" in render_summary(cal)
+    close = fold([triad(1 << 25, 40.0), record("relu", 2 * 4 * n / 43e9 * 1e3, n=n)], metadata())
+    assert "DRAM ceiling" not in render_summary(close)
