@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +68,7 @@ class CalibrationState:
     written: Path | None = None
     load_before: float | None = field(default_factory=host.load_average)
     busy_before: float | None = None
+    timed: host.CpuTimes | None = None  # CPU time over every timed case, summed
     unpaired: list[str] = field(default_factory=list)
     calibration: object | None = None
     compare_base: object | None = None  # the loaded BASE profile of --calibrate-compare
@@ -75,6 +76,16 @@ class CalibrationState:
     compare_fail: float | None = None
     comparison: object | None = None
     compare_problem: str | None = None  # why no comparison was made
+
+    def other_cpus_since(self, before: host.CpuTimes | None) -> float | None:
+        """CPUs other work kept busy since ``before`` (a case's start); adds the interval to
+        the run's total, so that the profile says how busy the machine was while it timed."""
+        after = host.cpu_times()
+        if before is None or after is None:
+            return None
+        elapsed = after - before
+        self.timed = elapsed if self.timed is None else self.timed + elapsed
+        return elapsed.other_cpus()
 
 
 STATE = pytest.StashKey[CalibrationState]()
@@ -294,8 +305,10 @@ def calibrate(request: pytest.FixtureRequest, benchmark):
             pytest.skip(reason)
         if isinstance(case, fusion.FusionCase):
             return _calibrate_fusion(state, benchmark, case, budget)
+        before = host.cpu_times()
         record = harness.measure(benchmark, case, budget)
         if record is not None:
+            record = replace(record, other_cpus=state.other_cpus_since(before))
             state.records.append(record)
         return record
 
@@ -317,6 +330,8 @@ def _calibrate_fusion(state: CalibrationState, benchmark, case, budget: harness.
             calibration_key=case.key, variant=case.variant, flops=case.flops, bytes=case.bytes,
             compile_seconds=prepared.compile_seconds,
         )
+        # sampled after compiling: inductor's compile workers are other processes
+        before = host.cpu_times()
         if prepared.baseline is None:
             latency = harness.time_kernel(benchmark, prepared.kernel, device=case.device, budget=budget)
             baseline = None
@@ -326,7 +341,7 @@ def _calibrate_fusion(state: CalibrationState, benchmark, case, budget: harness.
             latency, baseline = timed if timed is not None else (None, None)
     if latency is None:
         return None
-    record = FusionRecord(case, latency, prepared.compile_seconds, baseline)
+    record = FusionRecord(case, latency, prepared.compile_seconds, baseline, state.other_cpus_since(before))
     state.fusion_records.append(record)
     return record
 
@@ -348,7 +363,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     metadata = machine.describe(
         device=state.device, hardware_name=state.hardware, quick=state.quick,
         command=list(session.config.invocation_params.args), load_before=state.load_before,
-        busy_before=state.busy_before,
+        busy_before=state.busy_before, busy_during=state.timed.other_cpus() if state.timed else None,
     )
     peak_gflops, peak_bandwidth = _peaks(state)
     state.calibration = fold(state.records, metadata, fusion_records=state.fusion_records,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from calibration.measure import stats
 from calibration.profile import roofline, verdict
 from calibration.profile.schema import (
+    BUSY_CPUS,
     FusionCalibration,
     HardwareCalibration,
     LatencyStats,
@@ -29,6 +30,8 @@ class Record:
 
     case: Case
     latency: LatencyStats
+    # CPUs other work kept busy while the case was timed (host.CpuTimes.other_cpus)
+    other_cpus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class FusionRecord:
     compile_seconds: float | None = None
     # The unfused twin timed in the same rounds (fused variants); None for the unfused case.
     baseline: LatencyStats | None = None
+    other_cpus: float | None = None
+
+
+def is_busy(other_cpus: float | None) -> bool:
+    return other_cpus is not None and other_cpus > BUSY_CPUS
 
 
 def _seconds(record: Record) -> float:
@@ -150,6 +158,8 @@ def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencySt
         fused_bottleneck=bottleneck(fused_bytes),
         verdict=verdict.decide(speedup, low, high),
         compile_seconds=fused.compile_seconds,
+        other_cpus=fused.other_cpus,
+        busy=is_busy(fused.other_cpus),
     )
 
 
@@ -196,6 +206,8 @@ def fold(
             bandwidth_efficiency=roofline.efficiency(attained_gbps, bandwidth_ceiling),
             bottleneck=roofline.classify(flops, nbytes, cal.compute_ceiling(case.dtype), bandwidth_ceiling),
             noisy=stats.is_noisy(record.latency.median_ms, record.latency.iqr_ms or 0.0),
+            other_cpus=record.other_cpus,
+            busy=is_busy(record.other_cpus),
         )
     fusion_records = list(fusion_records)
     unfused = {r.case.shape_key: r for r in fusion_records if r.case.variant == "unfused"}

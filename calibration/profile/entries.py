@@ -81,20 +81,24 @@ class Metadata(_Model):
     command: list[str] = Field(default_factory=list)
     busy_cpus_before: float | None = Field(
         default=None, description="CPUs kept busy by other work just before the run started")
+    busy_cpus_during: float | None = Field(
+        default=None, description="CPUs kept busy by other work while the cases were timed, on average")
     load_average_before: float | None = Field(default=None, description="1-minute load average at the start")
     load_average_after: float | None = None
     upgraded_from: str | None = Field(
         default=None, description="set when the profile was converted from another layout"
     )
 
-
     def busy_warning(self) -> str | None:
         """Why this run's timings are suspect because other work competed, or None."""
-        if self.busy_cpus_before is None or self.busy_cpus_before <= BUSY_CPUS:
-            return None
         cpus = self.usable_cpus or self.logical_cpus
         of = f" of {cpus}" if cpus else ""
-        return (f"other processes kept {self.busy_cpus_before:.1f}{of} CPUs busy when the run started; "
+        during, before = self.busy_cpus_during, self.busy_cpus_before
+        if during is not None and during > BUSY_CPUS:
+            return f"other processes kept {during:.1f}{of} CPUs busy on average while the cases were timed"
+        if before is None or before <= BUSY_CPUS:
+            return None
+        return (f"other processes kept {before:.1f}{of} CPUs busy when the run started; "
                 "they competed for cores and memory bandwidth")
 
 
@@ -160,6 +164,11 @@ class FusionCalibration(_Model):
     compile_seconds: float | None = Field(
         default=None, description="first call of the compiled variant (compilation), excluded from timing"
     )
+    other_cpus: float | None = Field(
+        default=None,
+        description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
+                    "all busy CPU time in /proc/stat less this process's own")
+    busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
 
 
 class OperationCalibration(_Model):
@@ -184,6 +193,11 @@ class OperationCalibration(_Model):
     bandwidth_efficiency: float | None = Field(ge=0)
     bottleneck: Bottleneck
     noisy: bool = Field(description="IQR above 10% of the median")
+    other_cpus: float | None = Field(
+        default=None,
+        description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
+                    "all busy CPU time in /proc/stat less this process's own")
+    busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
 
 
 class MeasuredSummary(_Model):

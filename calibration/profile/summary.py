@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from calibration.profile import roofline
-from calibration.profile.entries import OperationCalibration
+from calibration.profile.entries import BUSY_CPUS, OperationCalibration
 from calibration.specs.host import STREAM_CACHE_MULTIPLE, UNKNOWN_LLC_BYTES
 from calibration.specs.keys import format_params
 
@@ -26,9 +26,22 @@ def _latency(ms: float) -> str:
     return f"{ms * 1e3:.2f} us"
 
 
+def busy_entries(cal: ProfileSummary) -> int:
+    """How many entries were timed while other work kept the machine busy."""
+    return sum(e.busy for e in cal.operation_profiles.values()) + \
+        sum(e.busy for entries in cal.fusion_profiles.values() for e in entries)
+
+
 def _busy(cal: ProfileSummary) -> list[str]:
+    lines = []
     warning = cal.metadata.busy_warning()
-    return [f"  WARNING: {warning}; rerun on an idle machine before trusting these numbers"] if warning else []
+    if warning:
+        lines.append(f"  WARNING: {warning}; rerun on an idle machine before trusting these numbers")
+    busy = busy_entries(cal)
+    if busy:
+        lines.append(f"  WARNING: {busy} entr{'y was' if busy == 1 else 'ies were'} timed while other processes kept "
+                     f"over {BUSY_CPUS} CPUs busy: marked 'busy' below")
+    return lines
 
 
 def _peaks(cal: ProfileSummary) -> list[str]:
@@ -132,7 +145,7 @@ def _row(entry: OperationCalibration) -> str:
         name = name[:43] + "~"
     iqr = entry.latency.iqr_ms
     spread = iqr / entry.latency.median_ms if iqr is not None and entry.latency.median_ms else None
-    flag = " noisy" if entry.noisy else ""
+    flag = (" noisy" if entry.noisy else "") + (" busy" if entry.busy else "")
     return (
         f"  {name:<44} {entry.dtype:<8} {_latency(entry.latency.median_ms):>11} "
         f"{_pct(spread):>6} {entry.gflops:8.1f} {entry.gbps:7.1f} "

@@ -92,6 +92,7 @@ class EntryComparison(FrozenModel):
     regression: bool  # worse by more than the threshold and significant
     improvement: bool  # better by more than the threshold and significant
     note: str | None = None
+    busy: str | None = None  # "base", "new" or "base and new": timed while other work kept the machine busy
 
     @computed_field
     @property
@@ -229,6 +230,7 @@ def _compare_entry(
         regression=significant and worse_by > threshold,
         improvement=significant and -worse_by > threshold,
         note=note,
+        busy=" and ".join(side for side, entry in (("base", base), ("new", new)) if entry.busy) or None,
     )
 
 

@@ -51,6 +51,11 @@ def _describe(entry: EntryComparison, threshold: float) -> str:
     return "; ".join(parts)
 
 
+def _status(entry: EntryComparison, threshold: float) -> str:
+    busy = f"timed while busy ({entry.busy})" if entry.busy else ""
+    return "; ".join(part for part in (_describe(entry, threshold), busy) if part)
+
+
 def grouped(comparison: Comparison) -> tuple[list[EntryComparison], ...]:
     """Regressions worst first, improvements best first, the unchanged in profile order."""
     return (
@@ -100,7 +105,7 @@ def render_text(comparison: Comparison, *, show_unchanged: bool = True) -> str:
     if rows:
         table = [("entry", "base", "new", "change", "p", "status")] + [
             (e.key, format_value(e.base, c.metric), format_value(e.new, c.metric), _change(e), _p(e),
-             _describe(e, c.threshold))
+             _status(e, c.threshold))
             for e in rows
         ]
         widths = [max(len(row[i]) for row in table) for i in range(5)]
@@ -142,10 +147,10 @@ def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]
 def _md_entries(comparison: Comparison, entries: list[EntryComparison]) -> list[str]:
     rows = [
         [f"`{_md(e.key)}`", format_value(e.base, comparison.metric), format_value(e.new, comparison.metric),
-         _change(e), _p(e)]
+         _change(e), _p(e), f"timed while busy ({e.busy})" if e.busy else ""]
         for e in entries
     ]
-    return _md_table(["entry", "base", "new", "change", "p"], rows, "lrrrr")
+    return _md_table(["entry", "base", "new", "change", "p", "note"], rows, "lrrrrl")
 
 
 def render_markdown(comparison: Comparison) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -185,14 +186,44 @@ def load_average() -> float | None:
         return None
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+@dataclass(frozen=True)
+class CpuTimes:
+    """Clock ticks (USER_HZ) since boot: all CPUs busy, all CPUs in total, and this process's
+    own (all its threads, and the children it waited for). A difference of two readings
+    says how busy the machine was between them, and how much of that was this process."""
+
+    busy: int
+    total: int
+    own: int
+
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.busy - other.busy, self.total - other.total, self.own - other.own)
+
+    def __add__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.busy + other.busy, self.total + other.total, self.own + other.own)
+
+    def other_cpus(self, cpus: int | None = None) -> float | None:
+        """For a difference of two readings: how many CPUs other work kept busy on average,
+        other processes and the hypervisor's steal alike; None over no elapsed ticks."""
+        if self.total <= 0:
+            return None
+        share = max(0, self.busy - self.own) / self.total
+        return round(share * (cpus or os.cpu_count() or 1), 2)
+
+
+def cpu_times() -> CpuTimes | None:
+    """This moment's :class:`CpuTimes`, from /proc/stat and /proc/self/stat; None off Linux."""
     try:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
+        # after the parenthesised command name: field 3 (state) first; utime, stime, cutime, cstime are 14-17
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        own_ticks = sum(int(v) for v in own[11:15])
+    except (OSError, ValueError, IndexError):
         return None
+    # guest time is already counted in user and nice (fields 9 and 10): leave it out of the total
+    fields = fields[:8]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    return CpuTimes(busy=sum(fields) - idle, total=sum(fields), own=own_ticks)
 
 
 def busy_cpus(interval: float = 0.2) -> float | None:
@@ -203,10 +234,9 @@ def busy_cpus(interval: float = 0.2) -> float | None:
     """
     import time
 
-    first = _cpu_times()
+    first = cpu_times()
     time.sleep(interval)
-    second = _cpu_times()
-    if first is None or second is None or second[1] <= first[1]:
+    second = cpu_times()
+    if first is None or second is None:
         return None
-    share = (second[0] - first[0]) / (second[1] - first[1])
-    return round(share * (os.cpu_count() or 1), 2)
+    return (second - first).other_cpus()

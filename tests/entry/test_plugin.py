@@ -39,6 +39,9 @@ def test_calibrate_out_writes_a_loadable_profile(bench):
     assert (entry.flops, entry.bytes) == (1, 12)  # one add; two float32 reads, one write
     assert profile.metadata.device_type == "cpu"
     assert profile.metadata.quick is True
+    # sampled around the timed case from /proc/stat (Linux): how busy other work kept the machine
+    assert entry.other_cpus is not None and entry.busy == (entry.other_cpus > 0.5)
+    assert profile.metadata.busy_cpus_during is not None
 
 
 def test_help_lists_every_calibration_option(pytester, monkeypatch):

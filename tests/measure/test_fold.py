@@ -1,6 +1,7 @@
 """Folding synthetic timings into a profile, and looking entries up again."""
 
 import math
+from dataclasses import replace
 
 import pytest
 from factories import metadata, record
@@ -150,6 +151,33 @@ def test_busy_cpus_reads_the_cpu_counters():
 
     busy = host.busy_cpus(0.05)
     assert busy is None or 0.0 <= busy <= (__import__("os").cpu_count() or 1)
+
+
+def test_other_cpus_is_busy_time_less_this_process_own():
+    from calibration.specs.host import CpuTimes
+
+    # 2 CPUs for 1 s at 100 ticks/s: 200 ticks; 190 busy of which this process ran 90
+    elapsed = CpuTimes(busy=1190, total=1200, own=590) - CpuTimes(busy=1000, total=1000, own=500)
+    assert elapsed == CpuTimes(busy=190, total=200, own=90)
+    assert elapsed.other_cpus(cpus=2) == 1.0
+    assert (elapsed + elapsed).other_cpus(cpus=2) == 1.0
+    assert CpuTimes(busy=50, total=200, own=80).other_cpus(cpus=2) == 0.0  # own ticks sampled later than busy
+    assert CpuTimes(busy=0, total=0, own=0).other_cpus(cpus=2) is None
+
+
+def test_entries_timed_while_the_machine_was_busy_are_marked_and_counted():
+    quiet = replace(record("relu", 1.0, n=1 << 20), other_cpus=0.1)
+    loaded = replace(record("add", 1.0, n=1 << 20), other_cpus=1.0)
+    cal = fold([quiet, loaded], metadata(busy_cpus_before=0.0, busy_cpus_during=0.45, usable_cpus=2))
+    relu, add = cal.get_operation("relu", n=1 << 20), cal.get_operation("add", n=1 << 20)
+    assert (relu.other_cpus, relu.busy) == (0.1, False)
+    assert (add.other_cpus, add.busy) == (1.0, True)
+    text = cal.summary()
+    assert "WARNING: 1 entry was timed while other processes kept over 0.5 CPUs busy: marked 'busy' below" in text
+    assert [line for line in text.splitlines() if line.rstrip().endswith(" busy")] == [
+        line for line in text.splitlines() if line.startswith("  add[n=1048576]")]
+    during = fold([quiet], metadata(busy_cpus_before=0.0, busy_cpus_during=1.2, usable_cpus=2))
+    assert "WARNING: other processes kept 1.2 of 2 CPUs busy on average while the cases were timed" in during.summary()
 
 
 def test_compute_efficiency_interpolates_only_between_compute_bound_sizes():

@@ -339,6 +339,21 @@ def test_a_profile_measured_on_a_busy_machine_is_called_out():
     assert compare(base, steady(2)).busy == []
 
 
+def test_entries_timed_while_busy_say_so_in_text_and_markdown():
+    base = steady(1)
+    new = steady(2, relu_ms=1.5)  # a regression, so that markdown lists it
+    relu = new.operation_profiles[RELU]
+    new.operation_profiles[RELU] = relu.model_copy(update={"other_cpus": 1.1, "busy": True})
+    comparison = compare(base, new, base_name="base.json", new_name="new.json")
+    entry = next(e for e in comparison.entries if e.key == RELU)
+    assert entry.busy == "new"
+    assert [e.busy for e in comparison.entries if e.key != RELU] == [None]
+    row = next(line for line in render_text(comparison).splitlines() if line.startswith(RELU))
+    assert row.endswith("timed while busy (new)")
+    assert f"| `{RELU}` |" in render_markdown(comparison)
+    assert "| timed while busy (new) |" in render_markdown(comparison)
+
+
 def test_markdown_lists_regressions_then_improvements_then_counts_the_rest():
     base = profile({"relu": noisy(1.0, 0.01, 1), "add": noisy(2.0, 0.01, 2), "sigmoid": noisy(1.0, 0.01, 3),
                     "mul": noisy(1.0, 0.01, 4)})
