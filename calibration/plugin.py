@@ -46,6 +46,11 @@ HELP_COMPARE_FAIL = (
     "than THRESHOLD, a percentage (10%% or 10). Without it regressions beyond 10%% are reported only. "
     "Default: %(default)r."
 )
+HELP_TABLES = (
+    "Also print pytest-benchmark's per-case tables (250 columns, about one line per case), which a run with "
+    "calibration cases hides so that it ends on the calibration summary. Default: %(default)r."
+)
+TABLES_HIDDEN = "(pytest-benchmark's per-case tables are hidden: --calibrate-tables shows them)"
 HELP_OPERATIONS = (
     "Comma-separated operation families or names to calibrate "
     f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'). Default: all."
@@ -76,6 +81,7 @@ class CalibrationState:
     compare_fail: float | None = None
     comparison: object | None = None
     compare_problem: str | None = None  # why no comparison was made
+    tables_hidden: bool = False  # pytest-benchmark's per-case tables quieted for the summary to end the run
 
     def other_cpus_since(self, before: host.CpuTimes | None) -> float | None:
         """CPUs other work kept busy since ``before`` (a case's start); adds the interval to
@@ -110,6 +116,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--calibrate-compare", metavar="BASE", default=None, help=HELP_COMPARE)
     group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
                     default=None, help=HELP_COMPARE_FAIL)
+    group.addoption("--calibrate-tables", action="store_true", default=False, help=HELP_TABLES)
 
 
 def _xdist_active(config: pytest.Config) -> bool:
@@ -291,6 +298,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = _shuffle_twins(keep)
     if any(_case_of(item) is not None for item in items):
         state.busy_before = host.busy_cpus()
+        state.tables_hidden = _hide_benchmark_tables(config)
+
+
+def _hide_benchmark_tables(config: pytest.Config) -> bool:
+    """Quiet pytest-benchmark's per-case tables unless asked for, so that a calibration ends
+    on its summary (a quick conv run printed 80 lines of 250-column tables after it).
+
+    pytest-benchmark reads --benchmark-quiet once, when its session is made, and has no
+    hook for it: its session's ``quiet`` is set here, as --benchmark-quiet would have.
+    """
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or config.getoption("calibrate_tables") or config.getoption("benchmark_verbose", False):
+        return False
+    session.quiet = True
+    return True
 
 
 @pytest.fixture
@@ -421,12 +443,15 @@ def _write_comparison(terminalreporter, state: CalibrationState) -> None:
         terminalreporter.write_line(f"calibration regressed against {state.compare_path}: {outcome}", red=True)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the run ends on the summary
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
         return
     if state.calibration is not None:
         terminalreporter.write_sep("-", "calibration")
+        if state.tables_hidden:
+            terminalreporter.write_line(TABLES_HIDDEN)
         for line in state.calibration.summary().splitlines():
             terminalreporter.write_line(line)
     for key in state.unpaired:

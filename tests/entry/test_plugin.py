@@ -31,7 +31,17 @@ def test_calibrate_out_writes_a_loadable_profile(bench):
 
     assert result.ret == pytest.ExitCode.OK
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["calibration profile written to p.json"])
+    # the run ends on the summary: no pytest-benchmark table, the profile's path, pytest's count
+    assert "Name (time in" not in result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*- calibration -*",
+        "(pytest-benchmark's per-case tables are hidden: --calibrate-tables shows them)",
+        "Hardware calibration: *",
+        "calibration profile written to p.json",
+        "*1 passed*",
+    ], consecutive=False)
+    tail = [line for line in result.stdout.lines if line.strip()][-2:]
+    assert tail[0] == "calibration profile written to p.json" and "1 passed" in tail[1]
     profile = load_calibration(bench.path / "p.json")
     assert list(profile.operation_profiles) == [KEY]
     entry = profile.operation_profiles[KEY]
@@ -62,6 +72,7 @@ def test_help_lists_every_calibration_option(pytester, monkeypatch):
         "*--fusion-patterns=LIST*",
         "*--calibrate-compare=BASE*",
         "*--calibrate-compare-fail=*",
+        "*--calibrate-tables*",
     ])
 
 
@@ -184,9 +195,13 @@ def test_interrupted_run_leaves_the_existing_profile_alone(bench):
 
 @pytest.mark.times_kernels
 def test_pytest_benchmark_json_is_written_beside_the_profile(bench):
-    result = run(bench, "--benchmark-json=bench.json", "--calibrate-out=p.json")
+    result = run(bench, "--benchmark-json=bench.json", "--calibrate-out=p.json", "--calibrate-tables")
 
     assert result.ret == pytest.ExitCode.OK
+    # --calibrate-tables brings pytest-benchmark's table back, before the summary
+    out = result.stdout.str()
+    assert "per-case tables are hidden" not in out
+    assert out.index("Name (time in") < out.index("Hardware calibration:")
     assert KEY in load_calibration(bench.path / "p.json").operation_profiles
     benchmarks = json.loads((bench.path / "bench.json").read_text())["benchmarks"]
     assert [b["name"] for b in benchmarks] == ["test_dispatch[n=1/float32/cpu]"]
