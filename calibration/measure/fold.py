@@ -113,8 +113,10 @@ def unpaired(records: Iterable[FusionRecord]) -> list[str]:
     ]
 
 
-def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencyStats) -> FusionCalibration:
-    """``base``: the unfused latency, interleaved with the fused rounds where available."""
+def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencyStats,
+                  alone: LatencyStats | None) -> FusionCalibration:
+    """``base``: the unfused latency, interleaved with the fused rounds where available;
+    ``alone``: the unfused case timed by itself, where it ran."""
     case, spec = fused.case, fused.case.spec
     flops, fused_bytes = case.flops, case.bytes
     unfused_bytes = spec.bytes_unfused(case.param_dict, itemsize(case.dtype))
@@ -160,6 +162,8 @@ def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencySt
         compile_seconds=fused.compile_seconds,
         other_cpus=fused.other_cpus,
         busy=is_busy(fused.other_cpus),
+        unfused_alone_ms=alone.median_ms if alone else None,
+        twin_disturbed=verdict.twin_disturbed(base.median_ms, alone.median_ms if alone else None),
     )
 
 
@@ -216,6 +220,6 @@ def fold(
         base = record.baseline or (standalone.latency if standalone else None)
         if record.case.variant == "unfused" or base is None:
             continue
-        entry = _fusion_entry(cal, record, base)
+        entry = _fusion_entry(cal, record, base, standalone.latency if standalone else None)
         cal.fusion_profiles.setdefault(entry.pattern, []).append(entry)
     return cal

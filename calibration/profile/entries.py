@@ -169,6 +169,12 @@ class FusionCalibration(_Model):
         description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
                     "all busy CPU time in /proc/stat less this process's own")
     busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
+    unfused_alone_ms: float | None = Field(
+        default=None, description="median of the unfused case timed on its own (the twin in 'unfused' was timed "
+                                  "round by round beside this variant)")
+    twin_disturbed: bool = Field(
+        default=False, description="the twin's median is over 1.5x off unfused_alone_ms: the speedup compares "
+                                   "with a baseline that ran unlike the unfused code alone")
 
 
 class OperationCalibration(_Model):

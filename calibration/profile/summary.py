@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from calibration.profile import roofline
-from calibration.profile.entries import BUSY_CPUS, OperationCalibration
+from calibration.profile.entries import BUSY_CPUS, FusionCalibration, OperationCalibration
 from calibration.specs.host import STREAM_CACHE_MULTIPLE, UNKNOWN_LLC_BYTES
 from calibration.specs.keys import format_params
 
@@ -185,45 +185,74 @@ def render_summary(cal: ProfileSummary) -> str:
     return "\n".join(lines)
 
 
-def _range(values: list[float], fmt: str = ".2f", suffix: str = "x") -> str:
-    low, high = format(min(values), fmt), format(max(values), fmt)
-    return f"{low}{suffix}" if low == high else f"{low}-{high}{suffix}"
+FUSION_NOTE = """\
+Fusion, per size: each fused variant is timed round by round against its own unfused twin (the
+  same machine state for both); speedup = twin median / fused median, with its 95% bootstrap
+  interval; 'alone' is the unfused case timed by itself."""
 
 
 def _fusion(cal: ProfileSummary) -> list[str]:
     if not cal.fusion_profiles:
         return []
-    lines = [
-        "",
-        "Fusion (speedup = unfused median / fused median, range over sizes; verdicts count sizes):",
-        f"  {'pattern':<26} {'variant':<9} {'sizes':>5} {'speedup':>12} {'95% CI':>13} {'bytes saved':>11}  verdicts",
-    ]
-    by_family: dict[str, dict[str, list]] = {}
+    by_family: dict[str, dict[str, list[FusionCalibration]]] = {}  # family -> "pattern[size]" -> variants
     for pattern, entries in cal.fusion_profiles.items():
         for entry in entries:
-            by_family.setdefault(entry.family, {}).setdefault(pattern, []).append(entry)
+            name = f"{pattern}[{format_params(entry.params)}]" if entry.params else pattern
+            by_family.setdefault(entry.family, {}).setdefault(name, []).append(entry)
+    lines = [
+        "",
+        *FUSION_NOTE.splitlines(),
+        "  pattern[size]  (the bytes fusing saves; the unfused case timed alone)",
+        f"    {'variant':<9} {'twin us':>10} {'fused us':>10} {'speedup':>8} {'95% CI':>11}  verdict",
+    ]
     for family in sorted(by_family):
         lines.append(f"  [{family}]")
-        for pattern, entries in by_family[family].items():
-            variants: dict[str, list] = {}
-            for entry in entries:
-                variants.setdefault(entry.variant, []).append(entry)
-            for variant, group in sorted(variants.items()):
-                lows = [e.speedup_ci_low for e in group if e.speedup_ci_low is not None]
-                highs = [e.speedup_ci_high for e in group if e.speedup_ci_high is not None]
-                ci = f"{min(lows):.2f}-{max(highs):.2f}" if lows and highs else "-"
-                counts: dict[str, int] = {}
-                for e in group:
-                    counts[e.verdict.value] = counts.get(e.verdict.value, 0) + 1
-                verdicts = ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
-                reduction = _range([100 * e.memory_reduction for e in group], ".0f", "%")
+        for name, variants in by_family[family].items():
+            first = variants[0]
+            alone = f"; unfused alone {first.unfused_alone_ms * 1e3:.1f} us" if first.unfused_alone_ms else ""
+            lines.append(f"  {name}  (saves {100 * first.memory_reduction:.0f}% of the bytes{alone})")
+            for e in sorted(variants, key=lambda e: e.variant):
+                ci = f"{e.speedup_ci_low:.2f}-{e.speedup_ci_high:.2f}" if e.speedup_ci_low is not None else "-"
                 lines.append(
-                    f"  {pattern:<26} {variant:<9} {len(group):>5} {_range([e.speedup for e in group]):>12} "
-                    f"{ci:>13} {reduction:>11}  {verdicts}"
-                )
-    hurts = sorted({e.pattern for es in cal.fusion_profiles.values() for e in es if e.verdict.value == "avoid"})
+                    f"    {e.variant:<9} {e.unfused.median_ms * 1e3:>10.1f} {e.fused.median_ms * 1e3:>10.1f} "
+                    f"{e.speedup:>7.2f}x {ci:>11}  {e.verdict.value:<7}{_fusion_flags(e)}".rstrip())
+    lines += _fusion_conclusions(cal)
+    return lines
+
+
+def _fusion_flags(e: FusionCalibration) -> str:
+    flags = []
+    if e.twin_disturbed and e.unfused_alone_ms:
+        flags.append(f"twin {e.unfused.median_ms / e.unfused_alone_ms:.2g}x alone: not a fair baseline")
+    if e.busy:
+        flags.append("busy")
+    return "".join(f"  {flag}" for flag in flags)
+
+
+def _fusion_conclusions(cal: ProfileSummary) -> list[str]:
+    """Per pattern, what the fastest fused variant at each size says (what the partitioner goes
+    by), and where torch.compile alone loses while a library kernel pays."""
+    best: dict[str, list[str]] = {}  # pattern -> the fastest variant's verdict at each size
+    compiled_loses, library_pays = set(), set()
+    for pattern, entries in cal.fusion_profiles.items():
+        sizes: dict[tuple, list[FusionCalibration]] = {}
+        for e in entries:
+            sizes.setdefault((e.dtype, e.device, tuple(sorted(e.params.items(), key=str))), []).append(e)
+            if e.variant == "compiled" and e.verdict.value == "avoid":
+                compiled_loses.add(pattern)
+            if e.variant == "library" and e.verdict.value == "fuse":
+                library_pays.add(pattern)
+        best[pattern] = [max(group, key=lambda e: e.speedup).verdict.value for group in sizes.values()]
+    lines = []
+    hurts = sorted(p for p, verdicts in best.items() if "avoid" in verdicts)
+    pays = sorted(p for p, verdicts in best.items() if set(verdicts) == {"fuse"})
+    if pays:
+        lines.append(f"  fusion pays at every size (fastest variant): {', '.join(pays)}")
     if hurts:
-        lines.append(f"  fusion hurts (avoid at some size): {', '.join(hurts)}")
+        lines.append(f"  fusion hurts (even the fastest variant loses at some size): {', '.join(hurts)}")
+    only_compiled = sorted((compiled_loses & library_pays) - set(hurts))
+    if only_compiled:
+        lines.append(f"  torch.compile loses where the library kernel pays: {', '.join(only_compiled)}")
     return lines
 
 
