@@ -26,8 +26,22 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    calibration.print_summary()
+    calibration.print_summary(select=args.filter, sort=args.sort)
     return 0
+
+
+def _parse_filter(text: str):
+    from calibration.profile.select import FilterError, parse_filter
+
+    try:
+        return parse_filter(text)
+    except FilterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+FILTER_HELP = ("keep the entries whose key matches EXPR, as pytest -k does: case-insensitive substrings of "
+               "keys such as conv2d[N=1,CIN=64,...]/float32/cpu, combined with and, or, not and parentheses "
+               "(e.g. 'conv2d and not module'). Default: every entry.")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -97,16 +111,19 @@ def _load_for_compare(path: str):
 def _cmd_compare(args: argparse.Namespace) -> int:
     from calibration.profile.storage import ProfileError
     from calibration.report.compare import NothingInCommon, compare
-    from calibration.report.compare_report import RENDERERS
+    from calibration.report.compare_report import RENDERERS, render_text
 
     try:
         base, new = _load_for_compare(args.base), _load_for_compare(args.new)
         comparison = compare(base, new, metric=args.metric, threshold=args.threshold, alpha=args.alpha,
-                             base_name=args.base, new_name=args.new)
+                             base_name=args.base, new_name=args.new, select=args.filter)
     except (ProfileError, NothingInCommon) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(RENDERERS[args.format](comparison))
+    if args.format == "text":
+        print(render_text(comparison, sort=args.sort, list_unmatched=args.list_unmatched))
+    else:
+        print(RENDERERS[args.format](comparison))
     return 1 if comparison.regressed else 0
 
 
@@ -182,6 +199,8 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from calibration.profile.summary import SORT_HELP, SORTS
+
     parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -190,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="print a profile's summary")
     show.add_argument("profile", metavar="PROFILE")
+    show.add_argument("-k", "--filter", type=_parse_filter, metavar="EXPR", help=FILTER_HELP)
+    show.add_argument("--sort", choices=tuple(SORTS), default="family", metavar="KEY",
+                      help=f"order of the operations table: {SORT_HELP}")
     show.set_defaults(func=_cmd_show)
 
     run = sub.add_parser("run", help="calibrate this machine (runs pytest bench/ --calibrate-out)")
@@ -245,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_compare(sub) -> None:
     from calibration.report.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METRICS
-    from calibration.report.compare_report import RENDERERS
+    from calibration.report.compare_report import RENDERERS, SORT_HELP, SORTS
 
     compare = sub.add_parser(
         "compare", help="compare two profiles; exit 1 when an entry significantly regressed",
@@ -266,6 +288,11 @@ def _add_compare(sub) -> None:
                          help="text table, markdown for a PR comment, or json. Default: %(default)s.")
     compare.add_argument("--alpha", type=options.parse_alpha, default=DEFAULT_ALPHA,
                          help="significance level of the U test. Default: %(default)s.")
+    compare.add_argument("-k", "--filter", type=_parse_filter, metavar="EXPR", help=FILTER_HELP)
+    compare.add_argument("--sort", choices=SORTS, default="status", metavar="KEY",
+                         help=f"order of the text table: {SORT_HELP}")
+    compare.add_argument("--list-unmatched", action="store_true",
+                         help="list the entries only one profile has (default: one line counting them per profile)")
     compare.set_defaults(func=_cmd_compare)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from calibration.profile import roofline
 from calibration.profile.entries import BUSY_CPUS, FusionCalibration, OperationCalibration
+from calibration.profile.select import Predicate
 from calibration.specs.host import STREAM_CACHE_MULTIPLE, UNKNOWN_LLC_BYTES
 from calibration.specs.keys import format_params
 
@@ -18,12 +19,6 @@ def _num(value: float | None, fmt: str = ".1f", unknown: str = "-") -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
-
-
-def _latency(ms: float) -> str:
-    if ms >= 1:
-        return f"{ms:.3f} ms"
-    return f"{ms * 1e3:.2f} us"
 
 
 def busy_entries(cal: ProfileSummary) -> int:
@@ -139,22 +134,62 @@ def _dram_note(cal: ProfileSummary) -> list[str]:
             "STREAM triad: efficiencies in DRAM divide by it"]
 
 
-def _row(entry: OperationCalibration) -> str:
-    name = f"{entry.operation}[{format_params(entry.params)}]"
-    if len(name) > 44:
-        name = name[:43] + "~"
-    iqr = entry.latency.iqr_ms
-    spread = iqr / entry.latency.median_ms if iqr is not None and entry.latency.median_ms else None
-    flag = (" noisy" if entry.noisy else "") + (" busy" if entry.busy else "")
-    return (
-        f"  {name:<44} {entry.dtype:<8} {_latency(entry.latency.median_ms):>11} "
-        f"{_pct(spread):>6} {entry.gflops:8.1f} {entry.gbps:7.1f} "
-        f"{_num(entry.arithmetic_intensity, '.2f'):>6} {_pct(entry.compute_efficiency):>5} "
-        f"{_pct(entry.bandwidth_efficiency):>5} {entry.bottleneck.value:<7}{flag}"
-    )
+def _name(entry: OperationCalibration) -> str:
+    return f"{entry.operation}[{format_params(entry.params)}]"
 
 
-def render_summary(cal: ProfileSummary) -> str:
+def _efficiency(entry: OperationCalibration) -> float:
+    """How close to its roof an entry runs: the better of its two efficiencies (unknown last)."""
+    known = [v for v in (entry.compute_efficiency, entry.bandwidth_efficiency) if v is not None]
+    return max(known) if known else float("inf")
+
+
+# How ``show --sort`` orders the operations table.
+SORTS = {
+    "family": lambda e: (e.family, e.operation, e.flops, e.bytes),
+    "name": lambda e: (_name(e), e.dtype),
+    "time": lambda e: -e.latency.median_ms,
+    "gflops": lambda e: -e.gflops,
+    "gbps": lambda e: -e.gbps,
+    "efficiency": _efficiency,
+}
+SORT_HELP = ("family (default: family, operation, size), name, time (slowest first), gflops and gbps (highest "
+             "first), efficiency (the furthest below its roof first)")
+
+
+def _operations(cal: ProfileSummary, select: Predicate | None, sort: str) -> list[str]:
+    every = cal.operation_profiles.values()
+    entries = sorted((e for e in every if select is None or select(e.key)), key=SORTS[sort])
+    if not entries:
+        return ["", f"Operations: none of {len(every)} match the filter"] if select and every else []
+    width = max(len("operation"), *(len(_name(e)) for e in entries))
+    counted = f"{len(entries)} of {len(every)} match the filter" if select else f"{len(entries)}"
+    lines = [
+        "",
+        f"Operations ({counted}; efficiencies are of the measured ceilings of each entry's memory level):",
+        f"  {'operation':<{width}} {'dtype':<8} {'median us':>10} {'IQR':>5} {'GFLOPS':>8} {'GB/s':>7} "
+        f"{'FLOP/B':>7} {'comp':>5} {'bw':>5} {'level':<8} bound",
+    ]
+    for e in entries:
+        iqr, median = e.latency.iqr_ms, e.latency.median_ms
+        spread = iqr / median if iqr is not None and median else None
+        flags = (" noisy" if e.noisy else "") + (" busy" if e.busy else "")
+        lines.append(
+            f"  {_name(e):<{width}} {e.dtype:<8} {median * 1e3:>10.1f} {_pct(spread):>5} {e.gflops:8.1f} "
+            f"{e.gbps:7.1f} {_num(e.arithmetic_intensity, '.2f'):>7} {_pct(e.compute_efficiency):>5} "
+            f"{_pct(e.bandwidth_efficiency):>5} {e.memory_level:<8} {e.bottleneck.value}{flags}")
+    noisy = sum(entry.noisy for entry in entries)
+    if noisy:
+        lines.append(f"  {noisy} entr{'y is' if noisy == 1 else 'ies are'} noisy (IQR > 10% of median): "
+                     "rerun on a quieter machine before trusting them")
+    return lines
+
+
+def render_summary(cal: ProfileSummary, *, select: Predicate | None = None, sort: str = "family") -> str:
+    """The summary; ``select`` keeps the entries whose key it accepts (see
+    :func:`calibration.profile.select.parse_filter`), ``sort`` is one of :data:`SORTS`."""
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
     md = cal.metadata
     threads = f"{md.threads} threads" if md.threads else "threads unknown"
     lines = [
@@ -167,21 +202,9 @@ def render_summary(cal: ProfileSummary) -> str:
         "=" * WIDTH,
         *_peaks(cal),
         *_measured(cal),
+        *_operations(cal, select, sort),
+        *_fusion(cal, select),
     ]
-    entries = sorted(cal.operation_profiles.values(), key=lambda e: (e.family, e.operation, e.flops, e.bytes))
-    if entries:
-        lines += [
-            "",
-            f"Operations ({len(entries)}; efficiencies are of the measured ceilings):",
-            f"  {'operation':<44} {'dtype':<8} {'median':>11} {'IQR':>6} {'GFLOPS':>8} {'GB/s':>7} "
-            f"{'FLOP/B':>6} {'comp':>5} {'bw':>5} bound",
-        ]
-        lines += [_row(entry) for entry in entries]
-    noisy = sum(entry.noisy for entry in entries)
-    if noisy:
-        lines.append(f"  {noisy} entr{'y is' if noisy == 1 else 'ies are'} noisy (IQR > 10% of median): "
-                     "rerun on a quieter machine before trusting them")
-    lines += _fusion(cal)
     return "\n".join(lines)
 
 
@@ -191,14 +214,18 @@ Fusion, per size: each fused variant is timed round by round against its own unf
   interval; 'alone' is the unfused case timed by itself."""
 
 
-def _fusion(cal: ProfileSummary) -> list[str]:
+def _fusion(cal: ProfileSummary, select: Predicate | None = None) -> list[str]:
     if not cal.fusion_profiles:
         return []
     by_family: dict[str, dict[str, list[FusionCalibration]]] = {}  # family -> "pattern[size]" -> variants
     for pattern, entries in cal.fusion_profiles.items():
         for entry in entries:
+            if select is not None and not select(entry.key):
+                continue
             name = f"{pattern}[{format_params(entry.params)}]" if entry.params else pattern
             by_family.setdefault(entry.family, {}).setdefault(name, []).append(entry)
+    if not by_family:
+        return ["", "Fusion: no entry matches the filter"]
     lines = [
         "",
         *FUSION_NOTE.splitlines(),
@@ -259,8 +286,8 @@ def _fusion_conclusions(cal: ProfileSummary) -> list[str]:
 class ProfileSummary:
     """The display methods of a profile (mixed into ``HardwareCalibration``)."""
 
-    def summary(self) -> str:
-        return render_summary(self)
+    def summary(self, *, select: Predicate | None = None, sort: str = "family") -> str:
+        return render_summary(self, select=select, sort=sort)
 
-    def print_summary(self, file: Any = None) -> None:
-        print(self.summary(), file=file)
+    def print_summary(self, file: Any = None, *, select: Predicate | None = None, sort: str = "family") -> None:
+        print(self.summary(select=select, sort=sort), file=file)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-from factories import metadata
+import re
 
+import pytest
+from factories import metadata, record
+
+from calibration.cli import main
 from calibration.measure.fold import FusionRecord, fold
 from calibration.profile.schema import LatencyStats
+from calibration.profile.select import FilterError, parse_filter
 from calibration.profile.verdict import Verdict
 from calibration.specs.patterns import FusionCase
 
@@ -85,3 +89,87 @@ def test_fusion_hurts_only_where_even_the_fastest_variant_loses():
     lines = fusion_lines(cal)
     assert "  fusion hurts (even the fastest variant loses at some size): MLP" in lines
     assert not any("torch.compile loses" in line for line in lines)
+
+
+# --------------------------------------------------------------------------- show: operations
+
+
+def conv(groups: int, ms: float):
+    c = groups
+    return record("conv2d", ms, N=1, CIN=c if groups > 1 else 64, COUT=c if groups > 1 else 64, H=56, W=56, K=3,
+                  STRIDE=1, PAD=1, GROUPS=groups)
+
+
+@pytest.fixture
+def ops():
+    return fold([conv(1, 1.2), conv(144, 0.35), conv(32, 0.02), record("relu", 0.05, n=1 << 20),
+                 record("relu", 8.0, n=1 << 24), record("dispatch", 0.0011, n=1)], metadata())
+
+
+def op_rows(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  operation "))
+    return [line.split() for line in lines[start + 1:] if line.startswith("  ") and "[" in line]
+
+
+def test_operation_names_are_whole_and_medians_are_all_in_microseconds(ops):
+    text = ops.summary()
+    header = next(line for line in text.splitlines() if line.startswith("  operation "))
+    assert "median us" in header
+    rows = op_rows(text)
+    names = [row[0] for row in rows]
+    assert "conv2d[N=1,CIN=144,COUT=144,H=56,W=56,K=3,STRIDE=1,PAD=1,GROUPS=144]" in names
+    assert len(set(names)) == len(names) == 6
+    medians = {row[0]: row[2] for row in rows}
+    assert medians["relu[n=16777216]"] == "8000.0" and medians["dispatch[n=1]"] == "1.1"
+
+
+def test_filter_keeps_matching_entries_and_counts_them(ops):
+    text = ops.summary(select=parse_filter("conv2d and not GROUPS=1]"))
+    assert "Operations (2 of 6 match the filter;" in text
+    assert sorted(row[0].split("GROUPS=")[1] for row in op_rows(text)) == ["144]", "32]"]
+    assert "Operations: none of 6 match the filter" in ops.summary(select=parse_filter("softmax"))
+
+
+@pytest.mark.parametrize(("sort", "first"), [
+    ("time", "relu[n=16777216]"), ("name", "conv2d[N=1,CIN=144,COUT=144,H=56,W=56,K=3,STRIDE=1,PAD=1,GROUPS=144]"),
+    ("family", "conv2d[N=1,CIN=32,COUT=32,H=56,W=56,K=3,STRIDE=1,PAD=1,GROUPS=32]"),
+])
+def test_sort_orders_the_operations(ops, sort, first):
+    assert op_rows(ops.summary(sort=sort))[0][0] == first
+
+
+def test_show_takes_filter_and_sort_and_rejects_bad_ones(ops, tmp_path, capsys):
+    path = str(ops.save(tmp_path / "p.json"))
+    assert main(["show", path, "-k", "relu", "--sort", "time"]) == 0
+    assert [row[0] for row in op_rows(capsys.readouterr().out)] == ["relu[n=16777216]", "relu[n=1048576]"]
+    for args, message in ((["-k", "relu or"], "filter 'relu or': expected a name at the end"),
+                          (["--sort", "speed"], "invalid choice: 'speed'")):
+        with pytest.raises(SystemExit) as exc:
+            main(["show", path, *args])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("expression", "matches"), [
+    ("relu", ["relu[n=1]/float32/cpu", "relu[n=2]/bfloat16/cpu"]),
+    ("RELU and not bfloat16", ["relu[n=1]/float32/cpu"]),
+    ("add or relu and bfloat16", ["add[n=1]/float32/cpu", "relu[n=2]/bfloat16/cpu"]),  # and binds first
+    ("(add or relu) and float32", ["add[n=1]/float32/cpu", "relu[n=1]/float32/cpu"]),
+    ("not not add", ["add[n=1]/float32/cpu"]),
+    ("n=2]", ["relu[n=2]/bfloat16/cpu"]),
+])
+def test_filter_expressions_work_as_pytest_k(expression, matches):
+    keys = ["add[n=1]/float32/cpu", "relu[n=1]/float32/cpu", "relu[n=2]/bfloat16/cpu"]
+    assert [key for key in keys if parse_filter(expression)(key)] == matches
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    ("", "filter '' is empty"),
+    ("relu and", "expected a name at the end"),
+    ("(relu", "expected ')' at the end"),
+    ("relu add", "expected 'and', 'or' or the end at column 6 ('add')"),
+    ("or relu", "expected a name at column 1 ('or')"),
+])
+def test_malformed_filters_say_where(expression, message):
+    with pytest.raises(FilterError, match=re.escape(message)):
+        parse_filter(expression)
