@@ -142,6 +142,7 @@ fusion verdicts that flipped are reported; neither fails the comparison.
 def _cmd_partition(args: argparse.Namespace) -> int:
     from calibration.predict.models import load_model
     from calibration.predict.plan import partition
+    from calibration.predict.results import render_report
     from calibration.profile.storage import ProfileError, load_calibration
 
     try:
@@ -150,7 +151,8 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     except (ValueError, ImportError, AttributeError, ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(partition(model, example, calibration).report())
+    report = render_report(partition(model, example, calibration), top=args.top, markdown=args.format == "markdown")
+    print(report, end="")
     return 0
 
 
@@ -247,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
                       help="input shape without the batch, for a MODULE:FACTORY model")
     part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
+    part.add_argument("--top", type=lambda text: options.parse_positive_int(text, "--top"), metavar="N",
+                      help="list only the N fused subgraphs that save the most traffic (default: all)")
+    part.add_argument("--format", choices=("text", "markdown"), default="text",
+                      help="text for a terminal, markdown for a pull request or notes. Default: %(default)s.")
     part.set_defaults(func=_cmd_partition)
 
     predict = sub.add_parser("predict", help="predict a model's latency from a profile (and measure it)")
