@@ -53,6 +53,23 @@ def _peaks(cal: ProfileSummary) -> list[str]:
     return lines
 
 
+# A call that costs a few dispatches moves too few bytes to say anything about its cache.
+PER_CALL_DISPATCHES = 5
+
+
+def per_call_bound_levels(cal: ProfileSummary) -> list[str]:
+    """Memory levels whose triad rate is set by a call lasting under PER_CALL_DISPATCHES
+    dispatch overheads: a per-call cost, not the level's bandwidth."""
+    dispatch = cal.measured.dispatch_overhead_us
+    if dispatch is None:
+        return []
+    fastest: dict[str, OperationCalibration] = {}  # the case that sets each level's triad rate
+    for e in cal.operation_profiles.values():
+        if e.operation == "stream_triad" and e.gbps > getattr(fastest.get(e.memory_level), "gbps", -1.0):
+            fastest[e.memory_level] = e
+    return sorted(level for level, e in fastest.items() if e.latency.median_ms * 1e3 < PER_CALL_DISPATCHES * dispatch)
+
+
 def _measured(cal: ProfileSummary) -> list[str]:
     m = cal.measured
     lines = ["Measured ceilings:"]
@@ -85,15 +102,10 @@ def _measured(cal: ProfileSummary) -> list[str]:
     lines += _dram_note(cal)
     if m.dispatch_overhead_us is not None:
         lines.append(f"  dispatch overhead: {m.dispatch_overhead_us:.2f} us per call")
-        # A call that costs a few dispatches moves too few bytes to say anything about its cache.
-        fastest: dict[str, OperationCalibration] = {}  # the case that sets each level's triad rate
-        for e in cal.operation_profiles.values():
-            if e.operation == "stream_triad" and e.gbps > getattr(fastest.get(e.memory_level), "gbps", -1.0):
-                fastest[e.memory_level] = e
-        bound = sorted(level for level, e in fastest.items() if e.latency.median_ms * 1e3 < 5 * m.dispatch_overhead_us)
+        bound = per_call_bound_levels(cal)
         if bound:
-            lines.append(f"  note: {', '.join(bound)} triad calls last under 5 dispatch overheads: those rates are "
-                         "per-call costs from Python, not the cache's bandwidth")
+            lines.append(f"  note: {', '.join(bound)} triad calls last under {PER_CALL_DISPATCHES} dispatch overheads: "
+                         "those rates are per-call costs from Python, not the cache's bandwidth")
     if m.module_overhead_us:
         calls = "  ".join(f"{module} {us:+.1f}" for module, us in sorted(m.module_overhead_us.items()))
         lines.append(f"  module call over its kernel, us: {calls}")
