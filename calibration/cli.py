@@ -1,4 +1,4 @@
-"""``python -m calibration``: schema, show, run, plot, compare."""
+"""``python -m calibration``: schema, show, run, plot, partition, predict, compare."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from calibration.measure import options
 
@@ -61,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, extra=args.pytest_args,
     )
     if args.peak_gflops:
-        argv += ["--peak-gflops", ",".join(f"{k}={v}" for k, v in args.peak_gflops.items())]
+        argv += ["--calibrate-peak-gflops", ",".join(f"{k}={v}" for k, v in args.peak_gflops.items())]
     return int(pytest.main(argv))
 
 
@@ -200,11 +201,25 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad input is one ``error: ...`` line and exit status 2, as for an unreadable profile."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from calibration.specs.host import package_version
+
+    return package_version("calibration") or "unknown (not installed; run from a checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from calibration.profile.summary import SORT_HELP, SORTS
 
-    parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m calibration")
+    parser.add_argument("--version", action="version", version=f"calibration {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     schema = sub.add_parser("schema", help="print the profile's JSON Schema")
     schema.set_defaults(func=_cmd_schema)
@@ -268,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     _add_compare(sub)
+    parser.description = ("Calibrate this machine, read, compare and draw its profiles, and partition or predict "
+                          f"models with them. Commands: {', '.join(sub.choices)}.")
     return parser
 
 

@@ -34,7 +34,7 @@ HELP_DEVICE = "Device to calibrate: cpu or cuda. Default: cuda when available, e
 HELP_THREADS = "torch.set_num_threads(N) for the run. Default: torch's default."
 HELP_FUSION = (
     "Comma-separated fusion families (linear, conv, attention, elementwise, all) or pattern names. "
-    "Given alone it runs only fusion cases; --operations alone runs only operation cases. Default: all."
+    "Given alone it runs only fusion cases; --calibrate-operations alone runs only operation cases. Default: all."
 )
 HELP_COMPARE = (
     "Compare this run's profile with the profile BASE when the run ends (as 'python -m calibration "
@@ -98,25 +98,40 @@ STATE = pytest.StashKey[CalibrationState]()
 FUSION_DTYPES = {"cpu": ("float32",), "cuda": ("float32", "float16")}
 
 
+GROUP = ("calibration", "hardware calibration (calibration package)")
+# Options named after what they set, each with one --calibrate- prefix: the plugin loads into
+# every pytest run of the environment it is installed in (its pytest11 entry point), where a
+# bare --quick, --device or --threads would clash with another plugin's or a project's own.
+OPTIONS: dict[str, dict] = {
+    "quick": dict(action="store_true", default=False, help=HELP_QUICK),
+    "hardware": dict(metavar="NAME", default=None, help=HELP_HARDWARE),
+    "peak-gflops": dict(metavar="GFLOPS", type=options.parse_peak_gflops, default=None, help=HELP_PEAK_GFLOPS),
+    "peak-bandwidth": dict(metavar="GBPS", type=options.parse_peak_bandwidth, default=None, help=HELP_PEAK_BW),
+    "device": dict(metavar="DEVICE", type=options.parse_device, default=None, help=HELP_DEVICE),
+    "threads": dict(metavar="N", type=options.parse_threads, default=None, help=HELP_THREADS),
+    "operations": dict(metavar="LIST", type=options.parse_operations, default=None, help=HELP_OPERATIONS),
+    "fusion-patterns": dict(metavar="LIST", type=options.parse_fusion_patterns, default=None, help=HELP_FUSION),
+}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("calibration", "hardware calibration (calibration package)")
+    group = parser.getgroup(*GROUP)
     group.addoption("--calibrate-out", metavar="PATH", default=None, help=HELP_OUT)
-    group.addoption("--quick", action="store_true", default=False, help=HELP_QUICK)
-    group.addoption("--hardware", metavar="NAME", default=None, help=HELP_HARDWARE)
-    group.addoption("--peak-gflops", metavar="GFLOPS", type=options.parse_peak_gflops, default=None,
-                    help=HELP_PEAK_GFLOPS)
-    group.addoption("--peak-bandwidth", metavar="GBPS", type=options.parse_peak_bandwidth, default=None,
-                    help=HELP_PEAK_BW)
-    group.addoption("--device", metavar="DEVICE", type=options.parse_device, default=None, help=HELP_DEVICE)
-    group.addoption("--threads", metavar="N", type=options.parse_threads, default=None, help=HELP_THREADS)
-    group.addoption("--operations", metavar="LIST", type=options.parse_operations, default=None,
-                    help=HELP_OPERATIONS)
-    group.addoption("--fusion-patterns", metavar="LIST", type=options.parse_fusion_patterns, default=None,
-                    help=HELP_FUSION)
+    for name, kwargs in OPTIONS.items():
+        group.addoption(f"--calibrate-{name}", **kwargs)
     group.addoption("--calibrate-compare", metavar="BASE", default=None, help=HELP_COMPARE)
     group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
                     default=None, help=HELP_COMPARE_FAIL)
     group.addoption("--calibrate-tables", action="store_true", default=False, help=HELP_TABLES)
+
+
+def add_short_options(parser: pytest.Parser) -> None:
+    """``--quick``, ``--device``... as aliases of the ``--calibrate-`` options, for a project
+    whose own ``conftest.py`` asks for them (this checkout's does, for ``pytest bench/``)."""
+    group = parser.getgroup(*GROUP)
+    for name, kwargs in OPTIONS.items():
+        dest = "calibrate_" + name.replace("-", "_")
+        group.addoption(f"--{name}", **{**kwargs, "dest": dest, "help": f"same as --calibrate-{name}"})
 
 
 def _xdist_active(config: pytest.Config) -> bool:
@@ -136,25 +151,25 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     import torch
 
-    device = config.getoption("device")
+    device = config.getoption("calibrate_device")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        raise pytest.UsageError("--device cuda: CUDA is not available in this torch build or machine")
-    threads = config.getoption("threads")
+        raise pytest.UsageError("--calibrate-device cuda: CUDA is not available in this torch build or machine")
+    threads = config.getoption("calibrate_threads")
     if threads is not None:
         torch.set_num_threads(threads)
 
     out = config.getoption("calibrate_out")
     state = CalibrationState(
         out=Path(out) if out else None,
-        quick=config.getoption("quick"),
+        quick=config.getoption("calibrate_quick"),
         device=device,
-        hardware=config.getoption("hardware"),
-        peak_gflops=config.getoption("peak_gflops") or {},
-        peak_bandwidth=config.getoption("peak_bandwidth"),
-        selection=config.getoption("operations"),
-        fusion_selection=config.getoption("fusion_patterns"),
+        hardware=config.getoption("calibrate_hardware"),
+        peak_gflops=config.getoption("calibrate_peak_gflops") or {},
+        peak_bandwidth=config.getoption("calibrate_peak_bandwidth"),
+        selection=config.getoption("calibrate_operations"),
+        fusion_selection=config.getoption("calibrate_fusion_patterns"),
     )
     config.stash[STATE] = state
     _load_compare_base(config, state)
