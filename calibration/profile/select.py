@@ -40,19 +40,19 @@ def parse_filter(expression: str) -> Predicate:
         position += 1
         return tokens[position - 1][0]
 
-    def any_of() -> Predicate:
-        terms = [all_of()]
-        while peek() == "or":
+    def joined(word: str, operand: Callable[[], Predicate], combine: Callable) -> Predicate:
+        """``operand (word operand)*``: 'or' over 'and' terms, 'and' over negations."""
+        terms = [operand()]
+        while peek() == word:
             take()
-            terms.append(all_of())
-        return terms[0] if len(terms) == 1 else (lambda key: any(term(key) for term in terms))
+            terms.append(operand())
+        return terms[0] if len(terms) == 1 else (lambda key: combine(term(key) for term in terms))
+
+    def any_of() -> Predicate:
+        return joined("or", all_of, any)
 
     def all_of() -> Predicate:
-        terms = [negated()]
-        while peek() == "and":
-            take()
-            terms.append(negated())
-        return terms[0] if len(terms) == 1 else (lambda key: all(term(key) for term in terms))
+        return joined("and", negated, all)
 
     def negated() -> Predicate:
         token = peek()
