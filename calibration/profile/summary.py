@@ -21,7 +21,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def busy_entries(cal: ProfileSummary) -> int:
+def _busy_entries(cal: ProfileSummary) -> int:
     """How many entries were timed while other work kept the machine busy."""
     return sum(e.busy for e in cal.operation_profiles.values()) + \
         sum(e.busy for entries in cal.fusion_profiles.values() for e in entries)
@@ -32,7 +32,7 @@ def _busy(cal: ProfileSummary) -> list[str]:
     warning = cal.metadata.busy_warning()
     if warning:
         lines.append(f"  WARNING: {warning}; rerun on an idle machine before trusting these numbers")
-    busy = busy_entries(cal)
+    busy = _busy_entries(cal)
     if busy:
         lines.append(f"  WARNING: {busy} entr{'y was' if busy == 1 else 'ies were'} timed while other processes kept "
                      f"over {BUSY_CPUS} CPUs busy: marked 'busy' below")
