@@ -300,3 +300,12 @@ def test_a_dram_ceiling_well_above_the_stream_triad_names_the_case_that_set_it()
     assert "note: the DRAM ceiling 60.0 GB/s from relu[n=16777216] is 50% above the STREAM triad" in render_summary(cal)
     close = fold([triad(1 << 25, 40.0), record("relu", 2 * 4 * n / 43e9 * 1e3, n=n)], metadata())
     assert "DRAM ceiling" not in render_summary(close)
+    assert "STREAM kernels" not in render_summary(cal)  # one STREAM kernel: nothing to disagree
+
+
+def test_stream_kernels_that_disagree_say_dram_bandwidth_moved():
+    # seen here in one quiet quick run: add 51.2 GB/s, triad 34.9, at the same 128 MiB arrays
+    add = record("stream_add", 3 * 4 * (1 << 25) / 51.2e9 * 1e3, n=1 << 25)
+    text = render_summary(fold([triad(1 << 25, 34.9), add], metadata()))
+    assert "note: the DRAM ceiling 51.2 GB/s from stream_add[n=33554432] is 47% above the STREAM triad" in text
+    assert "note: the STREAM kernels, all at one size, span 34.9-51.2 GB/s: DRAM bandwidth moved during the run" in text
