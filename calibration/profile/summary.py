@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from calibration.profile import roofline
@@ -289,16 +290,16 @@ def _fusion_conclusions(cal: ProfileSummary) -> list[str]:
             if e.variant == "library" and e.verdict.value == "fuse":
                 library_pays.add(pattern)
         best[pattern] = [max(group, key=lambda e: e.speedup).verdict.value for group in sizes.values()]
-    lines = []
     hurts = sorted(p for p, verdicts in best.items() if "avoid" in verdicts)
     pays = sorted(p for p, verdicts in best.items() if set(verdicts) == {"fuse"})
-    if pays:
-        lines.append(f"  fusion pays at every size (fastest variant): {', '.join(pays)}")
-    if hurts:
-        lines.append(f"  fusion hurts (even the fastest variant loses at some size): {', '.join(hurts)}")
     only_compiled = sorted((compiled_loses & library_pays) - set(hurts))
-    if only_compiled:
-        lines.append(f"  torch.compile loses where the library kernel pays: {', '.join(only_compiled)}")
+    lines = []
+    for title, patterns in (("fusion pays at every size (fastest variant)", pays),
+                            ("fusion hurts (even the fastest variant loses at some size)", hurts),
+                            ("torch.compile loses where the library kernel pays", only_compiled)):
+        if patterns:
+            lines += textwrap.wrap(f"{title}: {', '.join(patterns)}", WIDTH, initial_indent="  ",
+                                   subsequent_indent="    ", break_on_hyphens=False)
     return lines
 
 
