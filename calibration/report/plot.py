@@ -585,12 +585,13 @@ class _Labeller:
         flat = Text.get_window_extent(artist, self.renderer)  # about the same anchor (rotation_mode anchor)
         artist.set_rotation(angle)
         step, (cos, sin) = flat.height, (math.cos(math.radians(angle)), math.sin(math.radians(angle)))
+        half = step * (abs(cos) + abs(sin)) / 2  # the upright box around one rotated h x h cell
         boxes = []
         for i in range(max(1, math.ceil(flat.width / step))):
             along = (i + 0.5) * step
             x = flat.x0 + along * cos - step / 2 * sin
             y = flat.y0 + along * sin + step / 2 * cos
-            boxes.append(Bbox.from_extents(x - step / 2, y - step / 2, x + step / 2, y + step / 2))
+            boxes.append(Bbox.from_extents(x - half, y - half, x + half, y + half))
         return boxes
 
     def place(self, text: str, candidates: list[dict], style: dict) -> bool:
