@@ -84,6 +84,7 @@ class _Point:
     gflops: float
     name: str = ""
     of_roof: float | None = None  # attained / the roof at its intensity (its level's bandwidth, the compute ceiling)
+    busy: bool = False  # timed while other processes kept the machine busy
 
 
 @dataclass
@@ -144,7 +145,8 @@ def _extract(cal: HardwareCalibration, dtype: str, label: str) -> _Profile:
             no_flops += 1
         else:
             profile.points.append(_Point(entry.family, entry.arithmetic_intensity, entry.gflops,
-                                         f"{entry.operation}[{format_params(entry.params)}]", _of_roof(entry)))
+                                         f"{entry.operation}[{format_params(entry.params)}]", _of_roof(entry),
+                                         entry.busy))
     skipped_fusion = 0
     for entries in cal.fusion_profiles.values():
         for f in entries:
@@ -430,7 +432,8 @@ def _label_outliers(p: _Profile, labeller: _Labeller) -> None:
     below = sorted((pt for pt in p.points if pt.of_roof is not None and pt.of_roof < OUTLIER_OF_ROOF),
                    key=lambda pt: pt.of_roof)
     for pt in below[:OUTLIERS_LABELLED]:
-        labeller.point(f"{_short(pt.name)}\n{pt.gflops:.3g} GFLOP/s, {100 * pt.of_roof:.0f}% of roof",
+        busy = ", timed while busy" if pt.busy else ""
+        labeller.point(f"{_short(pt.name)}\n{pt.gflops:.3g} GFLOP/s, {100 * pt.of_roof:.2g}% of roof{busy}",
                        (pt.intensity, pt.gflops))
 
 
