@@ -41,22 +41,23 @@ def pytest_args(
     extra: Sequence[str] = (),
 ) -> list[str]:
     args = [str(bench), "-p", "calibration.plugin", "--calibrate-out", str(output), "-q"]
+    # the prefixed forms: a bench_dir outside this checkout has no conftest giving the short ones
     if quick:
-        args.append("--quick")
+        args.append("--calibrate-quick")
     if hardware_name:
-        args += ["--hardware", hardware_name]
+        args += ["--calibrate-hardware", hardware_name]
     if peak_gflops is not None:
-        args += ["--peak-gflops", str(peak_gflops)]
+        args += ["--calibrate-peak-gflops", str(peak_gflops)]
     if peak_bandwidth is not None:
-        args += ["--peak-bandwidth", str(peak_bandwidth)]
+        args += ["--calibrate-peak-bandwidth", str(peak_bandwidth)]
     if operations:
-        args += ["--operations", ",".join(operations)]
+        args += ["--calibrate-operations", ",".join(operations)]
     if fusion_patterns:
-        args += ["--fusion-patterns", ",".join(fusion_patterns)]
+        args += ["--calibrate-fusion-patterns", ",".join(fusion_patterns)]
     if device:
-        args += ["--device", device]
+        args += ["--calibrate-device", device]
     if threads is not None:
-        args += ["--threads", str(threads)]
+        args += ["--calibrate-threads", str(threads)]
     return args + list(extra)
 
 

@@ -1,4 +1,4 @@
-"""``python -m calibration``: schema, show, run, plot, compare."""
+"""``python -m calibration``: schema, show, run, plot, partition, predict, compare."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from calibration.measure import options
 
@@ -26,8 +27,22 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    calibration.print_summary()
+    calibration.print_summary(select=args.filter, sort=args.sort)
     return 0
+
+
+def _parse_filter(text: str):
+    from calibration.profile.select import FilterError, parse_filter
+
+    try:
+        return parse_filter(text)
+    except FilterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+FILTER_HELP = ("keep the entries whose key matches EXPR, as pytest -k does: case-insensitive substrings of "
+               "keys such as conv2d[N=1,CIN=64,...]/float32/cpu, combined with and, or, not and parentheses "
+               "(e.g. 'conv2d and not module'). Default: every entry.")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -47,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, extra=args.pytest_args,
     )
     if args.peak_gflops:
-        argv += ["--peak-gflops", ",".join(f"{k}={v}" for k, v in args.peak_gflops.items())]
+        argv += ["--calibrate-peak-gflops", ",".join(f"{k}={v}" for k, v in args.peak_gflops.items())]
     return int(pytest.main(argv))
 
 
@@ -97,16 +112,19 @@ def _load_for_compare(path: str):
 def _cmd_compare(args: argparse.Namespace) -> int:
     from calibration.profile.storage import ProfileError
     from calibration.report.compare import NothingInCommon, compare
-    from calibration.report.compare_report import RENDERERS
+    from calibration.report.compare_report import RENDERERS, render_text
 
     try:
         base, new = _load_for_compare(args.base), _load_for_compare(args.new)
         comparison = compare(base, new, metric=args.metric, threshold=args.threshold, alpha=args.alpha,
-                             base_name=args.base, new_name=args.new)
+                             base_name=args.base, new_name=args.new, select=args.filter)
     except (ProfileError, NothingInCommon) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(RENDERERS[args.format](comparison))
+    if args.format == "text":
+        print(render_text(comparison, sort=args.sort, list_unmatched=args.list_unmatched))
+    else:
+        print(RENDERERS[args.format](comparison))
     return 1 if comparison.regressed else 0
 
 
@@ -125,6 +143,7 @@ fusion verdicts that flipped are reported; neither fails the comparison.
 def _cmd_partition(args: argparse.Namespace) -> int:
     from calibration.predict.models import load_model
     from calibration.predict.plan import partition
+    from calibration.predict.results import render_report
     from calibration.profile.storage import ProfileError, load_calibration
 
     try:
@@ -133,7 +152,8 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     except (ValueError, ImportError, AttributeError, ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(partition(model, example, calibration).report())
+    report = render_report(partition(model, example, calibration), top=args.top, markdown=args.format == "markdown")
+    print(report, end="")
     return 0
 
 
@@ -185,15 +205,34 @@ def _measure_predicted(args, model, example, calibration, part, eager) -> dict:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad input is one ``error: ...`` line and exit status 2, as for an unreadable profile."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from calibration.specs.host import package_version
+
+    return package_version("calibration") or "unknown (not installed; run from a checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from calibration.profile.summary import SORT_HELP, SORTS
+
+    parser = _Parser(prog="python -m calibration")
+    parser.add_argument("--version", action="version", version=f"calibration {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     schema = sub.add_parser("schema", help="print the profile's JSON Schema")
     schema.set_defaults(func=_cmd_schema)
 
     show = sub.add_parser("show", help="print a profile's summary")
     show.add_argument("profile", metavar="PROFILE")
+    show.add_argument("-k", "--filter", type=_parse_filter, metavar="EXPR", help=FILTER_HELP)
+    show.add_argument("--sort", choices=tuple(SORTS), default="family", metavar="KEY",
+                      help=f"order of the operations table: {SORT_HELP}")
     show.set_defaults(func=_cmd_show)
 
     run = sub.add_parser("run", help="calibrate this machine (runs pytest bench/ --calibrate-out)")
@@ -229,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--input-shape", type=options.parse_shape, metavar="D,D,...",
                       help="input shape without the batch, for a MODULE:FACTORY model")
     part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
+    part.add_argument("--top", type=lambda text: options.parse_positive_int(text, "--top"), metavar="N",
+                      help="list only the N fused subgraphs that save the most traffic (default: all)")
+    part.add_argument("--format", choices=("text", "markdown"), default="text",
+                      help="text for a terminal, markdown for a pull request or notes. Default: %(default)s.")
     part.set_defaults(func=_cmd_partition)
 
     predict = sub.add_parser("predict", help="predict a model's latency from a profile (and measure it)")
@@ -251,12 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     _add_compare(sub)
+    parser.description = ("Calibrate this machine, read, compare and draw its profiles, and partition or predict "
+                          f"models with them. Commands: {', '.join(sub.choices)}.")
     return parser
 
 
 def _add_compare(sub) -> None:
     from calibration.report.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METRICS
-    from calibration.report.compare_report import RENDERERS
+    from calibration.report.compare_report import RENDERERS, SORT_HELP, SORTS
 
     compare = sub.add_parser(
         "compare", help="compare two profiles; exit 1 when an entry significantly regressed",
@@ -277,6 +322,11 @@ def _add_compare(sub) -> None:
                          help="text table, markdown for a PR comment, or json. Default: %(default)s.")
     compare.add_argument("--alpha", type=options.parse_alpha, default=DEFAULT_ALPHA,
                          help="significance level of the U test. Default: %(default)s.")
+    compare.add_argument("-k", "--filter", type=_parse_filter, metavar="EXPR", help=FILTER_HELP)
+    compare.add_argument("--sort", choices=SORTS, default="status", metavar="KEY",
+                         help=f"order of the text table: {SORT_HELP}")
+    compare.add_argument("--list-unmatched", action="store_true",
+                         help="list the entries only one profile has (default: one line counting them per profile)")
     compare.set_defaults(func=_cmd_compare)
 
 

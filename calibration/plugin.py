@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ HELP_DEVICE = "Device to calibrate: cpu or cuda. Default: cuda when available, e
 HELP_THREADS = "torch.set_num_threads(N) for the run. Default: torch's default."
 HELP_FUSION = (
     "Comma-separated fusion families (linear, conv, attention, elementwise, all) or pattern names. "
-    "Given alone it runs only fusion cases; --operations alone runs only operation cases. Default: all."
+    "Given alone it runs only fusion cases; --calibrate-operations alone runs only operation cases. Default: all."
 )
 HELP_COMPARE = (
     "Compare this run's profile with the profile BASE when the run ends (as 'python -m calibration "
@@ -53,6 +53,11 @@ HELP_MODEL = (
 )
 HELP_MODEL_BATCH = "Batch sizes for --calibrate-model, comma-separated. Default: 1."
 HELP_MODEL_SHAPE = "Input shape without the batch for a --calibrate-model MODULE:FACTORY, e.g. 3,224,224."
+HELP_TABLES = (
+    "Also print pytest-benchmark's per-case tables (250 columns, about one line per case), which a run with "
+    "calibration cases hides so that it ends on the calibration summary. Default: %(default)r."
+)
+TABLES_HIDDEN = "(pytest-benchmark's per-case tables are hidden: --calibrate-tables shows them)"
 HELP_OPERATIONS = (
     "Comma-separated operation families or names to calibrate "
     f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'). Default: all."
@@ -75,6 +80,7 @@ class CalibrationState:
     written: Path | None = None
     load_before: float | None = field(default_factory=host.load_average)
     busy_before: float | None = None
+    timed: host.CpuTimes | None = None  # CPU time over every timed case, summed
     unpaired: list[str] = field(default_factory=list)
     calibration: object | None = None
     compare_base: object | None = None  # the loaded BASE profile of --calibrate-compare
@@ -83,27 +89,44 @@ class CalibrationState:
     comparison: object | None = None
     compare_problem: str | None = None  # why no comparison was made
     workload: object | None = None  # the --calibrate-model cases (calibration.workload.WorkloadCases)
+    tables_hidden: bool = False  # pytest-benchmark's per-case tables quieted for the summary to end the run
+
+    def other_cpus_since(self, before: host.CpuTimes | None) -> float | None:
+        """CPUs other work kept busy since ``before`` (a case's start); adds the interval to
+        the run's total, so that the profile says how busy the machine was while it timed."""
+        after = host.cpu_times()
+        if before is None or after is None:
+            return None
+        elapsed = after - before
+        self.timed = elapsed if self.timed is None else self.timed + elapsed
+        return elapsed.other_cpus()
 
 
 STATE = pytest.StashKey[CalibrationState]()
 FUSION_DTYPES = {"cpu": ("float32",), "cuda": ("float32", "float16")}
 
 
+GROUP = ("calibration", "hardware calibration (calibration package)")
+# Options named after what they set, each with one --calibrate- prefix: the plugin loads into
+# every pytest run of the environment it is installed in (its pytest11 entry point), where a
+# bare --quick, --device or --threads would clash with another plugin's or a project's own.
+OPTIONS: dict[str, dict] = {
+    "quick": dict(action="store_true", default=False, help=HELP_QUICK),
+    "hardware": dict(metavar="NAME", default=None, help=HELP_HARDWARE),
+    "peak-gflops": dict(metavar="GFLOPS", type=options.parse_peak_gflops, default=None, help=HELP_PEAK_GFLOPS),
+    "peak-bandwidth": dict(metavar="GBPS", type=options.parse_peak_bandwidth, default=None, help=HELP_PEAK_BW),
+    "device": dict(metavar="DEVICE", type=options.parse_device, default=None, help=HELP_DEVICE),
+    "threads": dict(metavar="N", type=options.parse_threads, default=None, help=HELP_THREADS),
+    "operations": dict(metavar="LIST", type=options.parse_operations, default=None, help=HELP_OPERATIONS),
+    "fusion-patterns": dict(metavar="LIST", type=options.parse_fusion_patterns, default=None, help=HELP_FUSION),
+}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("calibration", "hardware calibration (calibration package)")
+    group = parser.getgroup(*GROUP)
     group.addoption("--calibrate-out", metavar="PATH", default=None, help=HELP_OUT)
-    group.addoption("--quick", action="store_true", default=False, help=HELP_QUICK)
-    group.addoption("--hardware", metavar="NAME", default=None, help=HELP_HARDWARE)
-    group.addoption("--peak-gflops", metavar="GFLOPS", type=options.parse_peak_gflops, default=None,
-                    help=HELP_PEAK_GFLOPS)
-    group.addoption("--peak-bandwidth", metavar="GBPS", type=options.parse_peak_bandwidth, default=None,
-                    help=HELP_PEAK_BW)
-    group.addoption("--device", metavar="DEVICE", type=options.parse_device, default=None, help=HELP_DEVICE)
-    group.addoption("--threads", metavar="N", type=options.parse_threads, default=None, help=HELP_THREADS)
-    group.addoption("--operations", metavar="LIST", type=options.parse_operations, default=None,
-                    help=HELP_OPERATIONS)
-    group.addoption("--fusion-patterns", metavar="LIST", type=options.parse_fusion_patterns, default=None,
-                    help=HELP_FUSION)
+    for name, kwargs in OPTIONS.items():
+        group.addoption(f"--calibrate-{name}", **kwargs)
     group.addoption("--calibrate-model", metavar="MODEL", action="append", default=None, help=HELP_MODEL)
     group.addoption("--calibrate-model-batch", metavar="LIST", type=options.parse_batches, default=(1,),
                     help=HELP_MODEL_BATCH)
@@ -112,6 +135,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--calibrate-compare", metavar="BASE", default=None, help=HELP_COMPARE)
     group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
                     default=None, help=HELP_COMPARE_FAIL)
+    group.addoption("--calibrate-tables", action="store_true", default=False, help=HELP_TABLES)
+
+
+def add_short_options(parser: pytest.Parser) -> None:
+    """``--quick``, ``--device``... as aliases of the ``--calibrate-`` options, for a project
+    whose own ``conftest.py`` asks for them (this checkout's does, for ``pytest bench/``)."""
+    group = parser.getgroup(*GROUP)
+    for name, kwargs in OPTIONS.items():
+        dest = "calibrate_" + name.replace("-", "_")
+        group.addoption(f"--{name}", **{**kwargs, "dest": dest, "help": f"same as --calibrate-{name}"})
 
 
 def _xdist_active(config: pytest.Config) -> bool:
@@ -131,25 +164,25 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     import torch
 
-    device = config.getoption("device")
+    device = config.getoption("calibrate_device")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        raise pytest.UsageError("--device cuda: CUDA is not available in this torch build or machine")
-    threads = config.getoption("threads")
+        raise pytest.UsageError("--calibrate-device cuda: CUDA is not available in this torch build or machine")
+    threads = config.getoption("calibrate_threads")
     if threads is not None:
         torch.set_num_threads(threads)
 
     out = config.getoption("calibrate_out")
     state = CalibrationState(
         out=Path(out) if out else None,
-        quick=config.getoption("quick"),
+        quick=config.getoption("calibrate_quick"),
         device=device,
-        hardware=config.getoption("hardware"),
-        peak_gflops=config.getoption("peak_gflops") or {},
-        peak_bandwidth=config.getoption("peak_bandwidth"),
-        selection=config.getoption("operations"),
-        fusion_selection=config.getoption("fusion_patterns"),
+        hardware=config.getoption("calibrate_hardware"),
+        peak_gflops=config.getoption("calibrate_peak_gflops") or {},
+        peak_bandwidth=config.getoption("calibrate_peak_bandwidth"),
+        selection=config.getoption("calibrate_operations"),
+        fusion_selection=config.getoption("calibrate_fusion_patterns"),
     )
     config.stash[STATE] = state
     _load_compare_base(config, state)
@@ -317,6 +350,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = _shuffle_twins(keep)
     if any(_case_of(item) is not None for item in items):
         state.busy_before = host.busy_cpus()
+        state.tables_hidden = _hide_benchmark_tables(config)
+
+
+def _hide_benchmark_tables(config: pytest.Config) -> bool:
+    """Quiet pytest-benchmark's per-case tables unless asked for, so that a calibration ends
+    on its summary (a quick conv run printed 80 lines of 250-column tables after it).
+
+    pytest-benchmark reads --benchmark-quiet once, when its session is made, and has no
+    hook for it: its session's ``quiet`` is set here, as --benchmark-quiet would have.
+    """
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or config.getoption("calibrate_tables") or config.getoption("benchmark_verbose", False):
+        return False
+    session.quiet = True
+    return True
 
 
 @pytest.fixture
@@ -331,8 +379,10 @@ def calibrate(request: pytest.FixtureRequest, benchmark):
             pytest.skip(reason)
         if isinstance(case, fusion.FusionCase):
             return _calibrate_fusion(state, benchmark, case, budget)
+        before = host.cpu_times()
         record = harness.measure(benchmark, case, budget)
         if record is not None:
+            record = replace(record, other_cpus=state.other_cpus_since(before))
             state.records.append(record)
         return record
 
@@ -354,6 +404,8 @@ def _calibrate_fusion(state: CalibrationState, benchmark, case, budget: harness.
             calibration_key=case.key, variant=case.variant, flops=case.flops, bytes=case.bytes,
             compile_seconds=prepared.compile_seconds,
         )
+        # sampled after compiling: inductor's compile workers are other processes
+        before = host.cpu_times()
         if prepared.baseline is None:
             latency = harness.time_kernel(benchmark, prepared.kernel, device=case.device, budget=budget)
             baseline = None
@@ -363,7 +415,7 @@ def _calibrate_fusion(state: CalibrationState, benchmark, case, budget: harness.
             latency, baseline = timed if timed is not None else (None, None)
     if latency is None:
         return None
-    record = FusionRecord(case, latency, prepared.compile_seconds, baseline)
+    record = FusionRecord(case, latency, prepared.compile_seconds, baseline, state.other_cpus_since(before))
     state.fusion_records.append(record)
     return record
 
@@ -385,7 +437,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     metadata = machine.describe(
         device=state.device, hardware_name=state.hardware, quick=state.quick,
         command=list(session.config.invocation_params.args), load_before=state.load_before,
-        busy_before=state.busy_before,
+        busy_before=state.busy_before, busy_during=state.timed.other_cpus() if state.timed else None,
     )
     peak_gflops, peak_bandwidth = _peaks(state)
     origins = {key: ", ".join(labels) for key, labels in state.workload.origin.items()} if state.workload else {}
@@ -444,12 +496,15 @@ def _write_comparison(terminalreporter, state: CalibrationState) -> None:
         terminalreporter.write_line(f"calibration regressed against {state.compare_path}: {outcome}", red=True)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the run ends on the summary
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
         return
     if state.calibration is not None:
         terminalreporter.write_sep("-", "calibration")
+        if state.tables_hidden:
+            terminalreporter.write_line(TABLES_HIDDEN)
         for line in state.calibration.summary().splitlines():
             terminalreporter.write_line(line)
     for key in state.unpaired:

@@ -78,5 +78,5 @@ DISPATCH_BENCH = """
 
 
 def run_bench(pytester, *args: str):
-    """pytest with the calibration plugin and ``--quick`` in a subprocess, in ``pytester``'s folder."""
-    return pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick", *args)
+    """pytest with the calibration plugin and ``--calibrate-quick`` in a subprocess, in ``pytester``'s folder."""
+    return pytester.runpytest_subprocess(*PLUGIN_ARGS, "--calibrate-quick", *args)

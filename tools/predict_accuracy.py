@@ -27,7 +27,7 @@ import sys
 import torch
 
 from calibration import load_calibration
-from calibration.measure.model_timing import Measurement, measure_rounds
+from calibration.measure.model_timing import Measurement, measure_rounds, other_cpus_since
 from calibration.predict import heldout_models, models
 from calibration.predict.mapper import predict_latency
 from calibration.predict.plan import partition
@@ -76,12 +76,12 @@ def main() -> int:
     predicted = {c: predict_latency(m, x, cal) for c, (m, x, _) in built.items()}
 
     rounds: dict[tuple[str, int], list] = {c: [] for c in cases}
-    busy = host.OtherLoad()
+    before = host.cpu_times()
     for _ in range(args.repeats):
         for c in cases:
             model, x, _ = built[c]
             rounds[c] += measure_rounds(model, x, cal, rounds=1).rounds
-    busy_cpus = busy.busy_cpus()
+    busy_cpus = other_cpus_since(before)
 
     rows, raw_all, corrected_all = {}, [], []
     print(f"| model | batch | predicted ms (steady + faults) | measured ms (median of {args.repeats}, range) "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from calibration.measure import stats
 from calibration.profile import roofline, verdict
 from calibration.profile.schema import (
+    BUSY_CPUS,
     FusionCalibration,
     HardwareCalibration,
     LatencyStats,
@@ -29,6 +30,8 @@ class Record:
 
     case: Case
     latency: LatencyStats
+    # CPUs other work kept busy while the case was timed (host.CpuTimes.other_cpus)
+    other_cpus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class FusionRecord:
     compile_seconds: float | None = None
     # The unfused twin timed in the same rounds (fused variants); None for the unfused case.
     baseline: LatencyStats | None = None
+    other_cpus: float | None = None
+
+
+def is_busy(other_cpus: float | None) -> bool:
+    return other_cpus is not None and other_cpus > BUSY_CPUS
 
 
 def _seconds(record: Record) -> float:
@@ -59,13 +67,15 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
         level = roofline.level_for_working_set(case.bytes, cache_sizes)
         if case.flops:
             best(summary.compute_ceiling_gflops, case.dtype, rate)
-        if case.spec.family != "alloc":  # those time the allocator; write-only fills are no ceiling
+        # The alloc family times the allocator, and write-only fills are no ceiling; the
+        # transition zone between the LLC and DRAM is no level's.
+        if case.spec.family != "alloc" and level != roofline.TRANSITION:
             best(summary.bandwidth_by_level_gbps, level, bandwidth)
         if case.operation == "matmul":
             best(summary.matmul_gflops_by_path.setdefault(case.dtype, {}), str(case.param_dict["path"]), rate)
             best(summary.matmul_gflops, case.dtype, rate)
         elif case.operation in STREAM_KERNELS:
-            if level == "DRAM":
+            if roofline.is_stream_size(int(case.param_dict["n"]) * itemsize(case.dtype), cache_sizes):
                 best(summary.stream_gbps, case.operation, bandwidth)
             if case.operation == "stream_triad":
                 best(summary.triad_by_level_gbps, level, bandwidth)
@@ -103,8 +113,10 @@ def unpaired(records: Iterable[FusionRecord]) -> list[str]:
     ]
 
 
-def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencyStats) -> FusionCalibration:
-    """``base``: the unfused latency, interleaved with the fused rounds where available."""
+def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencyStats,
+                  alone: LatencyStats | None) -> FusionCalibration:
+    """``base``: the unfused latency, interleaved with the fused rounds where available;
+    ``alone``: the unfused case timed by itself, where it ran."""
     case, spec = fused.case, fused.case.spec
     flops, fused_bytes = case.flops, case.bytes
     unfused_bytes = spec.bytes_unfused(case.param_dict, itemsize(case.dtype))
@@ -148,6 +160,10 @@ def _fusion_entry(cal: HardwareCalibration, fused: FusionRecord, base: LatencySt
         fused_bottleneck=bottleneck(fused_bytes),
         verdict=verdict.decide(speedup, low, high),
         compile_seconds=fused.compile_seconds,
+        other_cpus=fused.other_cpus,
+        busy=is_busy(fused.other_cpus),
+        unfused_alone_ms=alone.median_ms if alone else None,
+        twin_disturbed=verdict.twin_disturbed(base.median_ms, alone.median_ms if alone else None),
     )
 
 
@@ -198,6 +214,8 @@ def fold(
             bottleneck=roofline.classify(flops, nbytes, cal.compute_ceiling(case.dtype), bandwidth_ceiling),
             noisy=stats.is_noisy(record.latency.median_ms, record.latency.iqr_ms or 0.0),
             origin=origins.get(case.key),
+            other_cpus=record.other_cpus,
+            busy=is_busy(record.other_cpus),
         )
     fusion_records = list(fusion_records)
     unfused = {r.case.shape_key: r for r in fusion_records if r.case.variant == "unfused"}
@@ -206,6 +224,7 @@ def fold(
         base = record.baseline or (standalone.latency if standalone else None)
         if record.case.variant == "unfused" or base is None:
             continue
-        entry = _fusion_entry(cal, record, base).model_copy(update={"origin": origins.get(record.case.key)})
+        entry = _fusion_entry(cal, record, base, standalone.latency if standalone else None)
+        entry = entry.model_copy(update={"origin": origins.get(record.case.key)})
         cal.fusion_profiles.setdefault(entry.pattern, []).append(entry)
     return cal

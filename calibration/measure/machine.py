@@ -25,7 +25,8 @@ from calibration.specs.host import (
 
 
 def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str],
-             load_before: float | None = None, busy_before: float | None = None):
+             load_before: float | None = None, busy_before: float | None = None,
+             busy_during: float | None = None):
     """The profile's metadata for a run on ``device`` in this process."""
     cuda = None
     if device == "cuda":
@@ -71,5 +72,6 @@ def describe(*, device: str, hardware_name: str | None, quick: bool, command: li
         command=[sys.argv[0], *command] if command else list(sys.argv),
         load_average_before=load_before,
         busy_cpus_before=busy_before,
+        busy_cpus_during=busy_during,
         load_average_after=load_average(),
     )

@@ -142,9 +142,15 @@ class Measurement:
 def measure_rounds(model, example, calibration, *, rounds: int = 3, min_run_time: float = 0.5,
                    drift_run_time: float = 0.2) -> Measurement:
     """``rounds`` windows, each re-timing the reference kernels and then the model."""
-    others = host.OtherLoad()
+    before = host.cpu_times()
     done = []
     for _ in range(rounds):
         ratios = drift(calibration, min_run_time=drift_run_time)
         done.append(Round(model_ms=measure_latency_ms(model, example, min_run_time), drift=ratios))
-    return Measurement(tuple(done), others.busy_cpus())
+    return Measurement(tuple(done), other_cpus_since(before))
+
+
+def other_cpus_since(before: host.CpuTimes | None) -> float | None:
+    """CPUs other processes kept busy since ``before`` (None where /proc cannot say)."""
+    after = host.cpu_times()
+    return (after - before).other_cpus() if before is not None and after is not None else None

@@ -93,57 +93,99 @@ def _gflops(flops: int) -> str:
     return f"{flops / 1e9:.3f} GFLOPs"
 
 
-def render_report(p: Partition, top: int = 5) -> str:
-    """The report in the predecessor's layout (its partitioner printed these sections), with FLOPs that agree."""
+class _Layout:
+    """Headings and lists as a terminal shows them, or as markdown (for a pull request or notes)."""
+
+    def __init__(self, markdown: bool) -> None:
+        self.markdown = markdown
+
+    def title(self, text: str) -> list[str]:
+        return [f"### {text}", ""] if self.markdown else [text, "=" * len(text)]
+
+    def heading(self, text: str) -> list[str]:
+        return ["", f"**{text}**", ""] if self.markdown else ["", text]
+
+    def item(self, text: str, depth: int = 0) -> str:
+        return f"{'   ' * depth}- {text}" if self.markdown else f"{'    ' * (depth + 1)}{text}"
+
+    def block(self, lines: list[str]) -> list[str]:
+        return ["```", *lines, "```"] if self.markdown else [f"  {line}" for line in lines]
+
+
+def _kernels(s: Subgraph) -> str:
+    return ", ".join(f"{n.name} ({n.op})" if s.pattern is None else n.name for n in s.nodes if n.kernel)
+
+
+def render_report(p: Partition, top: int | None = None, *, markdown: bool = False) -> str:
+    """The partition as text: totals, the pattern histogram, what the calibration left unfused
+    and why, every fused subgraph (or the ``top`` that save the most traffic), and every kernel
+    left on its own. ``markdown`` lays it out for a pull request, as the predecessor did."""
+    out = _Layout(markdown)
     before, after = p.unfused, p.fused
     saved = before.bytes - after.bytes
-    lines = [
-        f"### {p.model}", "",
-        "**Before Fusion** (one subgraph per operator):",
-        f"- {before.subgraphs} subgraphs (operators)", f"- {_gflops(before.flops)}",
-        f"- {_mb(before.bytes)} memory traffic", "",
-        "**After Fusion** (aggregated subgraphs):",
-        f"- {after.subgraphs} subgraphs", f"- {_gflops(after.flops)}", f"- {_mb(after.bytes)} memory traffic", "",
-        "**Improvements**:",
-        f"- {before.subgraphs / max(after.subgraphs, 1):.1f}x fewer kernel launches "
-        f"({before.subgraphs} -> {after.subgraphs})",
-        f"- {100 * saved / before.bytes if before.bytes else 0.0:.1f}% reduction in memory traffic "
-        f"({_mb(saved)} saved)",
-        f"- Average {sum(s.kernels for s in p.subgraphs) / max(len(p.subgraphs), 1):.1f} operators per subgraph",
-        f"- Largest subgraph: {max((s.kernels for s in p.subgraphs), default=0)} operators", "",
-        "**Fusion Patterns**:", "```",
-    ]
-    width = max((len(name) for name in p.histogram), default=0) + 1
-    for name, count in p.histogram.items():
-        lines.append(f"{name + ':':<{width}} {count:3d} ({100 * count / max(after.subgraphs, 1):.1f}%)")
-    lines.append("```")
-    rejected = Counter(s.candidate for s in p.subgraphs if s.candidate and not s.fused)
-    if rejected:
-        lines += ["", "**Left unfused by the calibration** (operators):"]
-        lines += [f"- {name}: {count}" for name, count in rejected.items()]
-    lines += ["", "**Top Fused Subgraphs** (by data movement reduction):", ""]
-    fused = sorted((s for s in p.subgraphs if s.fused), key=lambda s: s.internal_bytes, reverse=True)
-    for rank, s in enumerate(fused[:top], 1):
-        total = s.external_bytes + s.internal_bytes
-        intensity = f"{s.arithmetic_intensity:.1f} FLOPs/byte" if s.arithmetic_intensity is not None else "n/a"
-        lines += [
-            f"{rank}. **{s.pattern} (Subgraph {s.index})**: {', '.join(n.name for n in s.nodes if n.kernel)}",
-            f"   - FLOPs: {s.flops / 1e9:.3f} G "
-            f"({100 * s.flops / p.total_flops if p.total_flops else 0:.1f}% of total)",
-            f"   - External memory: {_mb(s.external_bytes)}",
-            f"   - Internal memory: {_mb(s.internal_bytes)} (stays in cache) <- "
-            f"{100 * s.internal_bytes / total if total else 0:.1f}% reduction",
-            f"   - Arithmetic Intensity: {intensity}",
-            f"   - Bottleneck: {s.bottleneck.value if s.bottleneck else 'unknown (no calibration ceilings)'}",
-            f"   - Decision: {s.decision}",
-        ]
-    kinds = Counter(n.kind for s in p.subgraphs for n in s.nodes if n.kernel)
+    lines = out.title(f"{p.model}: fusion partition (traced with {p.traced_with})")
+    lines += out.heading("Before fusion (one subgraph per kernel):")
+    lines += [out.item(f"{before.subgraphs} subgraphs (kernels)"), out.item(_gflops(before.flops)),
+              out.item(f"{_mb(before.bytes)} memory traffic")]
+    lines += out.heading("After fusion (aggregated subgraphs):")
+    lines += [out.item(f"{after.subgraphs} subgraphs"), out.item(_gflops(after.flops)),
+              out.item(f"{_mb(after.bytes)} memory traffic")]
+    lines += out.heading("Improvements:")
     lines += [
-        "", "### Validation", "",
-        f"- FLOPs: {before.flops} before fusion == {after.flops} after "
-        f"(every kernel counted: {', '.join(f'{c} {k}' for k, c in sorted(kinds.items()))})",
-        f"- Traced with {p.traced_with}",
+        out.item(f"{before.subgraphs / max(after.subgraphs, 1):.1f}x fewer kernel launches "
+                 f"({before.subgraphs} -> {after.subgraphs})"),
+        out.item(f"{100 * saved / before.bytes if before.bytes else 0.0:.1f}% less memory traffic "
+                 f"({_mb(saved)} saved)"),
+        out.item(f"average {sum(s.kernels for s in p.subgraphs) / max(len(p.subgraphs), 1):.1f} kernels per "
+                 f"subgraph, the largest {max((s.kernels for s in p.subgraphs), default=0)}"),
+    ]
+    lines += out.heading("Fusion patterns (subgraphs; Unfused: kernels matching no pattern or left unfused):")
+    width = max((len(name) for name in p.histogram), default=0) + 1
+    lines += out.block([f"{name + ':':<{width}} {count:3d} ({100 * count / max(after.subgraphs, 1):.1f}%)"
+                        for name, count in p.histogram.items()])
+
+    # A rejected candidate is split into single kernels that each carry the same decision,
+    # which names the measurement behind it: the variant, its speedup and the calibrated size.
+    rejected = Counter((s.candidate, s.decision) for s in p.subgraphs if s.candidate and not s.fused)
+    if rejected:
+        lines += out.heading("Left unfused by the calibration (kernels; the fastest fused variant at the nearest "
+                             "calibrated size):")
+        lines += [out.item(f"{decision.removesuffix(': left unfused')} ({count} kernels)")
+                  for (_, decision), count in rejected.items()]
+
+    fused = sorted((s for s in p.subgraphs if s.fused), key=lambda s: s.internal_bytes, reverse=True)
+    shown = fused if top is None else fused[:top]
+    more = f", the {len(shown)} that save the most" if len(shown) < len(fused) else ""
+    lines += out.heading(f"Fused subgraphs ({len(fused)}{more}; by traffic saved):")
+    for rank, s in enumerate(shown, 1):
+        total = s.external_bytes + s.internal_bytes
+        intensity = f"{s.arithmetic_intensity:.1f} FLOPs/byte" if s.arithmetic_intensity is not None else "no traffic"
+        bound = f"{s.bottleneck.value}-bound" if s.bottleneck else "bound unknown (no calibration ceilings)"
+        head = f"{rank}. {s.pattern} (subgraph {s.index}): {_kernels(s)}"
+        lines += [
+            f"**{head}**" if markdown else f"  {head}",
+            out.item(f"{s.flops / 1e9:.3f} GFLOPs ({100 * s.flops / p.total_flops if p.total_flops else 0:.1f}% of "
+                     f"the model); {intensity}, {bound}", 1),
+            out.item(f"traffic {_mb(s.external_bytes)} in and out; {_mb(s.internal_bytes)} of intermediates the "
+                     f"separate kernels write and read back ({100 * s.internal_bytes / total if total else 0:.1f}% "
+                     "of theirs)", 1),
+            out.item(f"decision: {s.decision}", 1),
+        ]
+    if len(shown) < len(fused):
+        lines.append(out.item(f"... {len(fused) - len(shown)} more (without --top: all)"))
+
+    alone = [s for s in p.subgraphs if not s.fused and s.kernels]
+    if alone:
+        lines += out.heading(f"Single kernels ({len(alone)}):")
+        lines += [out.item(f"subgraph {s.index}: {_kernels(s)}: {s.decision}") for s in alone]
+
+    kinds = Counter(n.kind for s in p.subgraphs for n in s.nodes if n.kernel)
+    lines += out.heading("Validation:")
+    lines += [
+        out.item(f"FLOPs: {before.flops} before fusion == {after.flops} after "
+                 f"(every kernel counted: {', '.join(f'{c} {k}' for k, c in sorted(kinds.items()))})"),
+        out.item(f"traced with {p.traced_with}"),
     ]
     if p.uncounted:
-        lines.append(f"- Ops without a FLOP formula (counted as 0): {', '.join(p.uncounted)}")
+        lines.append(out.item(f"ops without a FLOP formula (counted as 0): {', '.join(p.uncounted)}"))
     return "\n".join(lines) + "\n"

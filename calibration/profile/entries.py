@@ -81,20 +81,24 @@ class Metadata(_Model):
     command: list[str] = Field(default_factory=list)
     busy_cpus_before: float | None = Field(
         default=None, description="CPUs kept busy by other work just before the run started")
+    busy_cpus_during: float | None = Field(
+        default=None, description="CPUs kept busy by other work while the cases were timed, on average")
     load_average_before: float | None = Field(default=None, description="1-minute load average at the start")
     load_average_after: float | None = None
     upgraded_from: str | None = Field(
         default=None, description="set when the profile was converted from another layout"
     )
 
-
     def busy_warning(self) -> str | None:
         """Why this run's timings are suspect because other work competed, or None."""
-        if self.busy_cpus_before is None or self.busy_cpus_before <= BUSY_CPUS:
-            return None
         cpus = self.usable_cpus or self.logical_cpus
         of = f" of {cpus}" if cpus else ""
-        return (f"other processes kept {self.busy_cpus_before:.1f}{of} CPUs busy when the run started; "
+        during, before = self.busy_cpus_during, self.busy_cpus_before
+        if during is not None and during > BUSY_CPUS:
+            return f"other processes kept {during:.1f}{of} CPUs busy on average while the cases were timed"
+        if before is None or before <= BUSY_CPUS:
+            return None
+        return (f"other processes kept {before:.1f}{of} CPUs busy when the run started; "
                 "they competed for cores and memory bandwidth")
 
 
@@ -162,6 +166,17 @@ class FusionCalibration(_Model):
     )
     origin: str | None = Field(
         default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
+    other_cpus: float | None = Field(
+        default=None,
+        description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
+                    "all busy CPU time in /proc/stat less this process's own")
+    busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
+    unfused_alone_ms: float | None = Field(
+        default=None, description="median of the unfused case timed on its own (the twin in 'unfused' was timed "
+                                  "round by round beside this variant)")
+    twin_disturbed: bool = Field(
+        default=False, description="the twin's median is over 1.5x off unfused_alone_ms: the speedup compares "
+                                   "with a baseline that ran unlike the unfused code alone")
 
 
 class OperationCalibration(_Model):
@@ -177,7 +192,9 @@ class OperationCalibration(_Model):
     gflops: float = Field(ge=0)
     gbps: float = Field(ge=0)
     arithmetic_intensity: float | None = Field(description="FLOPs per byte")
-    memory_level: str = Field(description="cache level (or DRAM) the working set fits in")
+    memory_level: str = Field(
+        description="cache level the working set fits in (at most half of it), LLC-DRAM between that and STREAM's "
+                    "size (4x the last-level cache), else DRAM")
     compute_ceiling_gflops: float | None = Field(description="the ceiling compute_efficiency divides by")
     bandwidth_ceiling_gbps: float | None = Field(description="the ceiling bandwidth_efficiency divides by")
     compute_efficiency: float | None = Field(ge=0)
@@ -186,6 +203,11 @@ class OperationCalibration(_Model):
     noisy: bool = Field(description="IQR above 10% of the median")
     origin: str | None = Field(
         default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
+    other_cpus: float | None = Field(
+        default=None,
+        description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
+                    "all busy CPU time in /proc/stat less this process's own")
+    busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
 
 
 class MeasuredSummary(_Model):
@@ -199,7 +221,8 @@ class MeasuredSummary(_Model):
     )
     bandwidth_by_level_gbps: dict[str, float] = Field(
         default_factory=dict,
-        description="per memory level: best GB/s of any operation case whose working set fits that level",
+        description="per memory level: best GB/s of any operation case whose working set lives in that level "
+                    "(none for LLC-DRAM, the transition zone between the last-level cache and DRAM)",
     )
     matmul_gflops: dict[str, float] = Field(
         default_factory=dict, description="best matmul GFLOPS per dtype over every path"
@@ -208,10 +231,11 @@ class MeasuredSummary(_Model):
         default_factory=dict, description="dtype -> library path -> best GFLOPS"
     )
     stream_gbps: dict[str, float] = Field(
-        default_factory=dict, description="STREAM copy/scale/add/triad at 4x the last-level cache"
+        default_factory=dict, description="STREAM copy/scale/add/triad with arrays of 4x the last-level cache"
     )
     triad_by_level_gbps: dict[str, float] = Field(
-        default_factory=dict, description="best triad sweep bandwidth with the working set in each level"
+        default_factory=dict,
+        description="best triad sweep bandwidth with the working set in each level (LLC-DRAM included)"
     )
     dispatch_overhead_us: float | None = None
     module_call_overhead_us: float | None = Field(

@@ -10,7 +10,7 @@ worse than the threshold *and* significant, so noise alone does not fail a compa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -92,6 +92,7 @@ class EntryComparison(FrozenModel):
     regression: bool  # worse by more than the threshold and significant
     improvement: bool  # better by more than the threshold and significant
     note: str | None = None
+    busy: str | None = None  # "base", "new" or "base and new": timed while other work kept the machine busy
 
     @computed_field
     @property
@@ -229,15 +230,16 @@ def _compare_entry(
         regression=significant and worse_by > threshold,
         improvement=significant and -worse_by > threshold,
         note=note,
+        busy=" and ".join(side for side, entry in (("base", base), ("new", new)) if entry.busy) or None,
     )
 
 
-def entries(profile: HardwareCalibration) -> dict[str, Entry]:
-    """Every entry of a profile by its key: operations, then fusion entries."""
+def entries(profile: HardwareCalibration, select: Callable[[str], bool] | None = None) -> dict[str, Entry]:
+    """Every entry of a profile by its key (those ``select`` accepts): operations, then fusion entries."""
     table: dict[str, Entry] = dict(profile.operation_profiles)
     for pattern_entries in profile.fusion_profiles.values():
         table.update((entry.key, entry) for entry in pattern_entries)
-    return table
+    return table if select is None else {key: entry for key, entry in table.items() if select(key)}
 
 
 def metadata_differences(base: HardwareCalibration, new: HardwareCalibration) -> list[MetadataDifference]:
@@ -263,11 +265,14 @@ def compare(
     alpha: float = DEFAULT_ALPHA,
     base_name: str = "base",
     new_name: str = "new",
+    select: Callable[[str], bool] | None = None,
 ) -> Comparison:
-    """Compare ``new`` against ``base``; raises NothingInCommon when no entry can be compared."""
+    """Compare ``new`` against ``base``, the entries whose key ``select`` accepts (default:
+    all; see :func:`calibration.profile.select.parse_filter`); raises NothingInCommon when
+    no entry can be compared."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    old_entries, new_entries = entries(base), entries(new)
+    old_entries, new_entries = entries(base, select), entries(new, select)
     shared = [key for key in old_entries if key in new_entries]
     compared, not_applicable, flips = [], [], []
     for key in shared:
@@ -284,7 +289,8 @@ def compare(
         raise NothingInCommon(
             f"{base_name} and {new_name} have no {COMPARABLE[metric]} in common "
             f"({len(old_entries)} entries in {base_name}, {len(new_entries)} in {new_name}, "
-            f"{len(shared)} shared keys); were they made with the same --quick and selection?"
+            f"{len(shared)} shared keys{' matching the filter' if select else ''}); "
+            "were they made with the same --quick and selection?"
         )
     return Comparison(
         base_name=base_name,

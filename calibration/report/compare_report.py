@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from calibration.report.compare import (
     Comparison,
     EntryComparison,
@@ -11,14 +13,23 @@ from calibration.report.compare import (
 )
 
 TITLES = {"latency": "median latency", "gflops": "GFLOPS", "speedup": "fusion speedup"}
+# One unit per column: the unit goes in the header, the values are plain numbers.
+UNITS = {"latency": "us", "gflops": "GFLOPS", "speedup": "x"}
 
 
 def format_value(value: float, metric: Metric) -> str:
+    """A value in its column's unit (UNITS): latency (stored in ms) in us."""
     if metric == "speedup":
-        return f"{value:.2f}x"
+        return f"{value:.2f}"
     if metric == "gflops":
-        return f"{value:.1f} GFLOPS"
-    return f"{value:.3f} ms" if value >= 1 else f"{value * 1e3:.2f} us"
+        return f"{value:.1f}"
+    return f"{value * 1e3:.1f}"
+
+
+# How the entries of a report are ordered (--sort).
+SORTS = ("status", "change", "name")
+SORT_HELP = ("status: regressions worst first, then improvements best first, then the unchanged in profile order "
+             "(default); change: by how much worse, the worst first; name: by key")
 
 
 def _change(entry: EntryComparison) -> str:
@@ -51,6 +62,11 @@ def _describe(entry: EntryComparison, threshold: float) -> str:
     return "; ".join(parts)
 
 
+def _status(entry: EntryComparison, threshold: float) -> str:
+    busy = f"timed while busy ({entry.busy})" if entry.busy else ""
+    return "; ".join(part for part in (_describe(entry, threshold), busy) if part)
+
+
 def grouped(comparison: Comparison) -> tuple[list[EntryComparison], ...]:
     """Regressions worst first, improvements best first, the unchanged in profile order."""
     return (
@@ -58,6 +74,35 @@ def grouped(comparison: Comparison) -> tuple[list[EntryComparison], ...]:
         sorted(comparison.with_status(Status.IMPROVEMENT), key=lambda e: e.worse_by),
         comparison.with_status(Status.UNCHANGED),
     )
+
+
+def ordered(comparison: Comparison, sort: str, *, show_unchanged: bool = True) -> list[EntryComparison]:
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    regressions, improvements, unchanged = grouped(comparison)
+    rows = regressions + improvements + (unchanged if show_unchanged else [])
+    if sort == "change":
+        return sorted(rows, key=lambda e: -e.worse_by)
+    return sorted(rows, key=lambda e: e.key) if sort == "name" else rows
+
+
+def _unmatched(comparison: Comparison, *, listed: bool) -> list[str]:
+    """Per side, one line counting the entries only it has (by operation or pattern), or with
+    ``listed`` the keys themselves: a full profile against a quick one has hundreds."""
+    lines = []
+    for name, keys in ((comparison.base_name, comparison.only_in_base), (comparison.new_name, comparison.only_in_new)):
+        if not keys:
+            continue
+        if listed:
+            lines.append(f"only in {name} ({len(keys)}, not compared):")
+            lines += [f"  {key}" for key in keys]
+            continue
+        kinds = Counter(key.split("[", 1)[0] for key in keys)
+        most = ", ".join(f"{kind} {count}" for kind, count in kinds.most_common(4))
+        more = f", {len(kinds) - 4} more kinds" if len(kinds) > 4 else ""
+        lines.append(f"only in {name}: {len(keys)} entr{'y' if len(keys) == 1 else 'ies'}, not compared "
+                     f"({most}{more}; --list-unmatched lists them)")
+    return lines
 
 
 def _unchanged_line(comparison: Comparison) -> str:
@@ -87,7 +132,8 @@ def _heading(comparison: Comparison) -> str:
 # --------------------------------------------------------------------------- text
 
 
-def render_text(comparison: Comparison, *, show_unchanged: bool = True) -> str:
+def render_text(comparison: Comparison, *, show_unchanged: bool = True, sort: str = "status",
+                list_unmatched: bool = False) -> str:
     c = comparison
     lines = [f"calibration compare: {c.base_name} -> {c.new_name}", _heading(c)]
     if c.metadata_differences:
@@ -95,12 +141,12 @@ def render_text(comparison: Comparison, *, show_unchanged: bool = True) -> str:
         width = max(len(d.field) for d in c.metadata_differences)
         lines += [f"  {d.field:<{width}}  {d.base} -> {d.new}" for d in c.metadata_differences]
     lines += [f"measured on a busy machine, timings inflated: {profile}" for profile in c.busy]
-    regressions, improvements, unchanged = grouped(c)
-    rows = regressions + improvements + (unchanged if show_unchanged else [])
+    rows = ordered(c, sort, show_unchanged=show_unchanged)
     if rows:
-        table = [("entry", "base", "new", "change", "p", "status")] + [
+        unit = UNITS[c.metric]
+        table = [("entry", f"base {unit}", f"new {unit}", "change", "p", "status")] + [
             (e.key, format_value(e.base, c.metric), format_value(e.new, c.metric), _change(e), _p(e),
-             _describe(e, c.threshold))
+             _status(e, c.threshold))
             for e in rows
         ]
         widths = [max(len(row[i]) for row in table) for i in range(5)]
@@ -112,10 +158,7 @@ def render_text(comparison: Comparison, *, show_unchanged: bool = True) -> str:
     if c.verdict_flips:
         lines.append(f"fusion verdicts flipped ({len(c.verdict_flips)}):")
         lines += [f"  {f.key}: {f.base.value} -> {f.new.value}" for f in c.verdict_flips]
-    for name, keys in ((c.base_name, c.only_in_base), (c.new_name, c.only_in_new)):
-        if keys:
-            lines.append(f"only in {name} ({len(keys)}, not compared):")
-            lines += [f"  {key}" for key in keys]
+    lines += _unmatched(c, listed=list_unmatched)
     counts = c.counts
     lines.append(
         f"{counts['regression']} regressed, {counts['improvement']} improved; " + _unchanged_line(c)
@@ -142,10 +185,11 @@ def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]
 def _md_entries(comparison: Comparison, entries: list[EntryComparison]) -> list[str]:
     rows = [
         [f"`{_md(e.key)}`", format_value(e.base, comparison.metric), format_value(e.new, comparison.metric),
-         _change(e), _p(e)]
+         _change(e), _p(e), f"timed while busy ({e.busy})" if e.busy else ""]
         for e in entries
     ]
-    return _md_table(["entry", "base", "new", "change", "p"], rows, "lrrrr")
+    unit = UNITS[comparison.metric]
+    return _md_table(["entry", f"base {unit}", f"new {unit}", "change", "p", "note"], rows, "lrrrrl")
 
 
 def render_markdown(comparison: Comparison) -> str:

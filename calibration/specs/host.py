@@ -13,6 +13,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -187,14 +188,44 @@ def load_average() -> float | None:
         return None
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+@dataclass(frozen=True)
+class CpuTimes:
+    """Clock ticks (USER_HZ) since boot: all CPUs busy, all CPUs in total, and this process's
+    own (all its threads, and the children it waited for). A difference of two readings
+    says how busy the machine was between them, and how much of that was this process."""
+
+    busy: int
+    total: int
+    own: int
+
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.busy - other.busy, self.total - other.total, self.own - other.own)
+
+    def __add__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.busy + other.busy, self.total + other.total, self.own + other.own)
+
+    def other_cpus(self, cpus: int | None = None) -> float | None:
+        """For a difference of two readings: how many CPUs other work kept busy on average,
+        other processes and the hypervisor's steal alike; None over no elapsed ticks."""
+        if self.total <= 0:
+            return None
+        share = max(0, self.busy - self.own) / self.total
+        return round(share * (cpus or os.cpu_count() or 1), 2)
+
+
+def cpu_times() -> CpuTimes | None:
+    """This moment's :class:`CpuTimes`, from /proc/stat and /proc/self/stat; None off Linux."""
     try:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
+        # after the parenthesised command name: field 3 (state) first; utime, stime, cutime, cstime are 14-17
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        own_ticks = sum(int(v) for v in own[11:15])
+    except (OSError, ValueError, IndexError):
         return None
+    # guest time is already counted in user and nice (fields 9 and 10): leave it out of the total
+    fields = fields[:8]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    return CpuTimes(busy=sum(fields) - idle, total=sum(fields), own=own_ticks)
 
 
 def busy_cpus(interval: float = 0.2) -> float | None:
@@ -205,42 +236,12 @@ def busy_cpus(interval: float = 0.2) -> float | None:
     """
     import time
 
-    first = _cpu_times()
+    first = cpu_times()
     time.sleep(interval)
-    second = _cpu_times()
-    if first is None or second is None or second[1] <= first[1]:
+    second = cpu_times()
+    if first is None or second is None:
         return None
-    share = (second[0] - first[0]) / (second[1] - first[1])
-    return round(share * (os.cpu_count() or 1), 2)
-
-
-class OtherLoad:
-    """How many CPUs other processes keep busy from now until :meth:`busy_cpus` is called.
-
-    All CPUs' busy time from /proc/stat, less this process's own CPU time (every thread),
-    over the wall time between: what competed with the work this process did meanwhile.
-    """
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        import resource
-        import time
-
-        times = _cpu_times()
-        if times is None:
-            return None
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return times[0] / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime, time.monotonic()
-
-    def busy_cpus(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None or end[2] <= self._start[2]:
-            return None
-        busy = (end[0] - self._start[0]) - (end[1] - self._start[1])
-        return round(max(busy, 0.0) / (end[2] - self._start[2]), 2)
+    return (second - first).other_cpus()
 
 
 @contextmanager

@@ -106,7 +106,7 @@ def test_calibrate_hardware_runs_the_selected_fusion_patterns(tmp_path):
 def test_partition_prints_the_report_for_a_registered_model(capsys):
     assert main(["partition", "--model", "mlp", "--batch", "2"]) == 0
     out = capsys.readouterr().out
-    assert "Linear_Bias_ReLU:" in out and "After Fusion" in out
+    assert "Linear_Bias_ReLU:" in out and "After fusion" in out
 
 
 def test_partition_takes_a_user_factory_with_an_input_shape(capsys):

@@ -2,7 +2,7 @@
 
 Each run imports torch in a fresh interpreter (the plugin sets torch's thread count and
 device state, which must not leak into this process), so there are few runs and each
-times only the 1-element ``dispatch`` add with ``--quick``. No assertion reads a timing.
+times only the 1-element ``dispatch`` add with ``--calibrate-quick``. No assertion reads a timing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,17 @@ def test_calibrate_out_writes_a_loadable_profile(bench):
 
     assert result.ret == pytest.ExitCode.OK
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["calibration profile written to p.json"])
+    # the run ends on the summary: no pytest-benchmark table, the profile's path, pytest's count
+    assert "Name (time in" not in result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*- calibration -*",
+        "(pytest-benchmark's per-case tables are hidden: --calibrate-tables shows them)",
+        "Hardware calibration: *",
+        "calibration profile written to p.json",
+        "*1 passed*",
+    ], consecutive=False)
+    tail = [line for line in result.stdout.lines if line.strip()][-2:]
+    assert tail[0] == "calibration profile written to p.json" and "1 passed" in tail[1]
     profile = load_calibration(bench.path / "p.json")
     assert list(profile.operation_profiles) == [KEY]
     entry = profile.operation_profiles[KEY]
@@ -39,6 +49,9 @@ def test_calibrate_out_writes_a_loadable_profile(bench):
     assert (entry.flops, entry.bytes) == (1, 12)  # one add; two float32 reads, one write
     assert profile.metadata.device_type == "cpu"
     assert profile.metadata.quick is True
+    # sampled around the timed case from /proc/stat (Linux): how busy other work kept the machine
+    assert entry.other_cpus is not None and entry.busy == (entry.other_cpus > 0.5)
+    assert profile.metadata.busy_cpus_during is not None
 
 
 def test_help_lists_every_calibration_option(pytester, monkeypatch):
@@ -49,17 +62,44 @@ def test_help_lists_every_calibration_option(pytester, monkeypatch):
     result.stdout.fnmatch_lines([
         "hardware calibration (calibration package):",
         "*--calibrate-out=PATH*",
-        "*--quick*",
-        "*--hardware=NAME*",
-        "*--peak-gflops=GFLOPS*",
-        "*--peak-bandwidth=GBPS*",
-        "*--device=DEVICE*",
-        "*--threads=N*",
-        "*--operations=LIST*",
-        "*--fusion-patterns=LIST*",
+        "*--calibrate-quick*",
+        "*--calibrate-hardware=NAME*",
+        "*--calibrate-peak-gflops=GFLOPS*",
+        "*--calibrate-peak-bandwidth=GBPS*",
+        "*--calibrate-device=DEVICE*",
+        "*--calibrate-threads=N*",
+        "*--calibrate-operations=LIST*",
+        "*--calibrate-fusion-patterns=LIST*",
         "*--calibrate-compare=BASE*",
         "*--calibrate-compare-fail=*",
+        "*--calibrate-tables*",
     ])
+
+
+def test_short_option_forms_exist_only_where_a_conftest_asks_for_them(pytester, monkeypatch):
+    # Installed, the plugin loads into every pytest run: a bare --quick or --device there
+    # would clash with another plugin's. This checkout's conftest.py adds them for bench/.
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    bare = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--help")
+    assert "--calibrate-quick" in bare.stdout.str()
+    assert not any(line.lstrip().startswith(("--quick", "--device", "--threads")) for line in bare.stdout.lines)
+    assert pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick").ret == pytest.ExitCode.USAGE_ERROR
+
+    pytester.makeconftest("""
+        from calibration.plugin import add_short_options
+
+        def pytest_addoption(parser):
+            add_short_options(parser)
+    """)
+    pytester.makepyfile(test_options="""
+        def test_options(request):
+            assert request.config.getoption("calibrate_quick") is True
+            assert request.config.getoption("calibrate_threads") == 1
+    """)
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick", "--threads", "1")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--help")
+    result.stdout.fnmatch_lines(["*--quick*same as --calibrate-quick*", "*--threads=N*same as --calibrate-threads*"])
 
 
 @pytest.mark.parametrize(
@@ -145,10 +185,10 @@ def test_good_peak_values_parse(parse, text, expected):
 
 def test_bad_peak_is_a_usage_error_on_the_command_line(bench):
     # "-5" as its own argument: argparse must take it as the value, not as an option.
-    result = run(bench, "--peak-gflops", "-5", "--calibrate-out=p.json")
+    result = run(bench, "--calibrate-peak-gflops", "-5", "--calibrate-out=p.json")
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*argument --peak-gflops: --peak-gflops (GFLOPS) must be a positive number, got '-5'"])
+    result.stderr.fnmatch_lines(["*argument --calibrate-peak-gflops: *(GFLOPS) must be a positive number, got '-5'"])
     assert not (bench.path / "ran.marker").exists()
 
 
@@ -181,9 +221,13 @@ def test_interrupted_run_leaves_the_existing_profile_alone(bench):
 
 @pytest.mark.times_kernels
 def test_pytest_benchmark_json_is_written_beside_the_profile(bench):
-    result = run(bench, "--benchmark-json=bench.json", "--calibrate-out=p.json")
+    result = run(bench, "--benchmark-json=bench.json", "--calibrate-out=p.json", "--calibrate-tables")
 
     assert result.ret == pytest.ExitCode.OK
+    # --calibrate-tables brings pytest-benchmark's table back, before the summary
+    out = result.stdout.str()
+    assert "per-case tables are hidden" not in out
+    assert out.index("Name (time in") < out.index("Hardware calibration:")
     assert KEY in load_calibration(bench.path / "p.json").operation_profiles
     benchmarks = json.loads((bench.path / "bench.json").read_text())["benchmarks"]
     assert [b["name"] for b in benchmarks] == ["test_dispatch[n=1/float32/cpu]"]
@@ -196,7 +240,7 @@ def test_pytest_benchmark_json_is_written_beside_the_profile(bench):
 
 @pytest.mark.times_kernels
 def test_operations_deselects_other_families(bench):
-    result = run(bench, "--operations", "matmul", "--calibrate-out=p.json")
+    result = run(bench, "--calibrate-operations", "matmul", "--calibrate-out=p.json")
 
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     result.assert_outcomes(deselected=1)
@@ -206,21 +250,21 @@ def test_operations_deselects_other_families(bench):
 
 
 def test_unknown_operation_is_a_usage_error_listing_the_families(bench):
-    result = run(bench, "--operations", "nosuch")
+    result = run(bench, "--calibrate-operations", "nosuch")
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     families = ", ".join(sorted(FAMILIES))
     assert "dispatch" in families and "matmul" in families
     result.stderr.fnmatch_lines(
-        [f"*argument --operations: unknown operation or family 'nosuch'; families: {families};*"])
+        [f"*argument --calibrate-operations: unknown operation or family 'nosuch'; families: {families};*"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_device_cuda_without_cuda_is_a_usage_error(bench):
-    result = run(bench, "--device", "cuda")
+    result = run(bench, "--calibrate-device", "cuda")
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --device cuda: CUDA is not available*"])
+    result.stderr.fnmatch_lines(["ERROR: --calibrate-device cuda: CUDA is not available*"])
     assert not (bench.path / "ran.marker").exists()
 
 
@@ -231,7 +275,7 @@ def test_op_case_without_operation_marker_is_a_clear_error(pytester, monkeypatch
             calibrate(op_case)
     """)
 
-    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--quick")
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--calibrate-quick")
 
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([
@@ -348,7 +392,8 @@ def test_a_fused_variant_that_disagrees_fails_and_is_never_recorded(pytester, mo
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     pytester.makepyfile(test_fusion_bench=BROKEN_FUSION_BENCH)
     result = pytester.runpytest_subprocess(
-        *PLUGIN_ARGS, "--quick", "--fusion-patterns", "Add_ReLU", "-k", "not compiled", "--calibrate-out=p.json",
+        *PLUGIN_ARGS, "--calibrate-quick", "--calibrate-fusion-patterns", "Add_ReLU", "-k", "not compiled",
+        "--calibrate-out=p.json",
     )
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -364,7 +409,7 @@ def test_fusion_patterns_select_families_and_twins_run_in_shuffled_order(pyteste
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     bench_dir = __import__("pathlib").Path(__file__).resolve().parents[2] / "bench"
     result = pytester.runpytest_subprocess(
-        *PLUGIN_ARGS, str(bench_dir), "--fusion-patterns", "conv,elementwise", "--collect-only", "-q",
+        *PLUGIN_ARGS, str(bench_dir), "--calibrate-fusion-patterns", "conv,elementwise", "--collect-only", "-q",
     )
     assert result.ret == pytest.ExitCode.OK
     ids = [line for line in result.stdout.lines if "::" in line]
@@ -387,7 +432,7 @@ def test_allocator_probes_run_first_whatever_their_file_is_called(bench):
     """The allocator probes must meet a heap no other case has used; file names do not decide that."""
     alloc = Path(__file__).resolve().parents[2] / "bench" / "test_alloc.py"
     bench.makepyfile(test_zz_alloc=alloc.read_text())  # the real probes, in a file sorting after test_bench.py
-    result = bench.runpytest_subprocess(*PLUGIN_ARGS, "--quick", "--collect-only", "-q")
+    result = bench.runpytest_subprocess(*PLUGIN_ARGS, "--calibrate-quick", "--collect-only", "-q")
     ids = [line for line in result.outlines if "::" in line]
     assert [i.split("::")[1].split("[")[0] for i in ids] == ["test_fill_fresh"] * 2 + ["test_fill"] * 2 + [
         "test_dispatch"]

@@ -63,7 +63,7 @@ def test_the_plugin_adds_the_model_s_cases_to_the_grid(pytester, monkeypatch):
     bench = Path(__file__).resolve().parents[2] / "bench"
     pytester.makepyfile(test_linear=(bench / "test_matmul.py").read_text(), tiny=TINY)
     monkeypatch.setenv("PYTHONPATH", str(pytester.path))
-    args = (*PLUGIN_ARGS, "--quick", "--collect-only", "-q", "-k", "linear")
+    args = (*PLUGIN_ARGS, "--calibrate-quick", "--collect-only", "-q", "-k", "linear")
     plain = [line for line in pytester.runpytest_subprocess(*args).outlines if "::" in line]
     result = pytester.runpytest_subprocess(*args, "--calibrate-model", "tiny:tiny", "--calibrate-model-input-shape",
                                            "24", "--calibrate-model-batch", "1,8")

@@ -1,6 +1,7 @@
 """Folding synthetic timings into a profile, and looking entries up again."""
 
 import math
+from dataclasses import replace
 
 import pytest
 from factories import metadata, record
@@ -152,6 +153,33 @@ def test_busy_cpus_reads_the_cpu_counters():
     assert busy is None or 0.0 <= busy <= (__import__("os").cpu_count() or 1)
 
 
+def test_other_cpus_is_busy_time_less_this_process_own():
+    from calibration.specs.host import CpuTimes
+
+    # 2 CPUs for 1 s at 100 ticks/s: 200 ticks; 190 busy of which this process ran 90
+    elapsed = CpuTimes(busy=1190, total=1200, own=590) - CpuTimes(busy=1000, total=1000, own=500)
+    assert elapsed == CpuTimes(busy=190, total=200, own=90)
+    assert elapsed.other_cpus(cpus=2) == 1.0
+    assert (elapsed + elapsed).other_cpus(cpus=2) == 1.0
+    assert CpuTimes(busy=50, total=200, own=80).other_cpus(cpus=2) == 0.0  # own ticks sampled later than busy
+    assert CpuTimes(busy=0, total=0, own=0).other_cpus(cpus=2) is None
+
+
+def test_entries_timed_while_the_machine_was_busy_are_marked_and_counted():
+    quiet = replace(record("relu", 1.0, n=1 << 20), other_cpus=0.1)
+    loaded = replace(record("add", 1.0, n=1 << 20), other_cpus=1.0)
+    cal = fold([quiet, loaded], metadata(busy_cpus_before=0.0, busy_cpus_during=0.45, usable_cpus=2))
+    relu, add = cal.get_operation("relu", n=1 << 20), cal.get_operation("add", n=1 << 20)
+    assert (relu.other_cpus, relu.busy) == (0.1, False)
+    assert (add.other_cpus, add.busy) == (1.0, True)
+    text = cal.summary()
+    assert "WARNING: 1 entry was timed while other processes kept over 0.5 CPUs busy: marked 'busy' below" in text
+    assert [line for line in text.splitlines() if line.rstrip().endswith(" busy")] == [
+        line for line in text.splitlines() if line.startswith("  add[n=1048576]")]
+    during = fold([quiet], metadata(busy_cpus_before=0.0, busy_cpus_during=1.2, usable_cpus=2))
+    assert "WARNING: other processes kept 1.2 of 2 CPUs busy on average while the cases were timed" in during.summary()
+
+
 def test_compute_efficiency_interpolates_only_between_compute_bound_sizes():
     # a skinny 1x4096x4096 matmul is bandwidth-bound: its 6% of the compute ceiling must not
     # stand for how a small compute-bound matmul uses the ALU
@@ -220,3 +248,75 @@ def test_module_overhead_is_the_difference_of_the_fastest_rounds():
     assert cal.measured.module_overhead_us == {"Conv2d": pytest.approx(5.0)}  # ReLU has no kernel form
     assert cal.measured.module_call_overhead_us == pytest.approx(3.5)
     assert "module call over its kernel, us: Conv2d +5.0" in render_summary(cal)
+
+
+def triad(n: int, gbps: float):
+    return record("stream_triad", 3 * 4 * n / (gbps * 1e9) * 1e3, n=n)
+
+
+@pytest.fixture
+def sweep():
+    """The full triad sweep of the issue's Zen 5 profile (32 MiB L3): the 48 MiB point ran at
+    156.9 GB/s, just over the L3 but far above the STREAM triad's 64.4 at 4x the LLC."""
+    return fold([
+        triad(1 << 10, 7.7), triad(1 << 14, 110.0), triad(1 << 20, 170.0),
+        triad(1 << 22, 156.9),  # 48 MiB working set
+        triad(1 << 24, 61.0),  # 192 MiB: DRAM, but arrays of 2x the LLC, not STREAM's 4x
+        triad(1 << 25, 64.4),  # STREAM: 128 MiB arrays
+        record("stream_copy", 2 * 4 * (1 << 25) / 55e9 * 1e3, n=1 << 25),
+        record("stream_copy", 2 * 4 * (1 << 22) / 140e9 * 1e3, n=1 << 22),  # not STREAM-sized
+        record("relu", 2 * 4 * (1 << 22) / 150e9 * 1e3, n=1 << 22),  # 32 MiB: transition too
+    ], metadata())
+
+
+def test_stream_figures_come_from_arrays_four_times_the_llc(sweep):
+    assert sweep.measured.stream_gbps == pytest.approx({"stream_triad": 64.4, "stream_copy": 55.0})
+
+
+def test_the_transition_zone_sets_no_ceiling(sweep):
+    m = sweep.measured
+    assert m.bandwidth_by_level_gbps == pytest.approx({"L1": 7.7, "L2": 110.0, "L3": 170.0, "DRAM": 64.4})
+    assert m.triad_by_level_gbps == pytest.approx(
+        {"L1": 7.7, "L2": 110.0, "L3": 170.0, "LLC-DRAM": 156.9, "DRAM": 64.4})
+    assert sweep.dram_bandwidth() == pytest.approx(64.4)
+    point = sweep.get_operation("stream_triad", n=1 << 22)
+    assert point.memory_level == "LLC-DRAM"
+    # scored against the ceilings interpolated between 16 MiB (L3) and 128 MiB (DRAM)
+    assert 64.4 < point.bandwidth_ceiling_gbps < 170.0
+
+
+def test_every_bandwidth_the_summary_shows_agrees_with_the_stream_entries(sweep):
+    text = render_summary(sweep)
+    assert "STREAM, arrays of 4x the 32 MiB LLC (128 MiB each), GB/s: copy 55.0  triad 64.4" in text
+    assert "bandwidth ceiling by level (best case) GB/s: L1 7.7  L2 110.0  L3 170.0  DRAM 64.4" in text
+    assert "triad sweep by level GB/s: L1 7.7  L2 110.0  L3 170.0  LLC-DRAM 156.9  DRAM 64.4" in text
+    assert "156.9" not in text.split("triad sweep by level")[0]
+
+
+
+def test_a_dram_ceiling_well_above_the_stream_triad_names_the_case_that_set_it():
+    n = 1 << 24
+    cal = fold([triad(1 << 25, 40.0), record("relu", 2 * 4 * n / 60e9 * 1e3, n=n)], metadata())
+    assert "note: the DRAM ceiling 60.0 GB/s from relu[n=16777216] is 50% above the STREAM triad" in render_summary(cal)
+    close = fold([triad(1 << 25, 40.0), record("relu", 2 * 4 * n / 43e9 * 1e3, n=n)], metadata())
+    assert "DRAM ceiling" not in render_summary(close)
+    assert "moved during the run" not in render_summary(cal)  # one STREAM kernel: nothing to disagree
+
+
+def test_stream_kernels_that_disagree_say_dram_bandwidth_moved():
+    # seen here in one quiet quick run: add 51.2 GB/s, triad 34.9, at the same 128 MiB arrays
+    add = record("stream_add", 3 * 4 * (1 << 25) / 51.2e9 * 1e3, n=1 << 25)
+    text = render_summary(fold([triad(1 << 25, 34.9), add], metadata()))
+    assert "note: the DRAM ceiling 51.2 GB/s from stream_add[n=33554432] is 47% above the STREAM triad" in text
+    assert ("note: STREAM add and triad, which move alike on arrays of one size, ran at 51.2 and 34.9 GB/s: "
+            "DRAM bandwidth moved during the run") in text
+    # the full run's: copy 39.7, triad 44.1, add 45.9 GB/s; copy counts 2 of the 3 words it moves
+    steady = [record("stream_copy", 2 * 4 * (1 << 25) / 39.7e9 * 1e3, n=1 << 25), triad(1 << 25, 44.1),
+              record("stream_add", 3 * 4 * (1 << 25) / 45.9e9 * 1e3, n=1 << 25),
+              record("relu", 2 * 4 * (1 << 24) / 50e9 * 1e3, n=1 << 24)]  # a DRAM ceiling 13% above the triad
+    text = render_summary(fold(steady, metadata()))
+    assert "note: the DRAM ceiling 50.0 GB/s from relu[n=16777216]" in text and "moved during the run" not in text
+    # triad the fast one: the ceiling is the triad, yet add and triad still disagree
+    slow_add = record("stream_add", 3 * 4 * (1 << 25) / 34.9e9 * 1e3, n=1 << 25)
+    text = render_summary(fold([triad(1 << 25, 51.2), slow_add], metadata()))
+    assert "DRAM ceiling" not in text and "ran at 34.9 and 51.2 GB/s: DRAM bandwidth moved" in text

@@ -15,7 +15,7 @@ from calibration.measure.fold import FusionRecord, fold
 from calibration.predict import models
 from calibration.predict.flops import sdpa_flop_formula
 from calibration.predict.plan import fusion_benefit, partition, should_fuse
-from calibration.predict.results import Partition
+from calibration.predict.results import Partition, render_report
 from calibration.specs.patterns import PATTERNS, FusionCase
 
 F32 = 4
@@ -424,12 +424,54 @@ def test_bottleneck_needs_ceilings():
 def test_report_layout_and_agreeing_flops():
     p = partition(basic_block(8, 16, 2).eval(), torch.randn(1, 8, 12, 12))
     text = p.report()
-    for heading in ("**Before Fusion** (one subgraph per operator):", "**After Fusion** (aggregated subgraphs):",
-                    "**Improvements**:", "**Fusion Patterns**:", "**Top Fused Subgraphs**", "### Validation"):
-        assert heading in text
-    assert f"- {p.unfused.subgraphs} subgraphs (operators)" in text
+    for heading in ("Before fusion (one subgraph per kernel):", "After fusion (aggregated subgraphs):",
+                    "Improvements:", "Fusion patterns (", "Fused subgraphs (", "Validation:"):
+        assert any(line.startswith(heading) for line in text.splitlines())
+    assert "**" not in text and "###" not in text and "```" not in text  # a terminal's report
+    assert f"    {p.unfused.subgraphs} subgraphs (kernels)" in text
     assert f"FLOPs: {p.total_flops} before fusion == {p.total_flops} after" in text
-    assert "Conv2d_BN_Add_ReLU:" in text and "Internal memory:" in text
+    assert "Conv2d_BN_Add_ReLU:" in text and "of intermediates the separate kernels write and read back" in text
+    assert "stays in cache" not in text
+    markdown = render_report(p, markdown=True)
+    for heading in ("**Before fusion (one subgraph per kernel):**", "**Fused subgraphs (", "```"):
+        assert heading in markdown
+    assert markdown.startswith("### ")
+
+
+def test_report_lists_every_fused_subgraph_and_names_the_single_kernels():
+    model, x = models.MODELS["resnet18"]().eval(), models.example_input("resnet18")
+    p = partition(model, x)
+    text = p.report()
+    fused = [s for s in p.subgraphs if s.fused]
+    assert len(fused) == 20 and all(f"(subgraph {s.index}):" in text for s in fused)  # not the top 5 only
+    assert "Single kernels (2):" in text
+    assert "subgraph 20: avgpool (adaptive_avg_pool2d): no registered pattern starts here" in text
+    assert "subgraph 21: fc (linear): no registered pattern starts here" in text
+    top = render_report(p, top=3)
+    assert "Fused subgraphs (20, the 3 that save the most; by traffic saved):" in top
+    assert "... 17 more (without --top: all)" in top
+
+
+def test_what_the_calibration_left_unfused_says_which_speedup_at_which_size():
+    p = partition(basic_block().eval(), torch.randn(1, 8, 12, 12), conv_calibration(0.7))
+    text = p.report()
+    heading = text.index("Left unfused by the calibration")
+    line = next(line for line in text[heading:].splitlines() if "Conv2d_BN_ReLU:" in line)
+    assert "calibrated avoid" in line and "0.70x at N=1, CIN=64" in line and line.endswith("(3 kernels)")
+
+
+def test_partition_command_prints_text_and_takes_top_and_format(capsys):
+    from calibration.cli import main
+
+    assert main(["partition", "--model", "mlp", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Sequential: fusion partition (traced with fx)\n") and "**" not in out
+    assert "Fused subgraphs (2, the 1 that save the most; by traffic saved):" in out
+    assert main(["partition", "--model", "mlp", "--format", "markdown"]) == 0
+    assert capsys.readouterr().out.startswith("### Sequential")
+    with pytest.raises(SystemExit) as exc:
+        main(["partition", "--model", "mlp", "--top", "0"])
+    assert exc.value.code == 2 and "--top must be a positive integer, got '0'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ the reference models

@@ -44,8 +44,22 @@ def test_level_for_working_set_uses_half_of_each_level():
     assert roofline.level_for_working_set(16 << 10, CACHES) == "L1"
     assert roofline.level_for_working_set((16 << 10) + 1, CACHES) == "L2"
     assert roofline.level_for_working_set(16 << 20, CACHES) == "L3"
-    assert roofline.level_for_working_set(17 << 20, CACHES) == "DRAM"
     assert roofline.level_for_working_set(1, {}) == "DRAM"
+
+
+def test_between_half_the_llc_and_four_times_it_a_working_set_lives_in_no_level():
+    assert roofline.level_for_working_set((16 << 20) + 1, CACHES) == roofline.TRANSITION
+    assert roofline.level_for_working_set(48 << 20, CACHES) == roofline.TRANSITION  # the full sweep's 4 Mi triad
+    assert roofline.level_for_working_set((128 << 20) - 1, CACHES) == roofline.TRANSITION
+    assert roofline.level_for_working_set(128 << 20, CACHES) == "DRAM"
+    assert roofline.levels(CACHES) == ["L1", "L2", "L3", roofline.TRANSITION, "DRAM"]
+    assert roofline.levels({}) == ["DRAM"]
+
+
+def test_stream_size_is_four_times_the_llc_per_array():
+    assert roofline.is_stream_size(128 << 20, CACHES)
+    assert not roofline.is_stream_size(64 << 20, CACHES)  # the full sweep's 16 Mi triad: DRAM, but not STREAM
+    assert roofline.is_stream_size(256 << 20, {}) and not roofline.is_stream_size(128 << 20, {})
 
 
 def test_bandwidth_ceiling_falls_back_to_the_next_measured_level():
@@ -54,6 +68,17 @@ def test_bandwidth_ceiling_falls_back_to_the_next_measured_level():
     assert roofline.bandwidth_ceiling(100 << 10, CACHES, levels, 35.0) == 60.0  # L2 unmeasured
     assert roofline.bandwidth_ceiling(1 << 30, CACHES, levels, 35.0) == 40.0
     assert roofline.bandwidth_ceiling(1 << 30, CACHES, {}, 35.0) == 35.0
+
+
+def test_a_transition_working_set_gets_the_llc_and_dram_ceilings_interpolated_in_log_size():
+    levels = {"L3": 160.0, "DRAM": 40.0}
+    # 16 MiB (half the LLC) and 128 MiB are the ends; 45.25 MiB lies halfway in log size
+    assert roofline.bandwidth_ceiling(16 << 20, CACHES, levels, None) == 160.0
+    assert roofline.bandwidth_ceiling(int(16 * 2**1.5 * 2**20), CACHES, levels, None) == pytest.approx(100.0)
+    assert roofline.bandwidth_ceiling(128 << 20, CACHES, levels, None) == 40.0
+    # without the LLC's ceiling the zone gets DRAM's (the next larger level), as a cache level would
+    assert roofline.bandwidth_ceiling(48 << 20, CACHES, {"DRAM": 40.0}, None) == 40.0
+    assert roofline.bandwidth_ceiling(48 << 20, CACHES, {"L3": 160.0}, None) is None
 
 
 def test_interpolate_log_is_linear_in_log_x_and_clamped():

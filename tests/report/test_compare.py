@@ -29,6 +29,7 @@ from calibration.specs.patterns import FusionCase
 
 RELU = "relu[n=1048576]/float32/cpu"
 ADD = "add[n=1048576]/float32/cpu"
+MUL = "mul[n=1048576]/float32/cpu"
 LIBRARY = "Add_ReLU[n=1048576]/float32/cpu/library"
 
 
@@ -298,16 +299,49 @@ def test_too_few_rounds_to_ever_be_significant_is_said():
     assert entry.note in render_text(compare(base, new))
 
 
-def test_entries_in_only_one_profile_are_listed_not_failed(write, main):
-    base = profile({"relu": noisy(1.0, 0.01, 1), "add": noisy(2.0, 0.01, 2)})
+def test_entries_in_only_one_profile_are_counted_in_a_line_and_listed_on_request(write, main):
+    base = profile({"relu": noisy(1.0, 0.01, 1), "add": noisy(2.0, 0.01, 2), "mul": noisy(2.0, 0.01, 5)})
     new = profile({"relu": noisy(1.0, 0.01, 3), "sigmoid": noisy(2.0, 0.01, 4)})
     comparison = compare(base, new)
-    assert comparison.only_in_base == [ADD] and comparison.only_in_new == ["sigmoid[n=1048576]/float32/cpu"]
+    assert comparison.only_in_base == [ADD, MUL] and comparison.only_in_new == ["sigmoid[n=1048576]/float32/cpu"]
     base_path, new_path = write("a.json", base), write("b.json", new)
     code, out, _ = main(base_path, new_path)
     assert code == 0
-    assert f"only in {base_path} (1, not compared):\n  {ADD}" in out
+    assert f"only in {base_path}: 2 entries, not compared (add 1, mul 1; --list-unmatched lists them)\n" in out
+    assert f"only in {new_path}: 1 entry, not compared (sigmoid 1; --list-unmatched lists them)\n" in out
+    assert ADD not in out
+    code, out, _ = main(base_path, new_path, "--list-unmatched")
+    assert f"only in {base_path} (2, not compared):\n  {ADD}\n  {MUL}" in out
     assert f"only in {new_path} (1, not compared):\n  sigmoid[n=1048576]/float32/cpu" in out
+
+
+def test_latency_columns_hold_one_unit(write, main):
+    base = profile({"relu": noisy(0.5, 0.01, 1), "add": noisy(2.0, 0.01, 2)})  # 0.5 ms and 2 ms
+    new = profile({"relu": noisy(0.5, 0.01, 3), "add": noisy(2.0, 0.01, 4)})
+    code, out, _ = main(write("a.json", base), write("b.json", new))
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("entry"))
+    assert header.split()[1:5] == ["base", "us", "new", "us"]
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("relu", "add"))}
+    assert 495 < float(rows[RELU][1]) < 505 and 1980 < float(rows[ADD][1]) < 2020
+    assert "ms" not in out.replace("ms:", "")
+
+
+def test_filter_and_sort_select_and_order_the_rows(write, main):
+    base = profile({"relu": noisy(1.0, 0.01, 1), "add": noisy(2.0, 0.01, 2), "mul": noisy(1.0, 0.01, 5)})
+    new = profile({"relu": noisy(1.5, 0.01, 3), "add": noisy(2.0, 0.01, 4), "mul": noisy(1.2, 0.01, 6)})
+    a, b = write("a.json", base), write("b.json", new)
+
+    def keys(out: str) -> list[str]:
+        return [line.split()[0] for line in out.splitlines() if "/float32/cpu" in line]
+
+    assert keys(main(a, b, "-k", "relu or add")[1]) == [RELU, ADD]
+    assert keys(main(a, b, "--filter", "not relu", "--sort", "name")[1]) == [ADD, MUL]
+    assert keys(main(a, b, "--sort", "change")[1]) == [RELU, MUL, ADD]
+    code, _, err = main(a, b, "-k", "relu and (add")
+    assert code == 2 and "filter 'relu and (add': expected ')' at the end" in err
+    code, _, err = main(a, b, "-k", "sigmoid")
+    assert code == 2 and "no entries in common" in err and "0 shared keys matching the filter" in err
 
 
 def test_metadata_differences_head_the_report():
@@ -337,6 +371,21 @@ def test_a_profile_measured_on_a_busy_machine_is_called_out():
     assert f"measured on a busy machine, timings inflated: {why}" in render_text(comparison)
     assert f"> Measured on a busy machine, timings inflated: `{why}`" in render_markdown(comparison)
     assert compare(base, steady(2)).busy == []
+
+
+def test_entries_timed_while_busy_say_so_in_text_and_markdown():
+    base = steady(1)
+    new = steady(2, relu_ms=1.5)  # a regression, so that markdown lists it
+    relu = new.operation_profiles[RELU]
+    new.operation_profiles[RELU] = relu.model_copy(update={"other_cpus": 1.1, "busy": True})
+    comparison = compare(base, new, base_name="base.json", new_name="new.json")
+    entry = next(e for e in comparison.entries if e.key == RELU)
+    assert entry.busy == "new"
+    assert [e.busy for e in comparison.entries if e.key != RELU] == [None]
+    row = next(line for line in render_text(comparison).splitlines() if line.startswith(RELU))
+    assert row.endswith("timed while busy (new)")
+    assert f"| `{RELU}` |" in render_markdown(comparison)
+    assert "| timed while busy (new) |" in render_markdown(comparison)
 
 
 def test_markdown_lists_regressions_then_improvements_then_counts_the_rest():

@@ -2,6 +2,7 @@
 
 import struct
 import sys
+from dataclasses import replace
 
 import pytest
 from factories import latency, metadata, record
@@ -28,9 +29,9 @@ def png_size(path) -> tuple[int, int]:
 
 
 def texts(cal, **kwargs) -> str:
-    """Every piece of text on the figure, one a line, to read what it says."""
+    """Every piece of text on the figure, one a line (a wrapped note on one), to read what it says."""
     fig = draw_roofline(cal, **kwargs)
-    return "\n".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+    return "\n".join(t.get_text().replace("\n  ", " ") for t in fig.findobj(matplotlib.text.Text))
 
 
 def operations() -> list:
@@ -69,9 +70,9 @@ def test_plot_writes_a_png_of_figsize_times_dpi(tmp_path, capsys):
     out = tmp_path / "roofline.png"
     assert main(["plot", str(path), "-o", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
-    assert png_size(out) == (12 * 120, 8 * 120)
+    assert png_size(out) == (18 * 120, 8 * 120)  # two panels: operations, fusion
     image = mpimg.imread(out)
-    assert image.shape[:2] == (960, 1440)
+    assert image.shape[:2] == (960, 2160)
     assert image[..., :3].min() < 0.5  # something was drawn on the white
 
 
@@ -87,7 +88,9 @@ def test_the_figure_labels_ceilings_points_and_fusion_verdicts(tmp_path):
     assert "arithmetic intensity (FLOP/byte)" in text and "GFLOP/s" in text
     assert "float32 compute 200 GFLOP/s" in text
     assert "peak (user) 400 GFLOP/s" in text
-    assert "DRAM 40 GB/s" in text and "L2 120 GB/s" in text
+    assert "DRAM 40 GB/s" in text
+    # the L2 triad call (1.6 us) lasts under 5 dispatches (2 us each): its rate is a per-call cost
+    assert "L2 120 GB/s, per-call bound" in text
     # legend: families with counts, one entry per verdict
     assert "matmul (2)" in text and "conv (1)" in text and "elementwise (1)" in text
     assert "fuse (1)" in text and "avoid (1)" in text
@@ -125,7 +128,7 @@ def test_compare_overlays_a_second_profile(tmp_path, capsys):
     second = fold([conv(), operations()[0]], metadata(hardware_name="box-b")).save(tmp_path / "b.json")
     out = tmp_path / "both.png"
     assert main(["plot", str(first), "--compare", str(second), "-o", str(out)]) == 0
-    assert png_size(out) == (1440, 960)
+    assert png_size(out) == (2160, 960)
     # the second machine: matmul at 300 GFLOPS, no bandwidth measured
     faster = record("matmul", 2 * 1024**3 / 300e9 * 1e3, M=1024, K=1024, N=1024, path="aten")
     text = texts(profile(hardware_name="box-a"), other=fold([conv(), faster], metadata(hardware_name="box-b")),
@@ -182,3 +185,64 @@ def test_missing_matplotlib_exits_2_with_the_install_hint(tmp_path, capsys, monk
     assert INSTALL_HINT in capsys.readouterr().err
     assert INSTALL_HINT == "matplotlib is not installed: pip install 'calibration[plot]'"
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- what the picture shows
+
+
+def conv_outlier():
+    """A depthwise convolution at 4 GFLOP/s, 2.2 FLOP/byte: 4.5% of its roof, the DRAM ceiling's
+    40 GB/s x 2.2 (its working set's level, L3, has no measured ceiling)."""
+    flops = 2 * 144 * 56 * 56 * 9
+    return record("conv2d", flops / 4e9 * 1e3, N=1, CIN=144, COUT=144, H=56, W=56, K=3, STRIDE=1, PAD=1,
+                  GROUPS=144)
+
+
+def test_fusion_arrows_get_a_panel_of_their_own():
+    fig = draw_roofline(profile())
+    operations_panel, fusion_panel = fig.axes[:2]
+
+    def arrows(ax):
+        return [a for a in ax.texts if getattr(a, "arrow_patch", None) is not None and not a.get_text()]
+
+    assert len(arrows(fusion_panel)) == 2 and arrows(operations_panel) == []
+    assert operations_panel.collections and not fusion_panel.collections  # the points: scatter collections
+    assert operations_panel.get_title() == "Operations" and fusion_panel.get_title().startswith("Fusion")
+    assert len(draw_roofline(profile(fusion=False)).axes) == 1
+
+
+def test_points_far_below_their_roof_are_labelled_by_name():
+    cal = fold(operations() + [conv_outlier()], metadata())
+    text = texts(cal)
+    assert "conv2d[N=1,CIN=144,COUT=144,\nH=56,W=56,K=3,STRIDE=1,PAD=1,\nGROUPS=144]\n4 GFLOP/s, 4.5% of roof" in text
+    labelled = [line for line in text.splitlines() if "% of roof" in line]
+    assert len(labelled) == 1  # the matmuls, triads and add run near their roofs
+    busy = fold(operations() + [replace(conv_outlier(), other_cpus=1.5)], metadata())
+    assert "GROUPS=144]\n4 GFLOP/s, 4.5% of roof, timed while busy" in texts(busy)
+
+
+def test_only_the_plotted_dtype_has_a_compute_roof():
+    bf16 = record("matmul", 2 * 1024**3 / 400e9 * 1e3, dtype="bfloat16", M=1024, K=1024, N=1024, path="aten")
+    cal = fold(operations() + [bf16], metadata())
+    text = texts(cal)
+    assert "float32 compute 200 GFLOP/s" in text and "bfloat16 compute" not in text
+    assert "compute ceilings of bfloat16 not drawn (--dtype bfloat16)" in text
+    assert "bfloat16 compute 400 GFLOP/s" in texts(cal, dtype="bfloat16")
+
+
+def test_notes_sit_beside_the_axes_and_compare_labels_stay_inside_them():
+    other = fold([conv(), record("matmul", 2 * 1024**3 / 300e9 * 1e3, M=1024, K=1024, N=1024, path="aten"),
+                  record("stream_triad", 3 * 4 * (1 << 10) / 7e9 * 1e3, n=1 << 10)], metadata(hardware_name="b"))
+    fig = draw_roofline(profile(hardware_name="a"), other=other)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        box = ax.get_window_extent()
+        assert not any("not shown" in t.get_text() for t in ax.texts)  # the notes are in the legend
+        labels = [t for t in ax.texts if "GB/s" in t.get_text() or "GFLOP/s" in t.get_text()]
+        assert labels
+        for label in labels:  # no ceiling label cut off at the edge, the L1 one included
+            extent = label.get_window_extent(renderer)
+            assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, \
+                label.get_text()
+
