@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from calibration.measure import stats
 from calibration.profile import roofline, verdict
+from calibration.profile.fusion import PatternEntries
 from calibration.profile.schema import (
     FusionCalibration,
     HardwareCalibration,
@@ -203,5 +204,5 @@ def fold(
         if record.case.variant == "unfused" or base is None:
             continue
         entry = _fusion_entry(cal, record, base)
-        cal.fusion_profiles.setdefault(entry.pattern, []).append(entry)
+        cal.fusion_profiles.setdefault(entry.pattern, PatternEntries()).append(entry)
     return cal

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from calibration.profile.entries import (
     BUSY_CPUS,
@@ -25,6 +25,7 @@ from calibration.profile.entries import (
     _Model,
 )
 from calibration.profile.files import save_calibration
+from calibration.profile.fusion import PatternEntries
 from calibration.profile.lookup import ProfileQueries
 from calibration.profile.summary import ProfileSummary
 
@@ -43,9 +44,23 @@ class HardwareCalibration(_Model, ProfileQueries, ProfileSummary):
     peak_bandwidth_gbps: Peak | None = None
     measured: MeasuredSummary = Field(default_factory=MeasuredSummary)
     operation_profiles: dict[str, OperationCalibration] = Field(default_factory=dict)
-    fusion_profiles: dict[str, list[FusionCalibration]] = Field(
+    # A list per pattern, which also answers as the predecessor's per-pattern profile
+    # (speedup_factor, memory_reduction...; see calibration.profile.fusion).
+    fusion_profiles: dict[str, PatternEntries] = Field(
         default_factory=dict, description="pattern name -> one entry per shape, dtype and fused variant"
     )
+
+    @model_validator(mode="after")
+    def _keyed_by_their_entries(self) -> HardwareCalibration:
+        # compare matches entries by these keys: a key that is not its entry's compares the wrong pair
+        for key, entry in self.operation_profiles.items():
+            if key != entry.key:
+                raise ValueError(f"operation_profiles key {key!r} is not the key of its entry ({entry.key!r})")
+        for pattern, entries in self.fusion_profiles.items():
+            for entry in entries:
+                if entry.pattern != pattern:
+                    raise ValueError(f"fusion_profiles[{pattern!r}] holds an entry of pattern {entry.pattern!r}")
+        return self
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a reader sees the old file or the new one, never a partial one."""
