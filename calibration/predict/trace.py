@@ -93,6 +93,15 @@ def canonical(name: str) -> str:
     return _ALIASES.get(name, name)
 
 
+class TraceFailed(ValueError):
+    """Neither torch.fx nor torch.export could turn the model into a graph; one line says why."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.GraphModule, str]:
     """fx symbolic trace; torch.export where data-dependent Python control flow defeats it."""
     try:
@@ -101,8 +110,9 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.
         try:
             return torch.export.export(model, tuple(example_inputs)).module(), "export"
         except Exception as export_error:
-            raise RuntimeError(
-                f"could not trace {type(model).__name__}: fx said {fx_error!r}; torch.export said {export_error!r}"
+            raise TraceFailed(
+                f"cannot trace {type(model).__name__} into a graph: torch.fx said {_first_line(fx_error)}; "
+                f"torch.export said {_first_line(export_error)}"
             ) from export_error
 
 

@@ -104,7 +104,7 @@ def test_fused_mode_divides_a_fused_pattern_by_its_measured_speedup():
     (subgraph,) = [sg for sg in fused_estimate.subgraphs if sg.pattern == "Linear_Bias_ReLU"]
     assert subgraph.speedup == pytest.approx(2.0)
     assert fused_estimate.total_ms == pytest.approx(eager.total_ms / 2.0)
-    with pytest.raises(ValueError, match="mode must be"):
+    with pytest.raises(ValueError, match="Invalid mode .magic.; allowed: eager, fused"):
         mapper.estimate(part, "magic")
 
 
