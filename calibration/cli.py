@@ -1,66 +1,151 @@
-"""``python -m calibration``: schema, show, run, plot, compare."""
+"""``python -m calibration``: schema, show, run, plot, compare, partition, predict.
+
+Bad input exits 2 with one line ``error: ...`` on stderr naming the value at fault, before
+anything is written; warnings are one line ``warning: ...`` each. Output cut short by the
+reader (``... | head``) ends the command quietly with its own exit status.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from calibration.measure import options
 
 
+class CommandError(Exception):
+    """Bad input to a command: main() prints ``error: <message>`` and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line (the usage block is in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Out:
+    """stdout that a reader may close early (``... | head``): the rest is dropped, quietly."""
+
+    closed = False
+
+    def write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            # Python would report the pipe again when it flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+OUT = _Out()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # DeprecationWarning too: the predecessor's names
+        warnings.showwarning = _show_warning
+        yield
+
+
+def _load(path: str, what: str = ""):
+    """The profile at ``path``, or CommandError naming the file and the problem."""
+    from calibration.profile.storage import ProfileError, load_calibration
+
+    try:
+        return load_calibration(path)
+    except ProfileError as exc:
+        raise CommandError(f"{what}{exc}") from None
+
+
+# --------------------------------------------------------------------------- commands
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from calibration.profile.schema import HardwareCalibration
 
-    print(json.dumps(HardwareCalibration.model_json_schema(), indent=2))
+    OUT.write(json.dumps(HardwareCalibration.model_json_schema(), indent=2))
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from calibration.profile.storage import ProfileError, load_calibration
-
-    try:
-        calibration = load_calibration(args.profile)
-    except ProfileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    calibration.print_summary()
+    OUT.write(_load(args.profile).summary())
     return 0
+
+
+# Options `run` sets itself; given again after `--` they would silently override its own.
+RUN_OPTIONS = ("--calibrate-out", "--quick", "--hardware", "--peak-gflops", "--peak-bandwidth", "--operations",
+               "--fusion-patterns", "--device", "--threads", "--rootdir", "--confcutdir", "-c")
+
+
+def _check_passthrough(extra: Sequence[str], output: Path) -> None:
+    for i, arg in enumerate(extra):
+        name, _, value = arg.partition("=")
+        if name in RUN_OPTIONS:
+            raise CommandError(f"{name} after -- would override run's own; give it as an option of run")
+        if name == "--benchmark-json":
+            value = value or (extra[i + 1] if i + 1 < len(extra) else "")
+            if value and os.path.realpath(value) == os.path.realpath(output):
+                raise CommandError(f"--benchmark-json {value} is the profile's path; the benchmark report would "
+                                   "replace the profile")
+
+
+# pytest's exit status -> run's: 0 written, 1 some cases failed (the profile holds the
+# others), 2 bad input, 3 pytest's internal error, 130 interrupted.
+RUN_STATUS = {0: 0, 1: 1, 2: 130, 3: 3, 4: 2, 5: 2}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
-    from calibration.api import find_bench_dir, pytest_args
+    from calibration.api import Selection, find_bench_dir, pytest_args
+    from calibration.profile.storage import ProfileError, check_output
 
     try:
+        check_output(args.output)
         bench = find_bench_dir(args.bench_dir)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ProfileError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.operations == [] and not args.fusion_patterns:
+        raise CommandError("--operations none selects no operation case; add --fusion-patterns to run fusion "
+                           "cases only")
+    _check_passthrough(args.pytest_args, Path(args.output))
+    peaks = ",".join(f"{k}={v}" for k, v in args.peak_gflops.items()) if args.peak_gflops else None
     argv = pytest_args(
-        bench=bench, output=args.output, hardware_name=args.hardware, peak_gflops=None,
-        peak_bandwidth=args.peak_bandwidth, operations=args.operations,
-        fusion_patterns=args.fusion_patterns, quick=args.quick,
-        device=args.device, threads=args.threads, extra=args.pytest_args,
+        bench=bench, output=args.output, hardware_name=args.hardware, peak_gflops=peaks,
+        peak_bandwidth=args.peak_bandwidth, select=Selection(args.operations, args.fusion_patterns or None),
+        quick=args.quick, device=args.device, threads=args.threads, extra=args.pytest_args,
     )
-    if args.peak_gflops:
-        argv += ["--peak-gflops", ",".join(f"{k}={v}" for k, v in args.peak_gflops.items())]
-    return int(pytest.main(argv))
+    status = int(pytest.main(argv))
+    if status == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("error: no benchmark case was selected (see the deselection above)", file=sys.stderr)
+    return RUN_STATUS.get(status, status)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from calibration.profile.storage import ProfileError, load_calibration
     from calibration.report.plot import MatplotlibMissing, plot_roofline
 
-    try:
-        calibration = load_calibration(args.profile)
-        other = load_calibration(args.compare) if args.compare else None
-    except ProfileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    calibration = _load(args.profile)
+    other = _load(args.compare) if args.compare else None
     labels = None
     if other is not None:
         labels = tuple(f"{Path(path).name}: {cal.metadata.hardware_name}"
@@ -68,45 +153,26 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     try:
         written = plot_roofline(calibration, args.output, other=other, dtype=args.dtype, labels=labels)
     except MatplotlibMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from None
     except OSError as exc:
-        print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # an image format matplotlib does not know, a dtype the profile lacks
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {written}")
+        raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a path plot cannot write an image to, a dtype the profile lacks
+        raise CommandError(" ".join(str(exc).split())) from None
+    OUT.write(f"wrote {written}")
     return 0
 
 
-def _load_for_compare(path: str):
-    """The profile, or ProfileError; an upgrade warning goes to stderr as one line."""
-    import warnings
-
-    from calibration.profile.storage import load_calibration
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        profile = load_calibration(path)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    return profile
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from calibration.profile.storage import ProfileError
     from calibration.report.compare import NothingInCommon, compare
     from calibration.report.compare_report import RENDERERS
 
+    base, new = _load(args.base), _load(args.new)
     try:
-        base, new = _load_for_compare(args.base), _load_for_compare(args.new)
         comparison = compare(base, new, metric=args.metric, threshold=args.threshold, alpha=args.alpha,
                              base_name=args.base, new_name=args.new)
-    except (ProfileError, NothingInCommon) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(RENDERERS[args.format](comparison))
+    except NothingInCommon as exc:
+        raise CommandError(" ".join(str(exc).split())) from None
+    OUT.write(RENDERERS[args.format](comparison))
     return 1 if comparison.regressed else 0
 
 
@@ -121,19 +187,33 @@ entry is not testable and never regresses. Entries in only one profile are liste
 fusion verdicts that flipped are reported; neither fails the comparison.
 """
 
+RUN_EPILOG = """\
+exit status: 0 the profile was written, 1 some cases failed (the profile holds the
+others), 2 bad input (nothing run, nothing written), 3 pytest's internal error,
+130 interrupted (an existing profile is left as it was).
+"""
 
-def _cmd_partition(args: argparse.Namespace) -> int:
-    from calibration.predict.models import load_model
-    from calibration.predict.plan import partition
-    from calibration.profile.storage import ProfileError, load_calibration
+
+def _model(args: argparse.Namespace):
+    """The model and its example inputs, or CommandError in one line."""
+    from calibration.predict.models import ModelError, load_model
 
     try:
-        model, example = load_model(args.model, args.batch, args.input_shape)
-        calibration = load_calibration(args.profile) if args.profile else None
-    except (ValueError, ImportError, AttributeError, ProfileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(partition(model, example, calibration).report())
+        return load_model(args.model, args.batch, args.input_shape, args.input_dtype)
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from calibration.predict.models import ModelError
+    from calibration.predict.plan import partition
+
+    calibration = _load(args.profile) if args.profile else None
+    model, inputs = _model(args)
+    try:
+        OUT.write(partition(model, inputs, calibration).report())
+    except ModelError as exc:
+        raise CommandError(f"--model {args.model}: {exc}") from None
     return 0
 
 
@@ -144,30 +224,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         measure_latency_ms,
         page_faults_per_call,
     )
-    from calibration.predict.mapper import predict_latency
-    from calibration.predict.models import load_model
-    from calibration.profile.storage import ProfileError, load_calibration
+    from calibration.predict.mapper import MissingCeilings, predict_latency
+    from calibration.predict.models import ModelError
 
+    calibration = _load(args.profile)
+    model, inputs = _model(args)
     try:
-        model, example = load_model(args.model, args.batch, args.input_shape)
-        calibration = load_calibration(args.profile)
-    except (ValueError, ImportError, AttributeError, ProfileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    estimate = predict_latency(model, example, calibration, mode=args.mode)
-    print(estimate.table())
+        estimate = predict_latency(model, inputs, calibration, mode=args.mode)
+    except MissingCeilings as exc:
+        raise CommandError(f"{args.profile}: {exc}") from None
+    except ModelError as exc:
+        raise CommandError(f"--model {args.model}: {exc}") from None
+    OUT.write(estimate.table())
     if args.measure:
-        measured = measure_latency_ms(model, example)
+        measured = measure_latency_ms(model, inputs)
         error = 100 * (estimate.total_ms / measured - 1)
-        print(f"measured eager latency: {measured:.3f} ms (torch.utils.benchmark, "
-              f"{__import__('torch').get_num_threads()} threads); prediction error {error:+.1f}%")
-        print(f"reference cases now vs in the profile (1.00: as fast as when calibrated): "
-              f"{format_drift(drift(calibration))}")
-        faults = page_faults_per_call(model, example)
+        OUT.write(f"measured eager latency: {measured:.3f} ms (torch.utils.benchmark, "
+                  f"{__import__('torch').get_num_threads()} threads); prediction error {error:+.1f}%")
+        OUT.write(f"reference cases now vs in the profile (1.00: as fast as when calibrated): "
+                  f"{format_drift(drift(calibration))}")
+        faults = page_faults_per_call(model, inputs)
         if faults:
             charged = sum(k.allocation_seconds for sg in estimate.subgraphs for k in sg.kernels) * 1e3
-            print(f"page faults per forward: {faults} ({faults * 4096 / 2**20:.1f} MiB of memory the allocator "
-                  f"had returned to the OS); the prediction charges {charged:.3f} ms for fresh outputs")
+            OUT.write(f"page faults per forward: {faults} ({faults * 4096 / 2**20:.1f} MiB of memory the allocator "
+                      f"had returned to the OS); the prediction charges {charged:.3f} ms for fresh outputs")
     return 0
 
 
@@ -181,8 +261,20 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    from calibration.specs.dtypes import INPUT_DTYPE_NAMES
+
+    command.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
+                         help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
+    command.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
+    command.add_argument("--input-shape", type=_parse_shape, action="append", metavar="D,D,...",
+                         help="input shape without the batch, for a MODULE:FACTORY model; once per input")
+    command.add_argument("--input-dtype", choices=INPUT_DTYPE_NAMES, default="float32",
+                         help="dtype of the example inputs (int64 for token ids). Default: %(default)s")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
+    parser = _Parser(prog="python -m calibration", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     schema = sub.add_parser("schema", help="print the profile's JSON Schema")
@@ -192,21 +284,27 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("profile", metavar="PROFILE")
     show.set_defaults(func=_cmd_show)
 
-    run = sub.add_parser("run", help="calibrate this machine (runs pytest bench/ --calibrate-out)")
-    run.add_argument("--output", "-o", required=True, metavar="PATH", help="profile to write")
-    run.add_argument("--hardware", metavar="NAME", help="hardware name (default: detected)")
+    run = sub.add_parser("run", help="calibrate this machine (runs the installed benchmark cases under pytest)",
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--output", "-o", required=True, metavar="PATH", type=lambda t: options.parse_path(t, "--output"),
+                     help="profile to write (an existing file must be a profile; a symlink is written through)")
+    run.add_argument("--hardware", metavar="NAME", type=options.parse_hardware,
+                     help="hardware name (default: detected)")
     run.add_argument("--peak-gflops", type=options.parse_peak_gflops, metavar="GFLOPS",
                      help="theoretical peak: a number (float32) or DTYPE=N,...")
     run.add_argument("--peak-bandwidth", type=options.parse_peak_bandwidth, metavar="GBPS",
                      help="theoretical peak bandwidth in GB/s")
     run.add_argument("--operations", metavar="LIST", type=lambda s: sorted(options.parse_operations(s)),
-                     help="families or operations to calibrate, comma-separated (default: all)")
+                     help="families or operations to calibrate, comma-separated, or 'none' (default: all)")
     run.add_argument("--fusion-patterns", metavar="LIST", type=lambda s: sorted(options.parse_fusion_patterns(s)),
-                     help="fusion families (linear, conv, attention, elementwise, all) or pattern names")
+                     help="fusion families (linear, conv, attention, elementwise, all) or pattern names; the "
+                          "operations run too unless --operations says otherwise (--operations none: fusion only)")
     run.add_argument("--quick", action="store_true", help="one or two sizes per operation")
     run.add_argument("--device", type=options.parse_device, help="cpu or cuda (default: cuda if available)")
     run.add_argument("--threads", type=options.parse_threads, metavar="N", help="torch threads")
-    run.add_argument("--bench-dir", metavar="DIR", help="the bench/ folder (default: ./bench)")
+    run.add_argument("--bench-dir", metavar="DIR",
+                     help="a folder of benchmark cases to run instead (default: the cases installed with the "
+                          "package, calibration/bench)")
     run.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="passed on to pytest")
     run.set_defaults(func=_cmd_run)
 
@@ -219,21 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_cmd_plot)
 
     part = sub.add_parser("partition", help="print a model's fusion partition (subgraphs, FLOPs, traffic)")
-    part.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
-                      help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
-    part.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
-    part.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
-                      help="input shape without the batch, for a MODULE:FACTORY model")
+    _add_model_options(part)
     part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
     part.set_defaults(func=_cmd_partition)
 
     predict = sub.add_parser("predict", help="predict a model's latency from a profile (and measure it)")
-    predict.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
-                         help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
+    _add_model_options(predict)
     predict.add_argument("--profile", required=True, metavar="PROFILE", help="the calibration to predict with")
-    predict.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
-    predict.add_argument("--input-shape", type=_parse_shape, metavar="D,D,...",
-                         help="input shape without the batch, for a MODULE:FACTORY model")
     predict.add_argument("--mode", choices=("eager", "fused"), default="eager",
                          help="eager: every kernel separately (default); fused: apply measured fusion speedups")
     predict.add_argument("--measure", action="store_true", help="also time the model eagerly and print the error")
@@ -270,5 +360,13 @@ def _add_compare(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    with _warnings_as_lines():
+        args = build_parser().parse_args(argv)
+        try:
+            return args.func(args)
+        except CommandError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130

@@ -17,12 +17,15 @@ from calibration.measure import harness, machine, options
 from calibration.measure.fold import FusionRecord, Record, fold, unpaired
 from calibration.measure.kernels import dtype_unsupported_reason
 from calibration.profile.schema import Peak, PeakSource
-from calibration.profile.storage import ProfileError, check_writable, load_calibration
+from calibration.profile.storage import ProfileError, check_output, load_calibration
 from calibration.specs import host
 from calibration.specs import patterns as fusion
 from calibration.specs.operations import OPERATIONS, Case
 
-HELP_OUT = "Write the calibration profile (JSON) to PATH. Default: %(default)r (no profile)."
+HELP_OUT = (
+    "Write the calibration profile (JSON) to PATH, atomically; an existing file there must be a profile, "
+    "and a symlink is written through to its target. Default: %(default)r (no profile)."
+)
 HELP_QUICK = "Calibrate one or two representative sizes per operation. Default: %(default)r."
 HELP_HARDWARE = "Hardware name recorded in the profile. Default: the detected CPU or GPU name."
 HELP_PEAK_GFLOPS = (
@@ -48,7 +51,8 @@ HELP_COMPARE_FAIL = (
 )
 HELP_OPERATIONS = (
     "Comma-separated operation families or names to calibrate "
-    f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'). Default: all."
+    f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'; 'none' with "
+    "--fusion-patterns runs fusion cases only). Default: all."
 )
 
 
@@ -83,9 +87,10 @@ FUSION_DTYPES = {"cpu": ("float32",), "cuda": ("float32", "float16")}
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("calibration", "hardware calibration (calibration package)")
-    group.addoption("--calibrate-out", metavar="PATH", default=None, help=HELP_OUT)
+    group.addoption("--calibrate-out", metavar="PATH", type=options.parse_calibrate_out, default=None,
+                    help=HELP_OUT)
     group.addoption("--quick", action="store_true", default=False, help=HELP_QUICK)
-    group.addoption("--hardware", metavar="NAME", default=None, help=HELP_HARDWARE)
+    group.addoption("--hardware", metavar="NAME", type=options.parse_hardware, default=None, help=HELP_HARDWARE)
     group.addoption("--peak-gflops", metavar="GFLOPS", type=options.parse_peak_gflops, default=None,
                     help=HELP_PEAK_GFLOPS)
     group.addoption("--peak-bandwidth", metavar="GBPS", type=options.parse_peak_bandwidth, default=None,
@@ -96,7 +101,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_OPERATIONS)
     group.addoption("--fusion-patterns", metavar="LIST", type=options.parse_fusion_patterns, default=None,
                     help=HELP_FUSION)
-    group.addoption("--calibrate-compare", metavar="BASE", default=None, help=HELP_COMPARE)
+    group.addoption("--calibrate-compare", metavar="BASE", type=options.parse_calibrate_compare, default=None,
+                    help=HELP_COMPARE)
     group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
                     default=None, help=HELP_COMPARE_FAIL)
 
@@ -128,8 +134,11 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
     out = config.getoption("calibrate_out")
+    if config.getoption("operations") == frozenset() and config.getoption("fusion_patterns") is None:
+        raise pytest.UsageError("--operations none selects no operation case; add --fusion-patterns to run "
+                                "fusion cases only")
     state = CalibrationState(
-        out=Path(out) if out else None,
+        out=Path(out) if out is not None else None,
         quick=config.getoption("quick"),
         device=device,
         hardware=config.getoption("hardware"),
@@ -155,9 +164,20 @@ def pytest_configure(config: pytest.Config) -> None:
         state.not_written = "--benchmark-disable runs each case once without timing: nothing to calibrate from."
         return
     try:
-        check_writable(state.out)
+        check_output(out)  # as given: "dir/" names a directory, Path("dir/") would not
     except ProfileError as exc:
         raise pytest.UsageError(f"--calibrate-out: {exc}") from None
+    _check_benchmark_json(config, state.out)
+
+
+def _check_benchmark_json(config: pytest.Config, out: Path) -> None:
+    """pytest-benchmark writes its report at the end too: at the profile's path it would replace it."""
+    report = config.getoption("benchmark_json", None)
+    if report is None:
+        return
+    if os.path.realpath(report) == os.path.realpath(out):
+        raise pytest.UsageError(f"--benchmark-json {report} is the --calibrate-out path: the benchmark report "
+                                "would replace the profile; give them different paths")
 
 
 def _load_compare_base(config: pytest.Config, state: CalibrationState) -> None:
@@ -360,7 +380,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         state.not_written = f"the run was interrupted; {state.out} was left as it was."
         return
-    state.written = state.calibration.save(state.out)
+    try:
+        state.written = state.calibration.save(state.out)
+    except ProfileError as exc:  # the disk filled, the directory went away: the old file stands
+        state.not_written = str(exc)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _compare(session: pytest.Session, state: CalibrationState) -> None:

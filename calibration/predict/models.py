@@ -20,6 +20,8 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from calibration.specs.dtypes import INPUT_DTYPE_NAMES
+
 __all__ = ["MODELS", "ModelError", "bert_layer", "example_input", "load_model", "mlp", "mobilenet_v2", "resnet18"]
 
 
@@ -390,11 +392,8 @@ class ModelError(ValueError):
     """A model that cannot be loaded or run as asked; the message is one line naming it."""
 
 
-# The dtypes an example input may have: floating point for most models, integers for token ids.
-INPUT_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "int64": torch.int64, "int32": torch.int32,
-}
+# The dtypes an example input may have (specs.dtypes.INPUT_DTYPE_NAMES, by name).
+INPUT_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in INPUT_DTYPE_NAMES}
 # Example inputs above this size are refused before allocating them: a typo such as
 # --input-shape 100000,100000,100000 asks for petabytes.
 MAX_INPUT_BYTES = 4 << 30

@@ -62,11 +62,13 @@ def test_upgraded_profile_saves_in_the_current_schema(legacy_file, tmp_path):
 
 
 def test_show_reads_a_predecessor_profile(legacy_file, capsys):
-    with pytest.warns(LegacyProfileWarning):
-        assert main(["show", str(legacy_file)]) == 0
-    out = capsys.readouterr().out
+    assert main(["show", str(legacy_file)]) == 0
+    out, err = capsys.readouterr()
     assert "upgraded from the predecessor's layout" in out
     assert "Conv2d_BN_ReLU" in out
+    # the command line says it once, on one line
+    assert err.splitlines() == [f"warning: {legacy_file}: upgraded from the predecessor's layout "
+                                "(graphs.hardware.calibration); save it to write the current schema (version 1)"]
 
 
 def test_malformed_predecessor_profile_names_the_field(tmp_path):
