@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "Metadata": "calibration.profile.schema",
     "OperationCalibration": "calibration.profile.schema",
     "FusionCalibration": "calibration.profile.schema",
+    "FusionCostModel": "calibration.profile.strategy",
     "Peak": "calibration.profile.schema",
     "PeakSource": "calibration.profile.schema",
     "ProfileError": "calibration.profile.storage",
@@ -38,6 +39,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "CPUMapper",
     "FusionCalibration",
+    "FusionCostModel",
     "GPUMapper",
     "HardwareCalibration",
     "LatencyEstimate",
@@ -97,3 +99,4 @@ if TYPE_CHECKING:
         PeakSource,
     )
     from calibration.profile.storage import ProfileError, load_calibration
+    from calibration.profile.strategy import FusionCostModel
