@@ -189,8 +189,10 @@ def calibrate_hardware(
     select = selection(operations, fusion_patterns)
     if device is not None:
         _parsed(options.parse_device, str(device))
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"Invalid threads {threads!r}; allowed: a positive integer")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int):
+            raise ValueError(f"Invalid threads {threads!r}; allowed: a positive integer")
+        _parsed(options.parse_threads, str(threads))
     bench = find_bench_dir(bench_dir)
     if output_path is not None:
         if isinstance(output_path, str) and not output_path:

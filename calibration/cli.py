@@ -100,6 +100,8 @@ RUN_OPTIONS = ("--calibrate-out", "--quick", "--hardware", "--peak-gflops", "--p
 def _check_passthrough(extra: Sequence[str], output: Path) -> None:
     for i, arg in enumerate(extra):
         name, _, value = arg.partition("=")
+        if "no:calibration" in arg:
+            raise CommandError(f"{arg} after -- would turn the calibration plugin off; nothing would be calibrated")
         if name in RUN_OPTIONS:
             raise CommandError(f"{name} after -- would override run's own; give it as an option of run")
         if name == "--benchmark-json":

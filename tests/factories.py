@@ -316,6 +316,10 @@ BAD_PROFILES = (
     BadProfile("fusion-param-unknown", "CINN", _current(_set("fusion_profiles", "Add_ReLU", 0, "params", "CINN", 64))),
     BadProfile("key-mismatch", "matmul[M=2048]/float32/cpu", _current(_rekey)),
     BadProfile("dtype-unknown", "float99", _current(_op("dtype", "float99"))),
+    BadProfile("family-wrong", "'conv'", _current(_op("family", "conv"))),
+    BadProfile("ceiling-dtype-unknown", "float99",
+               _current(_set("measured", "compute_ceiling_gflops", {"float32": 100.0, "float99": 5.0}))),
+    BadProfile("hardware-name-number", "metadata.hardware_name", _current(_set("metadata", "hardware_name", 42))),
     BadProfile("device-unknown", "tpu", _current(_op("device", "tpu"))),
     BadProfile("duplicate-key", "median_ms", lambda: _current(lambda d: None)().replace(
         '"median_ms": ', '"median_ms": 5.0, "median_ms": ', 1)),

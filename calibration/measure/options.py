@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from calibration.specs.dtypes import DTYPE_NAMES
 from calibration.specs.operations import resolve_selection
@@ -83,8 +84,21 @@ def parse_positive_int(text: str, option: str) -> int:
     return value
 
 
+# Oversubscribing the cores a few times over can be an experiment; a thread count in the
+# thousands only makes OpenMP start that many threads.
+THREADS_PER_CPU = 4
+
+
+def max_threads() -> int:
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
 def parse_threads(text: str) -> int:
-    return parse_positive_int(text, "--threads")
+    threads = parse_positive_int(text, "--threads")
+    if threads > max_threads():
+        raise argparse.ArgumentTypeError(
+            f"Invalid --threads {text!r}; allowed: 1 to {max_threads()} ({THREADS_PER_CPU} per CPU of this machine)")
+    return threads
 
 
 def parse_batch(text: str) -> int:

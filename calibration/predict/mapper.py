@@ -183,8 +183,8 @@ class Mapper:
             source = "peaks"
         else:
             self._note(f"operations the profile has not calibrated ({node.op} ...) use the roofline at the "
-                       "measured ceilings plus the measured dispatch overhead")
-            source = "roofline at measured ceilings"
+                       "profile's ceilings (measured, else the peaks given) plus the measured dispatch overhead")
+            source = "roofline at the profile's ceilings"
         seconds = max(t_compute, t_memory) + (self._dispatch_seconds() if self.calibration else 0.0)
         bound = Bottleneck.COMPUTE if t_compute >= t_memory and node.flops else Bottleneck.MEMORY
         return KernelEstimate(name=node.name, op=node.op, operation=node.operation, seconds=seconds,

@@ -41,6 +41,12 @@ Device = Literal["cpu", "cuda"]
 LEGACY_FAMILY = "legacy"
 
 
+def _check_family(family: str, registered: str, owner_key: str) -> None:
+    if family != registered:
+        raise ValueError(f"Invalid family {family!r} of entry {owner_key}; allowed: {registered!r} "
+                         f"(or {LEGACY_FAMILY!r} for an entry upgraded from the predecessor)")
+
+
 def _check_params(spec, params, owner_key: str) -> None:
     try:
         spec.check(params, complete=True, where="params.")
@@ -194,6 +200,7 @@ class FusionCalibration(_Model):
         spec = PATTERNS.get(self.pattern)
         if spec is None or self.family == LEGACY_FAMILY:
             return self
+        _check_family(self.family, spec.family, self.key)
         _check_params(spec, self.params, self.key)
         if self.variant not in VARIANTS[1:]:
             raise ValueError(f"Invalid variant {self.variant!r} of entry {self.key}; allowed: "
@@ -231,6 +238,7 @@ class OperationCalibration(_Model):
         spec = OPERATIONS.get(self.operation)
         if spec is None or self.family == LEGACY_FAMILY:
             return self
+        _check_family(self.family, spec.family, self.key)
         _check_params(spec, self.params, self.key)
         key = operation_key(self.operation, self.params, self.dtype, self.device)
         if self.key != key:
@@ -244,17 +252,17 @@ class MeasuredSummary(_Model):
     attained there, so noise in the one reference case cannot push an efficiency above 1.
     The matmul, STREAM and triad figures show where the ceilings come from."""
 
-    compute_ceiling_gflops: dict[str, PositiveFloat] = Field(
+    compute_ceiling_gflops: dict[Dtype, PositiveFloat] = Field(
         default_factory=dict, description="per dtype: best GFLOPS of any operation case (in practice matmul)"
     )
     bandwidth_by_level_gbps: dict[str, PositiveFloat] = Field(
         default_factory=dict,
         description="per memory level: best GB/s of any operation case whose working set fits that level",
     )
-    matmul_gflops: dict[str, NonNegativeFloat] = Field(
+    matmul_gflops: dict[Dtype, NonNegativeFloat] = Field(
         default_factory=dict, description="best matmul GFLOPS per dtype over every path"
     )
-    matmul_gflops_by_path: dict[str, dict[str, NonNegativeFloat]] = Field(
+    matmul_gflops_by_path: dict[Dtype, dict[str, NonNegativeFloat]] = Field(
         default_factory=dict, description="dtype -> library path -> best GFLOPS"
     )
     stream_gbps: dict[str, NonNegativeFloat] = Field(

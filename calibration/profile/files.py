@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 
 class ProfileError(ValueError):
@@ -36,6 +36,29 @@ _SUFFIXES = (".tmp", ".probe")
 # A temporary file of the older, pid-less kind is only removed once no save could still be
 # writing it: a save takes well under a second.
 _STALE_SECONDS = 3600
+
+
+# How many validation problems to name before counting the rest.
+MAX_REPORTED_ERRORS = 3
+
+
+def _describe_location(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _problem(err) -> str:
+    text = f"field '{_describe_location(err['loc'])}': {' '.join(str(err['msg']).split())}"
+    value = err.get("input")
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(repr(value)) <= 80:
+        text += f", got {value!r}"
+    return text
+
+
+def validation_message(exc: ValidationError) -> str:
+    problems = [_problem(err) for err in exc.errors()]
+    shown = problems[:MAX_REPORTED_ERRORS]
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f" (and {more} more)" if more else "")
 
 
 def _kind(mode: int) -> str:

@@ -16,16 +16,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from calibration.profile import legacy
-from calibration.profile.files import ProfileError, check_writable, save_calibration, target
+from calibration.profile.files import ProfileError, check_writable, save_calibration, target, validation_message
 from calibration.profile.schema import SCHEMA_VERSION, HardwareCalibration
 
 __all__ = [
     "LegacyProfileWarning", "ProfileError", "check_output", "check_writable", "load_calibration", "save_calibration",
     "target",
 ]
-
-# How many validation problems to name before counting the rest.
-MAX_REPORTED_ERRORS = 3
 
 # A full calibration writes about 1 MiB (raw samples included). A file 64 times that size is
 # not a profile, and a device such as /dev/zero never ends: reading stops here.
@@ -43,10 +40,6 @@ class LegacyProfileWarning(UserWarning):
 class _DuplicateKey(Exception):
     def __init__(self, key: str):
         self.key = key
-
-
-def _describe_location(loc: tuple[str | int, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
 
 
 def _looks_truncated(text: str, exc: json.JSONDecodeError) -> bool:
@@ -110,21 +103,6 @@ def _parse(path: Path, text: str) -> object:
                            f"({str(exc).split(':')[0]})") from None
 
 
-def _problem(err) -> str:
-    text = f"field '{_describe_location(err['loc'])}': {' '.join(str(err['msg']).split())}"
-    value = err.get("input")
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(repr(value)) <= 80:
-        text += f", got {value!r}"
-    return text
-
-
-def _validation_message(exc: ValidationError) -> str:
-    problems = [_problem(err) for err in exc.errors()]
-    shown = problems[:MAX_REPORTED_ERRORS]
-    more = len(problems) - len(shown)
-    return "; ".join(shown) + (f" (and {more} more)" if more else "")
-
-
 def load_calibration(path: str | Path) -> HardwareCalibration:
     """Read and validate a profile; any problem raises one ProfileError naming file and field."""
     path = Path(path)
@@ -150,7 +128,7 @@ def load_calibration(path: str | Path) -> HardwareCalibration:
     try:
         return HardwareCalibration.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(f"{path}: invalid profile: {_validation_message(exc)}") from None
+        raise ProfileError(f"{path}: invalid profile: {validation_message(exc)}") from None
     except RecursionError:
         raise ProfileError(f"{path}: not a profile: its JSON is nested too deeply to read") from None
 
@@ -162,7 +140,7 @@ def _upgrade(path: Path, data: dict) -> HardwareCalibration:
         raise ProfileError(f"{path}: a profile in {legacy.PREDECESSOR} that cannot be read: {exc}") from None
     except ValidationError as exc:
         raise ProfileError(f"{path}: a profile in {legacy.PREDECESSOR} that cannot be read: "
-                           f"{_validation_message(exc)}") from None
+                           f"{validation_message(exc)}") from None
     renames = "".join(f"; pattern {old} is {new} now" for old, new in renamed.items())
     warnings.warn(
         f"{path}: upgraded from {legacy.PREDECESSOR}{renames}; save it to write the current schema "

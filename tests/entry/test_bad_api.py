@@ -115,6 +115,9 @@ CASES = [
     ("calibrate-bandwidth-string", lambda w: calibrate_hardware(theoretical_bandwidth_gbps="fast",
                                                                 operations=["dispatch"]), ValueError, ["'fast'"]),
     ("calibrate-threads-zero", lambda w: calibrate_hardware(threads=0, operations=["dispatch"]), ValueError, ["0"]),
+    ("calibrate-threads-a-million", lambda w: calibrate_hardware(threads=10**6, operations=["dispatch"]),
+     ValueError, ["1000000"]),
+    ("calibrate-operations-not-names", lambda w: calibrate_hardware(operations=[3]), ValueError, ["[3]"]),
     ("calibrate-device-tpu", lambda w: calibrate_hardware(device="tpu", operations=["dispatch"]), ValueError,
      ["'tpu'"]),
     ("calibrate-hardware-empty", lambda w: calibrate_hardware(hardware_name="", operations=["dispatch"]), ValueError,
@@ -125,6 +128,11 @@ CASES = [
     ("save-directory", lambda w: w.full.save(w.dir / "outdir"), ProfileError, ["outdir", "directory"]),
     ("save-fifo", lambda w: w.full.save(w.dir / "fifo"), ProfileError, ["fifo", "not a regular file"]),
     ("save-parent-missing", lambda w: w.full.save(w.dir / "missing" / "p.json"), ProfileError, ["missing"]),
+    # a value set after validation would write a file that cannot be read back
+    ("save-infinite-after-validation", lambda w: w.full.model_copy(
+        update={"peak_bandwidth_gbps": w.full.peak_bandwidth_gbps, "measured": w.full.measured.model_copy(
+            update={"dispatch_overhead_us": float("inf")})}).save(w.dir / "p.json"), ProfileError,
+     ["p.json", "dispatch_overhead_us"]),
     # partition and prediction
     ("predict-without-ceilings", lambda w: predict_latency(MLP(), torch.randn(1, 784), w.dispatch_only), ValueError,
      ["compute ceiling", "float32"]),

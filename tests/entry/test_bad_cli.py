@@ -142,6 +142,9 @@ CASES = [
     ("run-output-name-too-long", [*RUN, "-o", LONG_NAME], ["too long"]),
     # run: the other options
     ("run-threads-zero", [*RUN, "-o", "o.json", "--threads", "0"], ["--threads", "'0'"]),
+    ("run-threads-a-million", [*RUN, "-o", "o.json", "--threads", "1000000"], ["'1000000'", "per CPU"]),
+    ("run-passthrough-plugin-off", [*RUN, "-o", "o.json", "--", "-p", "no:calibration.plugin"],
+     ["no:calibration.plugin"]),
     ("run-device-tpu", [*RUN, "-o", "o.json", "--device", "tpu"], ["'tpu'"]),
     ("run-peak-negative", [*RUN, "-o", "o.json", "--peak-gflops", "-1"], ["'-1'"]),
     ("run-peak-duplicate-dtype", [*RUN, "-o", "o.json", "--peak-gflops", "float32=1,float32=2"], ["float32"]),

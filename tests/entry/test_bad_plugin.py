@@ -45,6 +45,7 @@ CASES = [
     ("bandwidth-nan", ["--peak-bandwidth=nan"], ["'nan'"]),
     ("hardware-empty", ["--hardware="], ["--hardware", "''"]),
     ("threads-negative", ["--threads=-1"], ["'-1'"]),
+    ("threads-a-million", ["--threads=1000000"], ["'1000000'"]),
     ("device-tpu", ["--device=tpu"], ["'tpu'"]),
     ("operations-empty", ["--operations="], ["--operations"]),
     ("operations-none-alone", ["--operations=none"], ["none", "--fusion-patterns"]),
