@@ -41,17 +41,18 @@ Device = Literal["cpu", "cuda"]
 LEGACY_FAMILY = "legacy"
 
 
-def _check_family(family: str, registered: str, owner_key: str) -> None:
-    if family != registered:
-        raise ValueError(f"Invalid family {family!r} of entry {owner_key}; allowed: {registered!r} "
+def _check_registered(spec, entry: FusionCalibration | OperationCalibration, key: str) -> None:
+    """An entry of a registered operation or pattern (``spec``) has its family, its
+    parameters, and ``key``, the key made of its fields (compare matches entries by key)."""
+    if entry.family != spec.family:
+        raise ValueError(f"Invalid family {entry.family!r} of entry {entry.key}; allowed: {spec.family!r} "
                          f"(or {LEGACY_FAMILY!r} for an entry upgraded from the predecessor)")
-
-
-def _check_params(spec, params, owner_key: str) -> None:
     try:
-        spec.check(params, complete=True, where="params.")
+        spec.check(entry.params, complete=True, where="params.")
     except (UnknownParameter, InvalidParameter) as exc:
-        raise ValueError(f"entry {owner_key}: {exc}") from None
+        raise ValueError(f"entry {entry.key}: {exc}") from None
+    if entry.key != key:
+        raise ValueError(f"entry key {entry.key!r} does not match its fields ({key!r})")
 
 
 class FrozenModel(BaseModel):
@@ -200,14 +201,11 @@ class FusionCalibration(_Model):
         spec = PATTERNS.get(self.pattern)
         if spec is None or self.family == LEGACY_FAMILY:
             return self
-        _check_family(self.family, spec.family, self.key)
-        _check_params(spec, self.params, self.key)
         if self.variant not in VARIANTS[1:]:
             raise ValueError(f"Invalid variant {self.variant!r} of entry {self.key}; allowed: "
                              f"{', '.join(VARIANTS[1:])}")
-        key = f"{operation_key(self.pattern, self.params, self.dtype, self.device)}/{self.variant}"
-        if self.key != key:
-            raise ValueError(f"entry key {self.key!r} does not match its fields ({key!r})")
+        _check_registered(spec, self, f"{operation_key(self.pattern, self.params, self.dtype, self.device)}/"
+                                      f"{self.variant}")
         return self
 
 
@@ -238,11 +236,7 @@ class OperationCalibration(_Model):
         spec = OPERATIONS.get(self.operation)
         if spec is None or self.family == LEGACY_FAMILY:
             return self
-        _check_family(self.family, spec.family, self.key)
-        _check_params(spec, self.params, self.key)
-        key = operation_key(self.operation, self.params, self.dtype, self.device)
-        if self.key != key:
-            raise ValueError(f"entry key {self.key!r} does not match its fields ({key!r})")
+        _check_registered(spec, self, operation_key(self.operation, self.params, self.dtype, self.device))
         return self
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from calibration.specs import host
-from calibration.specs import params as parameters
 from calibration.specs.dtypes import itemsize
 from calibration.specs.keys import ParamValue, operation_key
+from calibration.specs.params import Checked
 
 Params = Mapping[str, ParamValue]
 
@@ -86,7 +86,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Operation:
+class Operation(Checked):
     name: str
     family: str
     description: str
@@ -128,14 +128,6 @@ class Operation:
     def param_names(self) -> tuple[str, ...]:
         return tuple(self.shapes(False)[0])
 
-    @cached_property
-    def domains(self) -> dict[str, parameters.Domain]:
-        return parameters.domains(self.shapes(False))
-
-    def check(self, values: Params, *, complete: bool = False, where: str = "") -> None:
-        """Raise UnknownParameter (a TypeError) or InvalidParameter (a ValueError) for a
-        parameter this operation does not have or a value it does not take."""
-        parameters.check(self.name, values, self.domains, complete=complete, where=where)
 
 
 def fixed(full: tuple[Params, ...], quick: tuple[Params, ...]) -> Callable[[bool], tuple[Params, ...]]:

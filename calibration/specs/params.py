@@ -10,8 +10,9 @@ padding, else 1), a string or flag parameter takes the values its full grid uses
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from calibration.specs.keys import ParamValue
 
@@ -78,3 +79,20 @@ def check(owner: str, params: Mapping[str, object], allowed: Mapping[str, Domain
         if missing:
             raise InvalidParameter(f"{owner} is missing parameter{'s' if len(missing) > 1 else ''} "
                                    f"{', '.join(where + name for name in missing)}")
+
+
+class Checked:
+    """What an operation or a pattern (a registry item with a ``name`` and ``shapes(quick)``)
+    answers about parameters: their domains, and a check of given values."""
+
+    name: str
+    shapes: Callable[[bool], tuple[Mapping[str, ParamValue], ...]]
+
+    @cached_property
+    def domains(self) -> dict[str, Domain]:
+        return domains(self.shapes(False))
+
+    def check(self, values: Mapping[str, object], *, complete: bool = False, where: str = "") -> None:
+        """Raise UnknownParameter (a TypeError) or InvalidParameter (a ValueError) for a
+        parameter this item does not have or a value it does not take."""
+        check(self.name, values, self.domains, complete=complete, where=where)

@@ -19,19 +19,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 
-from calibration.specs import params as parameters
 from calibration.specs.dtypes import itemsize
 from calibration.specs.keys import ParamValue, operation_key
 from calibration.specs.operations import ELEMENTWISE_FLOPS, Params, conv_out, fixed
+from calibration.specs.params import Checked
 
 VARIANTS = ("unfused", "library", "compiled")
 DROPOUT_P = 0.1
 
 
 @dataclass(frozen=True)
-class Pattern:
+class Pattern(Checked):
     name: str
     family: str
     operators: tuple[str, ...]
@@ -48,15 +47,6 @@ class Pattern:
 
     def variants(self, device: str) -> tuple[str, ...]:
         return tuple(v for v in VARIANTS if v != "library" or device in self.library_devices)
-
-    @cached_property
-    def domains(self) -> dict[str, parameters.Domain]:
-        return parameters.domains(self.shapes(False))
-
-    def check(self, values: Params, *, complete: bool = False, where: str = "") -> None:
-        """Raise UnknownParameter (a TypeError) or InvalidParameter (a ValueError) for a
-        parameter this pattern does not have or a value it does not take."""
-        parameters.check(self.name, values, self.domains, complete=complete, where=where)
 
     def cases(self, *, quick: bool, device: str, dtypes: Iterable[str] = ("float32",)) -> list[FusionCase]:
         return [
