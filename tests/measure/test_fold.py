@@ -220,3 +220,28 @@ def test_module_overhead_is_the_difference_of_the_fastest_rounds():
     assert cal.measured.module_overhead_us == {"Conv2d": pytest.approx(5.0)}  # ReLU has no kernel form
     assert cal.measured.module_call_overhead_us == pytest.approx(3.5)
     assert "module call over its kernel, us: Conv2d +5.0" in render_summary(cal)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_case_the_suite_can_run_folds_into_a_profile_that_loads(tmp_path, device):
+    """The schema checks entries against the registry (parameters, families, keys): every
+    case of the full grid, operations and fusion variants, must pass that check."""
+    from factories import latency
+
+    from calibration import load_calibration
+    from calibration.measure.fold import FusionRecord
+    from calibration.specs.operations import OPERATIONS
+    from calibration.specs.patterns import PATTERNS
+
+    dtypes = ("float32", "bfloat16") if device == "cpu" else ("float32", "float16")
+    records = [Record(case, latency(1.0))
+               for op in OPERATIONS.values() for case in op.cases(quick=False, device=device)]
+    # no raw samples: no bootstrap interval to compute for each of several hundred entries
+    fusion = [FusionRecord(case, latency(1.0 if case.variant == "unfused" else 0.5).model_copy(
+        update={"samples_ms": []}))
+              for pattern in PATTERNS.values() for case in pattern.cases(quick=False, device=device, dtypes=dtypes)]
+    cal = fold(records, metadata(device_type=device), fusion_records=fusion)
+    assert len(cal.operation_profiles) == len(records)
+    assert sum(len(entries) for entries in cal.fusion_profiles.values()) == sum(
+        case.variant != "unfused" for case in (r.case for r in fusion))
+    assert load_calibration(cal.save(tmp_path / "full.json")) == cal
