@@ -137,10 +137,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         peak_bandwidth=args.peak_bandwidth, select=Selection(args.operations, args.fusion_patterns or None),
         quick=args.quick, device=args.device, threads=args.threads, extra=args.pytest_args,
     )
+    before = _mtime(args.output)
     status = int(pytest.main(argv))
     if status == pytest.ExitCode.NO_TESTS_COLLECTED:
         print("error: no benchmark case was selected (see the deselection above)", file=sys.stderr)
+    elif status == pytest.ExitCode.OK and _mtime(args.output) in (None, before):
+        # every case skipped, or --benchmark-disable after --: the run passed, but calibrated nothing
+        print(f"error: no profile was written to {args.output} (the summary above says why)", file=sys.stderr)
+        return 1
     return RUN_STATUS.get(status, status)
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -240,3 +240,15 @@ def test_summary_flags_cache_levels_whose_triad_is_a_per_call_cost():
     ], metadata())
     note = [line for line in render_summary(cal).splitlines() if "per-call costs" in line]
     assert len(note) == 1 and note[0].strip().startswith("note: L1 triad calls")
+
+
+def test_run_that_writes_no_profile_says_so_and_fails(tmp_path):
+    """The cases pass untimed under --benchmark-disable: pytest says OK, but nothing was calibrated."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "calibration", "run", "--quick", "--operations", "dispatch", "-o", "p.json",
+         "--", "--benchmark-disable"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[-1] == "error: no profile was written to p.json (the summary above says why)"
+    assert not (tmp_path / "p.json").exists()
