@@ -43,7 +43,10 @@ def should_fuse(calibration: HardwareCalibration | None, pattern: str, shape: Ma
     """Fuse unless the calibration measured, at the nearest calibrated size, that it does not pay."""
     if calibration is None:
         return True, "no calibration given: fused by default"
-    entry = calibration.get_fusion_pattern(pattern, dtype=dtype, **shape)
+    try:
+        entry = calibration.get_fusion_pattern(pattern, dtype=dtype, **shape)
+    except (TypeError, ValueError) as exc:  # a dtype or shape the registry does not calibrate (float64, groups)
+        return True, f"no calibrated {pattern} like this one ({exc}): fused by default"
     if entry is None:
         return True, "pattern not calibrated: fused by default"
     where = ", ".join(f"{k}={v}" for k, v in entry.params.items())
@@ -58,7 +61,10 @@ def fusion_benefit(calibration: HardwareCalibration | None, pattern: str, shape:
     """Measured speedup of fusing ``pattern`` at ``shape`` (interpolated); 1.0 when unknown."""
     if calibration is None:
         return 1.0
-    return calibration.get_fusion_speedup(pattern, 1.0, dtype=dtype, **shape)
+    try:
+        return calibration.get_fusion_speedup(pattern, 1.0, dtype=dtype, **shape)
+    except (TypeError, ValueError):  # as in should_fuse: nothing calibrated like it
+        return 1.0
 
 
 # --------------------------------------------------------------------------- partition
