@@ -112,7 +112,7 @@ def test_run_with_fusion_patterns_also_runs_the_operations(tmp_path):
          "--", "--collect-only"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # collected, not run: no profile
     ran = {line.split("::")[1].split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
     assert {"test_matmul", "test_stream_triad", "test_dispatch", "test_conv_fusion", "test_attention_fusion"} <= ran
 
