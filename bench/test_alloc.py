@@ -1,19 +1,9 @@
-"""What a fresh output costs over a reused one: allocator page faults.
+"""Runs the cases of calibration/bench/test_alloc.py, the copy installed with the package.
 
-The plugin runs these before every other case (``RUN_FIRST_FAMILIES``), fresh allocations
-first and largest first, so each runs before any other case has left large free blocks in
-the heap: a 34 MiB request that a freed 48 MiB block can serve faults nothing in, which is
-not what a model's call of that size sees.
+Assigned in their definition order, the order pytest collects them in.
 """
 
-import pytest
+from calibration.bench import test_alloc as cases
 
-
-@pytest.mark.operation("fill_fresh")
-def test_fill_fresh(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("fill")
-def test_fill(op_case, calibrate):
-    calibrate(op_case)
+test_fill_fresh = cases.test_fill_fresh
+test_fill = cases.test_fill

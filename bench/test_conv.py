@@ -1,8 +1,8 @@
-"""2-D convolutions from ResNet-18 and MobileNet-V2 layers, eval mode, no autograd."""
+"""Runs the cases of calibration/bench/test_conv.py, the copy installed with the package.
 
-import pytest
+Assigned in their definition order, the order pytest collects them in.
+"""
 
+from calibration.bench import test_conv as cases
 
-@pytest.mark.operation("conv2d")
-def test_conv2d(op_case, calibrate):
-    calibrate(op_case)
+test_conv2d = cases.test_conv2d

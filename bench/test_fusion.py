@@ -1,25 +1,11 @@
-"""Fusion patterns: every pattern's unfused form and each fused variant (library kernel,
-torch.compile) as separate cases, grouped with their twin; a fused variant whose output
-differs from the unfused output fails before it is timed."""
+"""Runs the cases of calibration/bench/test_fusion.py, the copy installed with the package.
 
-import pytest
+Assigned in their definition order, the order pytest collects them in.
+"""
 
+from calibration.bench import test_fusion as cases
 
-@pytest.mark.fusion("linear")
-def test_linear_fusion(fusion_case, calibrate):
-    calibrate(fusion_case)
-
-
-@pytest.mark.fusion("conv")
-def test_conv_fusion(fusion_case, calibrate):
-    calibrate(fusion_case)
-
-
-@pytest.mark.fusion("attention")
-def test_attention_fusion(fusion_case, calibrate):
-    calibrate(fusion_case)
-
-
-@pytest.mark.fusion("elementwise")
-def test_elementwise_fusion(fusion_case, calibrate):
-    calibrate(fusion_case)
+test_linear_fusion = cases.test_linear_fusion
+test_conv_fusion = cases.test_conv_fusion
+test_attention_fusion = cases.test_attention_fusion
+test_elementwise_fusion = cases.test_elementwise_fusion

@@ -1,18 +1,10 @@
-"""Compute ceilings: every matmul path torch offers on the device, square and skinny shapes."""
+"""Runs the cases of calibration/bench/test_matmul.py, the copy installed with the package.
 
-import pytest
+Assigned in their definition order, the order pytest collects them in.
+"""
 
+from calibration.bench import test_matmul as cases
 
-@pytest.mark.operation("matmul")
-def test_matmul(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("linear")
-def test_linear(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("bmm")
-def test_bmm(op_case, calibrate):
-    calibrate(op_case)
+test_matmul = cases.test_matmul
+test_linear = cases.test_linear
+test_bmm = cases.test_bmm

@@ -1,18 +1,10 @@
-"""Softmax and normalisation layers (batch norm in eval mode)."""
+"""Runs the cases of calibration/bench/test_norm.py, the copy installed with the package.
 
-import pytest
+Assigned in their definition order, the order pytest collects them in.
+"""
 
+from calibration.bench import test_norm as cases
 
-@pytest.mark.operation("softmax")
-def test_softmax(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("layernorm")
-def test_layernorm(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("batchnorm")
-def test_batchnorm(op_case, calibrate):
-    calibrate(op_case)
+test_softmax = cases.test_softmax
+test_layernorm = cases.test_layernorm
+test_batchnorm = cases.test_batchnorm

@@ -1,18 +1,10 @@
-"""Max, average and global average pooling."""
+"""Runs the cases of calibration/bench/test_pool.py, the copy installed with the package.
 
-import pytest
+Assigned in their definition order, the order pytest collects them in.
+"""
 
+from calibration.bench import test_pool as cases
 
-@pytest.mark.operation("maxpool")
-def test_maxpool(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("avgpool")
-def test_avgpool(op_case, calibrate):
-    calibrate(op_case)
-
-
-@pytest.mark.operation("global_avgpool")
-def test_global_avgpool(op_case, calibrate):
-    calibrate(op_case)
+test_maxpool = cases.test_maxpool
+test_avgpool = cases.test_avgpool
+test_global_avgpool = cases.test_global_avgpool

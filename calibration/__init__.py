@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "Metadata": "calibration.profile.schema",
     "OperationCalibration": "calibration.profile.schema",
     "FusionCalibration": "calibration.profile.schema",
+    "FusionCostModel": "calibration.profile.strategy",
     "Peak": "calibration.profile.schema",
     "PeakSource": "calibration.profile.schema",
     "ProfileError": "calibration.profile.storage",
@@ -41,6 +42,7 @@ _MODULES: dict[str, str] = {"models": "calibration.predict.models"}
 __all__ = [
     "CPUMapper",
     "FusionCalibration",
+    "FusionCostModel",
     "GPUMapper",
     "HardwareCalibration",
     "LatencyEstimate",
@@ -105,3 +107,4 @@ if TYPE_CHECKING:
         PeakSource,
     )
     from calibration.profile.storage import ProfileError, load_calibration
+    from calibration.profile.strategy import FusionCostModel

@@ -1,33 +1,94 @@
-"""``python -m calibration``: schema, show, run, plot, partition, predict, compare."""
+"""``python -m calibration``: schema, show, run, plot, compare, partition, predict.
+
+Bad input exits 2 with one line ``error: ...`` on stderr naming the value at fault, before
+anything is written; warnings are one line ``warning: ...`` each. Output cut short by the
+reader (``... | head``) ends the command quietly with its own exit status.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 from calibration.measure import options
+
+
+class CommandError(Exception):
+    """Bad input to a command: main() prints ``error: <message>`` and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line (the usage block is in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Out:
+    """stdout that a reader may close early (``... | head``): the rest is dropped, quietly."""
+
+    closed = False
+
+    def write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            # Python would report the pipe again when it flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+OUT = _Out()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # DeprecationWarning too: the predecessor's names
+        warnings.showwarning = _show_warning
+        yield
+
+
+def _load(path: str, what: str = ""):
+    """The profile at ``path``, or CommandError naming the file and the problem."""
+    from calibration.profile.storage import ProfileError, load_calibration
+
+    try:
+        return load_calibration(path)
+    except ProfileError as exc:
+        raise CommandError(f"{what}{exc}") from None
+
+
+# --------------------------------------------------------------------------- commands
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from calibration.profile.schema import HardwareCalibration
 
-    print(json.dumps(HardwareCalibration.model_json_schema(), indent=2))
+    OUT.write(json.dumps(HardwareCalibration.model_json_schema(), indent=2))
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from calibration.profile.storage import ProfileError, load_calibration
-
-    try:
-        calibration = load_calibration(args.profile)
-    except ProfileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    calibration.print_summary(select=args.filter, sort=args.sort)
+    OUT.write(_load(args.profile).summary(select=args.filter, sort=args.sort))
     return 0
 
 
@@ -45,37 +106,75 @@ FILTER_HELP = ("keep the entries whose key matches EXPR, as pytest -k does: case
                "(e.g. 'conv2d and not module'). Default: every entry.")
 
 
+# Options `run` sets itself; given again after `--` they would silently override its own.
+RUN_OPTIONS = ("--calibrate-out", "--rootdir", "--confcutdir", "-c") + tuple(
+    form for name in ("quick", "hardware", "peak-gflops", "peak-bandwidth", "operations", "fusion-patterns", "device",
+                      "threads") for form in (f"--{name}", f"--calibrate-{name}"))
+
+
+def _check_passthrough(extra: Sequence[str], output: Path) -> None:
+    for i, arg in enumerate(extra):
+        name, _, value = arg.partition("=")
+        if "no:calibration" in arg:
+            raise CommandError(f"{arg} after -- would turn the calibration plugin off; nothing would be calibrated")
+        if name in RUN_OPTIONS:
+            raise CommandError(f"{name} after -- would override run's own; give it as an option of run")
+        if name == "--benchmark-json":
+            value = value or (extra[i + 1] if i + 1 < len(extra) else "")
+            if value and os.path.realpath(value) == os.path.realpath(output):
+                raise CommandError(f"--benchmark-json {value} is the profile's path; the benchmark report would "
+                                   "replace the profile")
+
+
+# pytest's exit status -> run's: 0 written, 1 some cases failed (the profile holds the
+# others), 2 bad input, 3 pytest's internal error, 130 interrupted.
+RUN_STATUS = {0: 0, 1: 1, 2: 130, 3: 3, 4: 2, 5: 2}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
-    from calibration.api import find_bench_dir, pytest_args
+    from calibration.api import Selection, find_bench_dir, pytest_args
+    from calibration.profile.storage import ProfileError, check_output
 
     try:
+        check_output(args.output)
         bench = find_bench_dir(args.bench_dir)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ProfileError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.operations == [] and not args.fusion_patterns:
+        raise CommandError("--operations none selects no operation case; add --fusion-patterns to run fusion "
+                           "cases only")
+    _check_passthrough(args.pytest_args, Path(args.output))
+    peaks = ",".join(f"{k}={v}" for k, v in args.peak_gflops.items()) if args.peak_gflops else None
     argv = pytest_args(
-        bench=bench, output=args.output, hardware_name=args.hardware, peak_gflops=None,
-        peak_bandwidth=args.peak_bandwidth, operations=args.operations,
-        fusion_patterns=args.fusion_patterns, quick=args.quick,
-        device=args.device, threads=args.threads, extra=args.pytest_args,
+        bench=bench, output=args.output, hardware_name=args.hardware, peak_gflops=peaks,
+        peak_bandwidth=args.peak_bandwidth, select=Selection(args.operations, args.fusion_patterns or None),
+        quick=args.quick, device=args.device, threads=args.threads, extra=args.pytest_args,
     )
-    if args.peak_gflops:
-        argv += ["--calibrate-peak-gflops", ",".join(f"{k}={v}" for k, v in args.peak_gflops.items())]
-    return int(pytest.main(argv))
+    before = _mtime(args.output)
+    status = int(pytest.main(argv))
+    if status == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("error: no benchmark case was selected (see the deselection above)", file=sys.stderr)
+    elif status == pytest.ExitCode.OK and _mtime(args.output) in (None, before):
+        # every case skipped, or --benchmark-disable after --: the run passed, but calibrated nothing
+        print(f"error: no profile was written to {args.output} (the summary above says why)", file=sys.stderr)
+        return 1
+    return RUN_STATUS.get(status, status)
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from calibration.profile.storage import ProfileError, load_calibration
     from calibration.report.plot import MatplotlibMissing, plot_roofline
 
-    try:
-        calibration = load_calibration(args.profile)
-        other = load_calibration(args.compare) if args.compare else None
-    except ProfileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    calibration = _load(args.profile)
+    other = _load(args.compare) if args.compare else None
     labels = None
     if other is not None:
         labels = tuple(f"{Path(path).name}: {cal.metadata.hardware_name}"
@@ -83,48 +182,29 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     try:
         written = plot_roofline(calibration, args.output, other=other, dtype=args.dtype, labels=labels)
     except MatplotlibMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from None
     except OSError as exc:
-        print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # an image format matplotlib does not know, a dtype the profile lacks
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {written}")
+        raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a path plot cannot write an image to, a dtype the profile lacks
+        raise CommandError(" ".join(str(exc).split())) from None
+    OUT.write(f"wrote {written}")
     return 0
 
 
-def _load_for_compare(path: str):
-    """The profile, or ProfileError; an upgrade warning goes to stderr as one line."""
-    import warnings
-
-    from calibration.profile.storage import load_calibration
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        profile = load_calibration(path)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    return profile
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from calibration.profile.storage import ProfileError
     from calibration.report.compare import NothingInCommon, compare
     from calibration.report.compare_report import RENDERERS, render_text
 
+    base, new = _load(args.base), _load(args.new)
     try:
-        base, new = _load_for_compare(args.base), _load_for_compare(args.new)
         comparison = compare(base, new, metric=args.metric, threshold=args.threshold, alpha=args.alpha,
                              base_name=args.base, new_name=args.new, select=args.filter)
-    except (ProfileError, NothingInCommon) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except NothingInCommon as exc:
+        raise CommandError(" ".join(str(exc).split())) from None
     if args.format == "text":
-        print(render_text(comparison, sort=args.sort, list_unmatched=args.list_unmatched))
+        OUT.write(render_text(comparison, sort=args.sort, list_unmatched=args.list_unmatched))
     else:
-        print(RENDERERS[args.format](comparison))
+        OUT.write(RENDERERS[args.format](comparison))
     return 1 if comparison.regressed else 0
 
 
@@ -139,83 +219,96 @@ entry is not testable and never regresses. Entries in only one profile are liste
 fusion verdicts that flipped are reported; neither fails the comparison.
 """
 
+RUN_EPILOG = """\
+exit status: 0 the profile was written, 1 some cases failed (the profile holds the
+others), 2 bad input (nothing run, nothing written), 3 pytest's internal error,
+130 interrupted (an existing profile is left as it was).
+"""
 
-def _cmd_partition(args: argparse.Namespace) -> int:
-    from calibration.predict.models import load_model
-    from calibration.predict.plan import partition
-    from calibration.predict.results import render_report
-    from calibration.profile.storage import ProfileError, load_calibration
+
+def _model(args: argparse.Namespace):
+    """The model and its example inputs, or CommandError in one line."""
+    from calibration.predict.models import ModelError, load_model
 
     try:
-        model, example = load_model(args.model, args.batch, args.input_shape)
-        calibration = load_calibration(args.profile) if args.profile else None
-    except (ValueError, ImportError, AttributeError, ProfileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report = render_report(partition(model, example, calibration), top=args.top, markdown=args.format == "markdown")
-    print(report, end="")
+        return load_model(args.model, args.batch, args.input_shape, args.input_dtype)
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from calibration.predict.models import ModelError
+    from calibration.predict.plan import partition
+    from calibration.predict.results import render_report
+
+    calibration = _load(args.profile) if args.profile else None
+    model, inputs = _model(args)
+    try:
+        OUT.write(render_report(partition(model, inputs, calibration), top=args.top,
+                                markdown=args.format == "markdown"))
+    except ModelError as exc:
+        raise CommandError(f"--model {args.model}: {exc}") from None
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from calibration.predict.mapper import mapper_for
-    from calibration.predict.models import load_model
+    from calibration.predict.mapper import MissingCeilings, mapper_for
+    from calibration.predict.models import ModelError
     from calibration.predict.plan import partition
-    from calibration.profile.storage import ProfileError, load_calibration
     from calibration.report import prediction
 
+    calibration = _load(args.profile)
+    model, inputs = _model(args)
     try:
-        model, example = load_model(args.model, args.batch, args.input_shape)
-        calibration = load_calibration(args.profile)
-    except (ValueError, ImportError, AttributeError, ProfileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    part = partition(model, example, calibration)
-    mapper = mapper_for(calibration)
-    eager = mapper.estimate(part, "eager")
-    fused = mapper.estimate(part, "fused")
-    measured = _measure_predicted(args, model, example, calibration, part, eager) if args.measure or args.by_op \
+        part = partition(model, inputs, calibration)
+        mapper = mapper_for(calibration)
+        eager = mapper.estimate(part, "eager")
+        fused = mapper.estimate(part, "fused")
+    except MissingCeilings as exc:
+        raise CommandError(f"{args.profile}: {exc}") from None
+    except ModelError as exc:
+        raise CommandError(f"--model {args.model}: {exc}") from None
+    measured = _measure_predicted(args, model, inputs, calibration, part, eager) if args.measure or args.by_op \
         else {}
     shown = dict(model=args.model, batch=args.batch, part=part, eager=eager, fused=fused, calibration=calibration,
                  **measured)
     if args.format == "json":
-        print(json.dumps(prediction.as_json(**shown), indent=1))
+        OUT.write(json.dumps(prediction.as_json(**shown), indent=1))
     else:
-        print(prediction.render(**shown))
+        OUT.write(prediction.render(**shown))
     return 0
 
 
-def _measure_predicted(args, model, example, calibration, part, eager) -> dict:
+def _measure_predicted(args, model, inputs, calibration, part, eager) -> dict:
     """The interleaved measurement rounds, the page faults and, with --by-op, the attribution."""
     from calibration.measure.model_timing import measure_rounds, page_faults_per_call
 
-    measurement = measure_rounds(model, example, calibration, rounds=args.rounds)
+    measurement = measure_rounds(model, inputs, calibration, rounds=args.rounds)
     out = {"measurement": measurement, "refusal": measurement.refusal(calibration),
-           "faults": page_faults_per_call(model, example)}
+           "faults": page_faults_per_call(model, inputs)}
     if args.by_op:
         from calibration.measure.node_profile import profile_graph
         from calibration.predict.trace import trace
         from calibration.report.attribution import attribute
 
-        gm, _ = trace(model, (example,))
+        gm, _ = trace(model, inputs)
         copies = frozenset(n.name for sg in part.subgraphs for n in sg.nodes if n.kernel and n.op == "copy")
-        graph = profile_graph(gm, (example,), copy_nodes=copies)
+        graph = profile_graph(gm, inputs, copy_nodes=copies)
         out["attribution"] = attribute(part, eager, graph, batch=args.batch, calibration=calibration,
                                        eager_ms=measurement.model_ms)
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad input is one ``error: ...`` line and exit status 2, as for an unreadable profile."""
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    from calibration.specs.dtypes import INPUT_DTYPE_NAMES
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _version() -> str:
-    from calibration.specs.host import package_version
-
-    return package_version("calibration") or "unknown (not installed; run from a checkout)"
+    command.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
+                         help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
+    command.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
+    command.add_argument("--input-shape", type=options.parse_shape, action="append", metavar="D,D,...",
+                         help="input shape without the batch, for a MODULE:FACTORY model; once per input")
+    command.add_argument("--input-dtype", choices=INPUT_DTYPE_NAMES, default="float32",
+                         help="dtype of the example inputs (int64 for token ids). Default: %(default)s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,21 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"order of the operations table: {SORT_HELP}")
     show.set_defaults(func=_cmd_show)
 
-    run = sub.add_parser("run", help="calibrate this machine (runs pytest bench/ --calibrate-out)")
-    run.add_argument("--output", "-o", required=True, metavar="PATH", help="profile to write")
-    run.add_argument("--hardware", metavar="NAME", help="hardware name (default: detected)")
+    run = sub.add_parser("run", help="calibrate this machine (runs the installed benchmark cases under pytest)",
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--output", "-o", required=True, metavar="PATH", type=lambda t: options.parse_path(t, "--output"),
+                     help="profile to write (an existing file must be a profile; a symlink is written through)")
+    run.add_argument("--hardware", metavar="NAME", type=options.parse_hardware,
+                     help="hardware name (default: detected)")
     run.add_argument("--peak-gflops", type=options.parse_peak_gflops, metavar="GFLOPS",
                      help="theoretical peak: a number (float32) or DTYPE=N,...")
     run.add_argument("--peak-bandwidth", type=options.parse_peak_bandwidth, metavar="GBPS",
                      help="theoretical peak bandwidth in GB/s")
     run.add_argument("--operations", metavar="LIST", type=lambda s: sorted(options.parse_operations(s)),
-                     help="families or operations to calibrate, comma-separated (default: all)")
+                     help="families or operations to calibrate, comma-separated, or 'none' (default: all)")
     run.add_argument("--fusion-patterns", metavar="LIST", type=lambda s: sorted(options.parse_fusion_patterns(s)),
-                     help="fusion families (linear, conv, attention, elementwise, all) or pattern names")
+                     help="fusion families (linear, conv, attention, elementwise, all) or pattern names; the "
+                          "operations run too unless --operations says otherwise (--operations none: fusion only)")
     run.add_argument("--quick", action="store_true", help="one or two sizes per operation")
     run.add_argument("--device", type=options.parse_device, help="cpu or cuda (default: cuda if available)")
     run.add_argument("--threads", type=options.parse_threads, metavar="N", help="torch threads")
-    run.add_argument("--bench-dir", metavar="DIR", help="the bench/ folder (default: ./bench)")
+    run.add_argument("--bench-dir", metavar="DIR",
+                     help="a folder of benchmark cases to run instead (default: the cases installed with the "
+                          "package, calibration/bench)")
     run.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="passed on to pytest")
     run.set_defaults(func=_cmd_run)
 
@@ -262,11 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_cmd_plot)
 
     part = sub.add_parser("partition", help="print a model's fusion partition (subgraphs, FLOPs, traffic)")
-    part.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
-                      help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
-    part.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
-    part.add_argument("--input-shape", type=options.parse_shape, metavar="D,D,...",
-                      help="input shape without the batch, for a MODULE:FACTORY model")
+    _add_model_options(part)
     part.add_argument("--profile", metavar="PROFILE", help="fuse only where this calibration says it pays")
     part.add_argument("--top", type=lambda text: options.parse_positive_int(text, "--top"), metavar="N",
                       help="list only the N fused subgraphs that save the most traffic (default: all)")
@@ -275,12 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     part.set_defaults(func=_cmd_partition)
 
     predict = sub.add_parser("predict", help="predict a model's latency from a profile (and measure it)")
-    predict.add_argument("--model", required=True, metavar="NAME|MODULE:FACTORY",
-                         help="resnet18, mobilenet_v2, bert_layer, mlp, or a factory returning an nn.Module")
+    _add_model_options(predict)
     predict.add_argument("--profile", required=True, metavar="PROFILE", help="the calibration to predict with")
-    predict.add_argument("--batch", type=options.parse_batch, default=1, metavar="N", help="batch size (default: 1)")
-    predict.add_argument("--input-shape", type=options.parse_shape, metavar="D,D,...",
-                         help="input shape without the batch, for a MODULE:FACTORY model")
     predict.add_argument("--measure", action="store_true",
                          help="also time the model eagerly, in interleaved rounds with the profile's reference "
                               "kernels, and print the error raw and drift-corrected")
@@ -297,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.description = ("Calibrate this machine, read, compare and draw its profiles, and partition or predict "
                           f"models with them. Commands: {', '.join(sub.choices)}.")
     return parser
+
+
+def _version() -> str:
+    from calibration.specs.host import package_version
+
+    return package_version("calibration") or "unknown (not installed; run from a checkout)"
 
 
 def _add_compare(sub) -> None:
@@ -331,5 +428,13 @@ def _add_compare(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    with _warnings_as_lines():
+        args = build_parser().parse_args(argv)
+        try:
+            return args.func(args)
+        except CommandError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130

@@ -17,12 +17,15 @@ from calibration.measure import harness, machine, options
 from calibration.measure.fold import FusionRecord, Record, fold, unpaired
 from calibration.measure.kernels import dtype_unsupported_reason
 from calibration.profile.schema import Peak, PeakSource
-from calibration.profile.storage import ProfileError, check_writable, load_calibration
+from calibration.profile.storage import ProfileError, check_output, load_calibration
 from calibration.specs import host
 from calibration.specs import patterns as fusion
 from calibration.specs.operations import OPERATIONS, Case
 
-HELP_OUT = "Write the calibration profile (JSON) to PATH. Default: %(default)r (no profile)."
+HELP_OUT = (
+    "Write the calibration profile (JSON) to PATH, atomically; an existing file there must be a profile, "
+    "and a symlink is written through to its target. Default: %(default)r (no profile)."
+)
 HELP_QUICK = "Calibrate one or two representative sizes per operation. Default: %(default)r."
 HELP_HARDWARE = "Hardware name recorded in the profile. Default: the detected CPU or GPU name."
 HELP_PEAK_GFLOPS = (
@@ -60,7 +63,8 @@ HELP_TABLES = (
 TABLES_HIDDEN = "(pytest-benchmark's per-case tables are hidden: --calibrate-tables shows them)"
 HELP_OPERATIONS = (
     "Comma-separated operation families or names to calibrate "
-    f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'). Default: all."
+    f"({', '.join(sorted({op.family for op in OPERATIONS.values()}))}, or 'all'; 'none' with "
+    "--fusion-patterns runs fusion cases only). Default: all."
 )
 
 
@@ -112,7 +116,7 @@ GROUP = ("calibration", "hardware calibration (calibration package)")
 # bare --quick, --device or --threads would clash with another plugin's or a project's own.
 OPTIONS: dict[str, dict] = {
     "quick": dict(action="store_true", default=False, help=HELP_QUICK),
-    "hardware": dict(metavar="NAME", default=None, help=HELP_HARDWARE),
+    "hardware": dict(metavar="NAME", type=options.parse_hardware, default=None, help=HELP_HARDWARE),
     "peak-gflops": dict(metavar="GFLOPS", type=options.parse_peak_gflops, default=None, help=HELP_PEAK_GFLOPS),
     "peak-bandwidth": dict(metavar="GBPS", type=options.parse_peak_bandwidth, default=None, help=HELP_PEAK_BW),
     "device": dict(metavar="DEVICE", type=options.parse_device, default=None, help=HELP_DEVICE),
@@ -124,7 +128,8 @@ OPTIONS: dict[str, dict] = {
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup(*GROUP)
-    group.addoption("--calibrate-out", metavar="PATH", default=None, help=HELP_OUT)
+    group.addoption("--calibrate-out", metavar="PATH", type=options.parse_calibrate_out, default=None,
+                    help=HELP_OUT)
     for name, kwargs in OPTIONS.items():
         group.addoption(f"--calibrate-{name}", **kwargs)
     group.addoption("--calibrate-model", metavar="MODEL", action="append", default=None, help=HELP_MODEL)
@@ -132,7 +137,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_MODEL_BATCH)
     group.addoption("--calibrate-model-input-shape", metavar="D,D,...", type=options.parse_model_shape,
                     default=None, help=HELP_MODEL_SHAPE)
-    group.addoption("--calibrate-compare", metavar="BASE", default=None, help=HELP_COMPARE)
+    group.addoption("--calibrate-compare", metavar="BASE", type=options.parse_calibrate_compare, default=None,
+                    help=HELP_COMPARE)
     group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
                     default=None, help=HELP_COMPARE_FAIL)
     group.addoption("--calibrate-tables", action="store_true", default=False, help=HELP_TABLES)
@@ -174,8 +180,12 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
     out = config.getoption("calibrate_out")
+    fusion_only = config.getoption("calibrate_operations") == frozenset()
+    if fusion_only and config.getoption("calibrate_fusion_patterns") is None:
+        raise pytest.UsageError("--calibrate-operations none selects no operation case; add "
+                                "--calibrate-fusion-patterns to run fusion cases only")
     state = CalibrationState(
-        out=Path(out) if out else None,
+        out=Path(out) if out is not None else None,
         quick=config.getoption("calibrate_quick"),
         device=device,
         hardware=config.getoption("calibrate_hardware"),
@@ -202,9 +212,20 @@ def pytest_configure(config: pytest.Config) -> None:
         state.not_written = "--benchmark-disable runs each case once without timing: nothing to calibrate from."
         return
     try:
-        check_writable(state.out)
+        check_output(out)  # as given: "dir/" names a directory, Path("dir/") would not
     except ProfileError as exc:
         raise pytest.UsageError(f"--calibrate-out: {exc}") from None
+    _check_benchmark_json(config, state.out)
+
+
+def _check_benchmark_json(config: pytest.Config, out: Path) -> None:
+    """pytest-benchmark writes its report at the end too: at the profile's path it would replace it."""
+    report = config.getoption("benchmark_json", None)
+    if report is None:
+        return
+    if os.path.realpath(report) == os.path.realpath(out):
+        raise pytest.UsageError(f"--benchmark-json {report} is the --calibrate-out path: the benchmark report "
+                                "would replace the profile; give them different paths")
 
 
 def _load_workload(config: pytest.Config, state: CalibrationState) -> None:
@@ -450,7 +471,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         state.not_written = f"the run was interrupted; {state.out} was left as it was."
         return
-    state.written = state.calibration.save(state.out)
+    try:
+        state.written = state.calibration.save(state.out)
+    except ProfileError as exc:  # the disk filled, the directory went away: the old file stands
+        state.not_written = str(exc)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _compare(session: pytest.Session, state: CalibrationState) -> None:

@@ -54,7 +54,8 @@ def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
     found = WorkloadCases()
     for spec in models:
         for batch in batches:
-            model, example = load_model(spec, batch, input_shape)
+            # a registered model has its own input; the shape is for MODULE:FACTORY models
+            model, example = load_model(spec, batch, input_shape if ":" in spec else None)
             label = f"{spec} b{batch}"
             part = partition(model, example)
             for sg in part.subgraphs:

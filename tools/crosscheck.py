@@ -42,13 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    bench = Path(__file__).resolve().parent
     triad_key = None
     rows: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as scratch:
             cal = calibrate_hardware(output_path=Path(scratch) / "p.json", operations=["matmul", "stream_triad"],
-                                     quick=True, bench_dir=bench)
+                                     quick=True)
         triad_key = max((k for k in cal.operation_profiles if k.startswith("stream_triad")),
                         key=lambda k: cal.operation_profiles[k].bytes)
         checks = {**CHECKED, triad_key: "gbps"}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from calibration.measure import stats
 from calibration.profile import roofline, verdict
+from calibration.profile.fusion import PatternEntries
 from calibration.profile.schema import (
     BUSY_CPUS,
     FusionCalibration,
@@ -226,5 +227,5 @@ def fold(
             continue
         entry = _fusion_entry(cal, record, base, standalone.latency if standalone else None)
         entry = entry.model_copy(update={"origin": origins.get(record.case.key)})
-        cal.fusion_profiles.setdefault(entry.pattern, []).append(entry)
+        cal.fusion_profiles.setdefault(entry.pattern, PatternEntries()).append(entry)
     return cal

@@ -22,10 +22,15 @@ from calibration.specs import host
 from calibration.specs.operations import Case
 
 
+def _inputs(example) -> tuple:
+    """A model's positional inputs: one tensor, or a sequence of them."""
+    return (example,) if isinstance(example, torch.Tensor) else tuple(example)
+
+
 def measure_latency_ms(model, example, min_run_time: float = 1.0) -> float:
     """Median eager latency with torch.utils.benchmark at this process's thread count."""
     with torch.no_grad():
-        timer = benchmark.Timer("model(x)", globals={"model": model, "x": example},
+        timer = benchmark.Timer("model(*x)", globals={"model": model, "x": _inputs(example)},
                                 num_threads=torch.get_num_threads())
         return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
@@ -66,11 +71,12 @@ def page_faults_per_call(model, example, calls: int = 5) -> int | None:
     except ImportError:
         return None
 
+    inputs = _inputs(example)
     with torch.no_grad():
-        model(example)
+        model(*inputs)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(calls):
-            model(example)
+            model(*inputs)
         return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // calls
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from calibration.specs.dtypes import DTYPE_NAMES
 from calibration.specs.operations import resolve_selection
@@ -41,8 +42,36 @@ def parse_peak_gflops(text: str) -> dict[str, float]:
             raise argparse.ArgumentTypeError(
                 f"--peak-gflops entry {item!r} must be DTYPE=GFLOPS with DTYPE one of {', '.join(DTYPE_NAMES)}"
             )
+        if dtype in peaks:
+            raise argparse.ArgumentTypeError(f"--peak-gflops {text!r} gives {dtype} twice; give each dtype once")
         peaks[dtype] = parse_positive_float(value, f"--peak-gflops {dtype} (GFLOPS)")
     return peaks
+
+
+# A hardware name heads summaries and comparisons on one line.
+MAX_NAME = 200
+
+
+def parse_hardware(text: str) -> str:
+    if not text.strip() or len(text) > MAX_NAME or any(not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(
+            f"Invalid --hardware {text!r}; allowed: a name of 1 to {MAX_NAME} printable characters")
+    return text
+
+
+def parse_path(text: str, option: str) -> str:
+    """A file path: not empty (an empty one would silently mean 'no file')."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"Invalid {option} ''; give a file path")
+    return text
+
+
+def parse_calibrate_out(text: str) -> str:
+    return parse_path(text, "--calibrate-out")
+
+
+def parse_calibrate_compare(text: str) -> str:
+    return parse_path(text, "--calibrate-compare")
 
 
 def parse_positive_int(text: str, option: str) -> int:
@@ -55,8 +84,21 @@ def parse_positive_int(text: str, option: str) -> int:
     return value
 
 
+# Oversubscribing the cores a few times over can be an experiment; a thread count in the
+# thousands only makes OpenMP start that many threads.
+THREADS_PER_CPU = 4
+
+
+def max_threads() -> int:
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
 def parse_threads(text: str) -> int:
-    return parse_positive_int(text, "--threads")
+    threads = parse_positive_int(text, "--threads")
+    if threads > max_threads():
+        raise argparse.ArgumentTypeError(
+            f"Invalid --threads {text!r}; allowed: 1 to {max_threads()} ({THREADS_PER_CPU} per CPU of this machine)")
+    return threads
 
 
 def parse_batch(text: str) -> int:
@@ -73,10 +115,19 @@ def parse_device(text: str) -> str:
     return text
 
 
-def _parse_names(text: str, option: str, resolve) -> frozenset[str]:
+# ``--operations none``: no operation case (with --fusion-patterns: fusion cases only).
+NONE = "none"
+
+
+def _parse_names(text: str, option: str, resolve, *, none: bool = False) -> frozenset[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise argparse.ArgumentTypeError(f"{option} needs at least one family or name")
+    if none and NONE in names:
+        if len(names) > 1:
+            raise argparse.ArgumentTypeError(f"Invalid {option} {text!r}: '{NONE}' selects nothing and cannot be "
+                                             "combined with other names")
+        return frozenset()
     try:
         return frozenset(resolve(names))
     except ValueError as exc:
@@ -84,7 +135,8 @@ def _parse_names(text: str, option: str, resolve) -> frozenset[str]:
 
 
 def parse_operations(text: str) -> frozenset[str]:
-    return _parse_names(text, "--operations", resolve_selection)
+    """Operation families or names, 'all', or 'none' (an empty selection)."""
+    return _parse_names(text, "--operations", resolve_selection, none=True)
 
 
 def parse_fusion_patterns(text: str) -> frozenset[str]:

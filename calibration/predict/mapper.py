@@ -32,10 +32,11 @@ from calibration.profile import lookup, roofline
 from calibration.profile.entries import FrozenModel
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
-from calibration.specs.dtypes import itemsize
+from calibration.specs.dtypes import DTYPE_NAMES, itemsize
 from calibration.specs.operations import OPERATIONS
 
 Mode = Literal["eager", "fused"]
+FLOATING = ("float", "bfloat", "tf32")  # dtype names of floating-point work
 
 
 class KernelEstimate(FrozenModel):
@@ -176,8 +177,8 @@ class Mapper:
             source = "peaks"
         else:
             self._note(f"operations the profile has not calibrated ({node.op} ...) use the roofline at the "
-                       "measured ceilings plus the measured dispatch overhead")
-            source = "roofline at measured ceilings"
+                       "profile's ceilings (measured, else the peaks given) plus the measured dispatch overhead")
+            source = "roofline at the profile's ceilings"
         seconds = max(t_compute, t_memory) + (self._dispatch_seconds() if self.calibration else 0.0)
         bound = Bottleneck.COMPUTE if t_compute >= t_memory and node.flops else Bottleneck.MEMORY
         return KernelEstimate(name=node.name, op=node.op, operation=node.operation, seconds=seconds,
@@ -191,7 +192,7 @@ class Mapper:
         pessimism (taking the max of both overpredicted an MLP at batch 8 by 3x).
         """
         cal = self.calibration
-        if cal is None or node.operation is None:
+        if cal is None or node.operation is None or dtype not in DTYPE_NAMES:
             return None
         spec = OPERATIONS[node.operation]
         flops = spec.flops(node.params)
@@ -212,7 +213,7 @@ class Mapper:
         try:
             efficiency = cal.get_efficiency(node.operation, metric=metric, dtype=dtype, device=self.device,
                                             **node.params)
-        except KeyError:
+        except (KeyError, TypeError, ValueError):  # not calibrated, or a shape the registry does not take
             return None
         if efficiency <= 0:
             return None
@@ -242,9 +243,30 @@ class Mapper:
         return fixed + (measured - fixed) * query / size(smallest), "below the smallest calibrated size"
 
     # ------------------------------------------------------------------ model
+    def missing_ceilings(self, part: Partition) -> list[str]:
+        """What the roofline of this partition needs that neither the profile nor the peaks give."""
+        missing = []
+        # floating-point work needs its dtype's compute roof; integer work (indices, counters)
+        # is never calibrated and is timed by its traffic alone
+        dtypes = sorted({node.dtype or "float32" for sg in part.subgraphs for node in sg.nodes
+                         if node.kernel and node.flops and (node.dtype or "float32").startswith(FLOATING)})
+        for dtype in dtypes:
+            if not self._compute_ceiling(dtype):
+                why = (f"no {dtype} matmul case ran" if dtype in DTYPE_NAMES
+                       else f"this tool calibrates {', '.join(DTYPE_NAMES)}")
+                missing.append(f"{dtype} compute ceiling ({why} and no peak GFLOPS was given)")
+        # the DRAM ceiling covers every working set (a cache level falls back to it)
+        if not self._bandwidth_ceiling(2**62):
+            missing.append("memory bandwidth ceiling (no STREAM or triad case ran and no peak bandwidth was given)")
+        return missing
+
     def estimate(self, part: Partition, mode: Mode = "eager") -> LatencyEstimate:
-        if mode not in ("eager", "fused"):
-            raise ValueError(f"mode must be 'eager' or 'fused', got {mode!r}")
+        check_mode(mode)
+        missing = self.missing_ceilings(part)
+        if missing:
+            raise MissingCeilings(
+                f"cannot predict {part.model}: the profile has no {'; no '.join(missing)}; calibrate them "
+                "(python -m calibration run --operations matmul,memory) or give the peaks")
         self.notes = []
         subgraphs = []
         for sg in part.subgraphs:
@@ -309,6 +331,16 @@ class Mapper:
         return prices[0], statistics.median(prices), prices[-1]
 
 
+class MissingCeilings(ValueError):
+    """The profile lacks a ceiling the roofline needs: a prediction without it would be a
+    fraction of the real time (dispatch costs alone), not an estimate."""
+
+
+def check_mode(mode: str) -> None:
+    if mode not in ("eager", "fused"):
+        raise ValueError(f"Invalid mode {mode!r}; allowed: eager, fused")
+
+
 class CPUMapper(Mapper):
     device = "cpu"
 
@@ -328,6 +360,12 @@ def mapper_for(calibration: HardwareCalibration | None = None, *, peak_gflops: f
 def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
                     calibration: HardwareCalibration | None = None, *, mode: Mode = "eager",
                     peak_gflops: float | None = None, peak_bandwidth_gbps: float | None = None) -> LatencyEstimate:
-    """Partition ``model`` and estimate its latency on the calibrated device."""
+    """Partition ``model`` and estimate its latency on the calibrated device.
+
+    Raises ValueError: MissingCeilings when the profile (and the peaks given) lack a compute
+    ceiling for a dtype the model computes in or a memory bandwidth; ModelError when the
+    model fails on its example inputs or cannot be traced.
+    """
+    check_mode(mode)
     mapper = mapper_for(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)

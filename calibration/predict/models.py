@@ -20,7 +20,9 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "bert_layer", "example_input", "mlp", "mobilenet_v2", "resnet18"]
+from calibration.specs.dtypes import INPUT_DTYPE_NAMES
+
+__all__ = ["MODELS", "ModelError", "bert_layer", "example_input", "load_model", "mlp", "mobilenet_v2", "resnet18"]
 
 
 # --------------------------------------------------------------------------- ResNet-18
@@ -386,17 +388,71 @@ def random_input(shapes: dict[str, tuple[int, ...]], name: str, batch: int, *, w
     return torch.randn(batch, *shape)
 
 
-def load_model(spec: str, batch: int, input_shape: tuple[int, ...] | None):
-    """(model, example input) for a registered name or a user's ``module:attr`` factory."""
+class ModelError(ValueError):
+    """A model that cannot be loaded or run as asked; the message is one line naming it."""
+
+
+# The dtypes an example input may have (specs.dtypes.INPUT_DTYPE_NAMES, by name).
+INPUT_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in INPUT_DTYPE_NAMES}
+# Example inputs above this size are refused before allocating them: a typo such as
+# --input-shape 100000,100000,100000 asks for petabytes.
+MAX_INPUT_BYTES = 4 << 30
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def make_input(shape: tuple[int, ...], dtype: str = "float32") -> Tensor:
+    """A random example input (caller's RNG); integer dtypes hold 0 and 1, valid token ids for any vocabulary."""
+    try:
+        torch_dtype = INPUT_DTYPES[dtype]
+    except KeyError:
+        raise ModelError(f"Invalid input dtype {dtype!r}; allowed: {', '.join(INPUT_DTYPES)}") from None
+    size = math.prod(shape) * torch.empty((), dtype=torch_dtype).element_size()
+    if size > MAX_INPUT_BYTES:
+        raise ModelError(f"an input of shape {shape} in {dtype} takes {size / 2**30:.3g} GiB; "
+                         f"example inputs are limited to {MAX_INPUT_BYTES >> 30} GiB")
+    if torch_dtype.is_floating_point:
+        return torch.randn(shape, dtype=torch_dtype)
+    return torch.randint(0, 2, shape, dtype=torch_dtype)
+
+
+def load_model(spec: str, batch: int, input_shapes: Sequence[tuple[int, ...]] | None = None,
+               input_dtype: str = "float32") -> tuple[nn.Module, tuple[Tensor, ...]]:
+    """(model in eval mode, example inputs) for a registered name or a user's ``module:attr``
+    factory with one shape (without the batch) per input. Raises ModelError."""
+    if input_shapes and isinstance(input_shapes[0], int):
+        input_shapes = [tuple(input_shapes)]  # one shape given as a tuple of ints
     if spec in MODELS:
-        return MODELS[spec]().eval(), example_input(spec, batch)
+        if input_shapes:
+            raise ModelError(f"--model {spec} takes its own input ({', '.join(map(str, _INPUT_SHAPES[spec]))} "
+                             "without the batch); --input-shape is for MODULE:FACTORY models")
+        return MODELS[spec]().eval(), (make_input((batch, *_INPUT_SHAPES[spec]), input_dtype),)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--model {spec!r}: give one of {', '.join(MODELS)} or MODULE:FACTORY")
-    if input_shape is None:
-        raise ValueError(f"--model {spec}: a user model needs --input-shape (without the batch), e.g. 3,224,224")
-    factory = getattr(importlib.import_module(module_name), attr)
-    model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"--model {spec}: {attr} returned {type(model).__name__}, not an nn.Module")
-    return model.eval(), torch.randn(batch, *input_shape)
+        raise ModelError(f"--model {spec!r}: give one of {', '.join(MODELS)} or MODULE:FACTORY")
+    if not input_shapes:
+        raise ModelError(f"--model {spec}: a user model needs --input-shape (without the batch), e.g. 3,224,224")
+    inputs = tuple(make_input((batch, *shape), input_dtype) for shape in input_shapes)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, SyntaxError, or whatever the module raises at import
+        raise ModelError(f"--model {spec}: cannot import {module_name}: {type(exc).__name__}: "
+                         f"{first_line(exc)}") from exc
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise ModelError(f"--model {spec}: module {module_name} has no attribute {attr!r}") from None
+    if callable(factory) and not isinstance(factory, nn.Module):
+        try:
+            model = factory()
+        except Exception as exc:
+            raise ModelError(f"--model {spec}: calling {attr}() raised {type(exc).__name__}: {first_line(exc)}") \
+                from exc
+    else:
+        model = factory
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--model {spec}: {attr} returned {type(model).__name__}, not an nn.Module")
+    return model.eval(), inputs

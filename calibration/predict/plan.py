@@ -13,6 +13,7 @@ so a ``reshape`` or ``contiguous`` that had to copy is counted as the copy it is
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -27,8 +28,9 @@ from calibration.predict.cost import (
     written_bytes,
 )
 from calibration.predict.match import match_pattern, pattern_shape
+from calibration.predict.models import ModelError, first_line
 from calibration.predict.results import Partition, Subgraph, Totals
-from calibration.predict.trace import Recorder, record_allocations, trace
+from calibration.predict.trace import Recorder, TraceFailed, record_allocations, trace
 from calibration.profile import roofline
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
@@ -41,7 +43,10 @@ def should_fuse(calibration: HardwareCalibration | None, pattern: str, shape: Ma
     """Fuse unless the calibration measured, at the nearest calibrated size, that it does not pay."""
     if calibration is None:
         return True, "no calibration given: fused by default"
-    entry = calibration.get_fusion_pattern(pattern, dtype=dtype, **shape)
+    try:
+        entry = calibration.get_fusion_pattern(pattern, dtype=dtype, **shape)
+    except (TypeError, ValueError) as exc:  # a dtype or shape the registry does not calibrate (float64, groups)
+        return True, f"no calibrated {pattern} like this one ({exc}): fused by default"
     if entry is None:
         return True, "pattern not calibrated: fused by default"
     where = ", ".join(f"{k}={v}" for k, v in entry.params.items())
@@ -56,7 +61,10 @@ def fusion_benefit(calibration: HardwareCalibration | None, pattern: str, shape:
     """Measured speedup of fusing ``pattern`` at ``shape`` (interpolated); 1.0 when unknown."""
     if calibration is None:
         return 1.0
-    return calibration.get_fusion_speedup(pattern, 1.0, dtype=dtype, **shape)
+    try:
+        return calibration.get_fusion_speedup(pattern, 1.0, dtype=dtype, **shape)
+    except (TypeError, ValueError):  # as in should_fuse: nothing calibrated like it
+        return 1.0
 
 
 # --------------------------------------------------------------------------- partition
@@ -118,18 +126,62 @@ def _subgraph_bytes(g: KernelGraph, members: set[fx.Node]) -> tuple[int, int]:
     return external, sum(g.costs[k].bytes for k in members)
 
 
+def describe_inputs(inputs: Sequence[torch.Tensor]) -> str:
+    return ", ".join(f"{str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor)
+                     else type(t).__name__ for t in inputs)
+
+
+def _arity_hint(model: nn.Module, given: int) -> str:
+    """What to do when forward takes another number of inputs than were given."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    needed = [p.name for p in parameters
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if len(needed) == given:
+        return ""
+    return (f"; its forward takes {len(needed)} input{'s' if len(needed) != 1 else ''} ({', '.join(needed)}) "
+            f"and {given} {'was' if given == 1 else 'were'} given (--input-shape once per input)")
+
+
+def run_example(model: nn.Module, inputs: Sequence[torch.Tensor]) -> None:
+    """Run the model once on its example inputs: a model that fails there is the model's
+    problem, told in one line, not a traceback from deep inside the tracer."""
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as exc:
+        hint = _arity_hint(model, len(inputs)) if isinstance(exc, TypeError) else ""
+        raise ModelError(f"{type(model).__name__} raised {type(exc).__name__} on its example input "
+                         f"({describe_inputs(inputs)}): {first_line(exc)}{hint}") from exc
+
+
 def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
               calibration: HardwareCalibration | None = None) -> Partition:
-    """Trace ``model``, count every node and group its kernels into fusion-pattern subgraphs."""
+    """Trace ``model``, count every node and group its kernels into fusion-pattern subgraphs.
+
+    Raises ValueError (ModelError) when the model is in training mode, fails on its example
+    inputs or cannot be traced, with a one-line message naming the model.
+    """
     if model.training:
-        raise ValueError("partition() models inference: call model.eval() first "
+        raise ModelError("partition() models inference: call model.eval() first "
                          "(train-mode BatchNorm and Dropout do different work)")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    gm, traced_with = trace(model, inputs)
+    run_example(model, inputs)
+    try:
+        gm, traced_with = trace(model, inputs)
+    except TraceFailed as exc:
+        raise ModelError(str(exc)) from exc
     rec = Recorder(gm)
+    try:
+        with torch.no_grad():
+            rec.propagate(*inputs)
+    except Exception as exc:  # ran eagerly above: this is the traced graph diverging from the model
+        raise ModelError(f"the graph traced from {type(model).__name__} failed on the example input that the "
+                         f"model itself ran: {type(exc).__name__}: {first_line(exc)}") from exc
     with torch.no_grad():
-        rec.propagate(*inputs)
-        # the model's own forward, after that warm-up: what each eager call allocates and frees
+        # the model's own forward, after those runs: what each eager call allocates and frees
         allocations = record_allocations(lambda: model(*inputs))
     g = KernelGraph(gm, rec)
 

@@ -8,6 +8,9 @@ for its fx, method and aten forms.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -94,17 +97,33 @@ def canonical(name: str) -> str:
     return _ALIASES.get(name, name)
 
 
+class TraceFailed(ValueError):
+    """Neither torch.fx nor torch.export could turn the model into a graph; one line says why."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.GraphModule, str]:
     """fx symbolic trace; torch.export where data-dependent Python control flow defeats it."""
     try:
         return fx.symbolic_trace(model), "fx"
     except Exception as fx_error:  # fx raises TraceError, TypeError, AttributeError... on control flow
+        # A failing export prints the graph it got so far to stderr; the error below says why
+        # in one line, so that dump is kept only when the export succeeds.
+        printed = io.StringIO()
         try:
-            return torch.export.export(model, tuple(example_inputs)).module(), "export"
+            with contextlib.redirect_stderr(printed):
+                exported = torch.export.export(model, tuple(example_inputs)).module()
         except Exception as export_error:
-            raise RuntimeError(
-                f"could not trace {type(model).__name__}: fx said {fx_error!r}; torch.export said {export_error!r}"
+            raise TraceFailed(
+                f"cannot trace {type(model).__name__} into a graph: torch.fx said {_first_line(fx_error)}; "
+                f"torch.export said {_first_line(export_error)}"
             ) from export_error
+        sys.stderr.write(printed.getvalue())
+        return exported, "export"
 
 
 def tensors(value: Any) -> list[torch.Tensor]:

@@ -9,18 +9,50 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.verdict import Verdict
-from calibration.specs.keys import ParamValue
+from calibration.specs.dtypes import DTYPE_NAMES
+from calibration.specs.keys import operation_key
+from calibration.specs.operations import OPERATIONS
+from calibration.specs.params import InvalidParameter, UnknownParameter
+from calibration.specs.patterns import PATTERNS, VARIANTS
 
 
 class _Model(BaseModel):
-    # Unknown fields are an error: a typo in a hand-edited profile should not vanish.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are an error: a typo in a hand-edited profile should not vanish. No
+    # float may be infinite or NaN: a latency of Infinity would print "inf ms" in a
+    # prediction and "+inf%" in a comparison rather than be refused where it was read.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Counts of FLOPs, bytes, rounds: at most what a 64-bit counter holds, so that no arithmetic
+# on them overflows a float (10**400 FLOPs / 1.0 s raises OverflowError).
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+# A parameter value in a profile: the kinds the registry uses, integers within range.
+Param = Annotated[int, Field(ge=-(2**62), le=2**62)] | float | str | bool
+Dtype = Literal[DTYPE_NAMES]  # type: ignore[valid-type]
+Device = Literal["cpu", "cuda"]
+# A legacy entry (upgraded from the predecessor's layout) keeps the parameters it had; only
+# entries of the registry are checked against it.
+LEGACY_FAMILY = "legacy"
+
+
+def _check_registered(spec, entry: FusionCalibration | OperationCalibration, key: str) -> None:
+    """An entry of a registered operation or pattern (``spec``) has its family, its
+    parameters, and ``key``, the key made of its fields (compare matches entries by key)."""
+    if entry.family != spec.family:
+        raise ValueError(f"Invalid family {entry.family!r} of entry {entry.key}; allowed: {spec.family!r} "
+                         f"(or {LEGACY_FAMILY!r} for an entry upgraded from the predecessor)")
+    try:
+        spec.check(entry.params, complete=True, where="params.")
+    except (UnknownParameter, InvalidParameter) as exc:
+        raise ValueError(f"entry {entry.key}: {exc}") from None
+    if entry.key != key:
+        raise ValueError(f"entry key {entry.key!r} does not match its fields ({key!r})")
 
 
 class FrozenModel(BaseModel):
@@ -55,13 +87,14 @@ class Metadata(_Model):
     device_type: Literal["cpu", "cuda"]
     device_name: str
     cpu_model: str | None = None
-    physical_cores: int | None = None
-    logical_cpus: int | None = None
-    usable_cpus: int | None = None
-    threads: int | None = Field(default=None, description="torch.get_num_threads() during the run")
-    interop_threads: int | None = None
-    memory_gib: float | None = None
-    cache_sizes: dict[str, int] = Field(default_factory=dict, description="per-core data cache bytes by level")
+    physical_cores: int | None = Field(default=None, ge=1)
+    logical_cpus: int | None = Field(default=None, ge=1)
+    usable_cpus: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="torch.get_num_threads() during the run")
+    interop_threads: int | None = Field(default=None, ge=1)
+    memory_gib: NonNegativeFloat | None = None
+    cache_sizes: dict[str, Annotated[Count, Field(gt=0)]] = Field(
+        default_factory=dict, description="per-core data cache bytes by level")
     cpu_capability: str | None = Field(default=None, description="ATen's vector ISA (e.g. AVX2, AVX512)")
     os: str | None = None
     python_version: str | None = None
@@ -79,12 +112,13 @@ class Metadata(_Model):
     cuda: CudaInfo | None = None
     quick: bool | None = None
     command: list[str] = Field(default_factory=list)
-    busy_cpus_before: float | None = Field(
+    busy_cpus_before: NonNegativeFloat | None = Field(
         default=None, description="CPUs kept busy by other work just before the run started")
-    busy_cpus_during: float | None = Field(
+    busy_cpus_during: NonNegativeFloat | None = Field(
         default=None, description="CPUs kept busy by other work while the cases were timed, on average")
-    load_average_before: float | None = Field(default=None, description="1-minute load average at the start")
-    load_average_after: float | None = None
+    load_average_before: NonNegativeFloat | None = Field(
+        default=None, description="1-minute load average at the start")
+    load_average_after: NonNegativeFloat | None = None
     upgraded_from: str | None = Field(
         default=None, description="set when the profile was converted from another layout"
     )
@@ -116,9 +150,9 @@ class LatencyStats(_Model):
     min_ms: float | None = Field(ge=0)
     mean_ms: float = Field(ge=0)
     stddev_ms: float | None = Field(ge=0)
-    rounds: int = Field(ge=1)
-    iterations: int | None = Field(ge=1, description="calls per timed round")
-    samples_ms: list[float] = Field(
+    rounds: Count = Field(ge=1)
+    iterations: Count | None = Field(ge=1, description="calls per timed round")
+    samples_ms: list[NonNegativeFloat] = Field(
         default_factory=list, description="per-call time of each round (at most 200, in run order)"
     )
     source: str = Field(
@@ -140,74 +174,96 @@ class FusionCalibration(_Model):
     pattern: str
     family: str
     operators: list[str]
-    params: dict[str, ParamValue]
-    dtype: str
-    device: str
+    params: dict[str, Param]
+    dtype: Dtype
+    device: Device
     variant: str = Field(description="library or compiled")
     fused_kernel: str = Field(description="what runs in the fused variant")
-    flops: int = Field(ge=0, description="the same for both forms")
-    unfused_bytes: int = Field(ge=0)
-    fused_bytes: int = Field(ge=0, description="ideal single-kernel traffic")
+    flops: Count = Field(description="the same for both forms")
+    unfused_bytes: Count
+    fused_bytes: Count = Field(description="ideal single-kernel traffic")
     memory_reduction: float = Field(description="1 - fused_bytes / unfused_bytes")
     unfused: LatencyStats
     fused: LatencyStats
     speedup: float = Field(gt=0, description="unfused median / fused median")
-    speedup_ci_low: float | None = Field(description="95% bootstrap interval of the speedup")
-    speedup_ci_high: float | None
-    unfused_gflops: float = Field(ge=0)
-    fused_gflops: float = Field(ge=0)
-    unfused_arithmetic_intensity: float | None
-    fused_arithmetic_intensity: float | None
+    speedup_ci_low: PositiveFloat | None = Field(description="95% bootstrap interval of the speedup")
+    speedup_ci_high: PositiveFloat | None
+    unfused_gflops: NonNegativeFloat
+    fused_gflops: NonNegativeFloat
+    unfused_arithmetic_intensity: NonNegativeFloat | None
+    fused_arithmetic_intensity: NonNegativeFloat | None
     unfused_bottleneck: Bottleneck
     fused_bottleneck: Bottleneck
     verdict: Verdict
-    compile_seconds: float | None = Field(
+    compile_seconds: NonNegativeFloat | None = Field(
         default=None, description="first call of the compiled variant (compilation), excluded from timing"
     )
     origin: str | None = Field(
         default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
-    other_cpus: float | None = Field(
+    other_cpus: NonNegativeFloat | None = Field(
         default=None,
         description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
                     "all busy CPU time in /proc/stat less this process's own")
     busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
-    unfused_alone_ms: float | None = Field(
+    unfused_alone_ms: NonNegativeFloat | None = Field(
         default=None, description="median of the unfused case timed on its own (the twin in 'unfused' was timed "
                                   "round by round beside this variant)")
     twin_disturbed: bool = Field(
         default=False, description="the twin's median is over 1.5x off unfused_alone_ms: the speedup compares "
                                    "with a baseline that ran unlike the unfused code alone")
 
+    @model_validator(mode="after")
+    def _registered(self) -> FusionCalibration:
+        """An entry of a registered pattern has its parameters, a fused variant and a key made of them."""
+        spec = PATTERNS.get(self.pattern)
+        if spec is None or self.family == LEGACY_FAMILY:
+            return self
+        if self.variant not in VARIANTS[1:]:
+            raise ValueError(f"Invalid variant {self.variant!r} of entry {self.key}; allowed: "
+                             f"{', '.join(VARIANTS[1:])}")
+        _check_registered(spec, self, f"{operation_key(self.pattern, self.params, self.dtype, self.device)}/"
+                                      f"{self.variant}")
+        return self
+
 
 class OperationCalibration(_Model):
     key: str
     operation: str
     family: str
-    params: dict[str, ParamValue]
-    dtype: str
-    device: str
-    flops: int = Field(ge=0)
-    bytes: int = Field(ge=0, description="compulsory traffic of the timed kernel")
+    params: dict[str, Param]
+    dtype: Dtype
+    device: Device
+    flops: Count
+    bytes: Count = Field(description="compulsory traffic of the timed kernel")
     latency: LatencyStats
-    gflops: float = Field(ge=0)
-    gbps: float = Field(ge=0)
-    arithmetic_intensity: float | None = Field(description="FLOPs per byte")
+    gflops: NonNegativeFloat
+    gbps: NonNegativeFloat
+    arithmetic_intensity: NonNegativeFloat | None = Field(description="FLOPs per byte")
     memory_level: str = Field(
         description="cache level the working set fits in (at most half of it), LLC-DRAM between that and STREAM's "
                     "size (4x the last-level cache), else DRAM")
-    compute_ceiling_gflops: float | None = Field(description="the ceiling compute_efficiency divides by")
-    bandwidth_ceiling_gbps: float | None = Field(description="the ceiling bandwidth_efficiency divides by")
-    compute_efficiency: float | None = Field(ge=0)
-    bandwidth_efficiency: float | None = Field(ge=0)
+    compute_ceiling_gflops: PositiveFloat | None = Field(description="the ceiling compute_efficiency divides by")
+    bandwidth_ceiling_gbps: PositiveFloat | None = Field(description="the ceiling bandwidth_efficiency divides by")
+    compute_efficiency: NonNegativeFloat | None
+    bandwidth_efficiency: NonNegativeFloat | None
     bottleneck: Bottleneck
     noisy: bool = Field(description="IQR above 10% of the median")
     origin: str | None = Field(
         default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
-    other_cpus: float | None = Field(
+    other_cpus: NonNegativeFloat | None = Field(
         default=None,
         description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
                     "all busy CPU time in /proc/stat less this process's own")
     busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
+
+    @model_validator(mode="after")
+    def _registered(self) -> OperationCalibration:
+        """An entry of a registered operation has its parameters and a key made of them."""
+        spec = OPERATIONS.get(self.operation)
+        if spec is None or self.family == LEGACY_FAMILY:
+            return self
+        _check_registered(spec, self, operation_key(self.operation, self.params, self.dtype, self.device))
+        return self
 
 
 class MeasuredSummary(_Model):
@@ -216,29 +272,29 @@ class MeasuredSummary(_Model):
     attained there, so noise in the one reference case cannot push an efficiency above 1.
     The matmul, STREAM and triad figures show where the ceilings come from."""
 
-    compute_ceiling_gflops: dict[str, float] = Field(
+    compute_ceiling_gflops: dict[Dtype, PositiveFloat] = Field(
         default_factory=dict, description="per dtype: best GFLOPS of any operation case (in practice matmul)"
     )
-    bandwidth_by_level_gbps: dict[str, float] = Field(
+    bandwidth_by_level_gbps: dict[str, PositiveFloat] = Field(
         default_factory=dict,
         description="per memory level: best GB/s of any operation case whose working set lives in that level "
                     "(none for LLC-DRAM, the transition zone between the last-level cache and DRAM)",
     )
-    matmul_gflops: dict[str, float] = Field(
+    matmul_gflops: dict[Dtype, NonNegativeFloat] = Field(
         default_factory=dict, description="best matmul GFLOPS per dtype over every path"
     )
-    matmul_gflops_by_path: dict[str, dict[str, float]] = Field(
+    matmul_gflops_by_path: dict[Dtype, dict[str, NonNegativeFloat]] = Field(
         default_factory=dict, description="dtype -> library path -> best GFLOPS"
     )
-    stream_gbps: dict[str, float] = Field(
+    stream_gbps: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="STREAM copy/scale/add/triad with arrays of 4x the last-level cache"
     )
-    triad_by_level_gbps: dict[str, float] = Field(
+    triad_by_level_gbps: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="best triad sweep bandwidth with the working set in each level (LLC-DRAM included)"
     )
-    dispatch_overhead_us: float | None = None
-    module_call_overhead_us: float | None = Field(
+    dispatch_overhead_us: NonNegativeFloat | None = None
+    module_call_overhead_us: NonNegativeFloat | None = Field(
         default=None, description="a small nn.ReLU module call: dispatch plus Module.__call__")
     module_overhead_us: dict[str, float] = Field(
         default_factory=dict,

@@ -1,31 +1,66 @@
 """Querying a profile: exact matches, interpolation between sizes, ceilings.
 
-:class:`ProfileQueries` is mixed into :class:`~calibration.profile.schema.ProfileQueries`;
-it reads the profile's fields and the operation and pattern specs, nothing else."""
+:class:`ProfileQueries` is mixed into :class:`~calibration.profile.schema.HardwareCalibration`;
+it reads the profile's fields and the operation and pattern specs, nothing else.
+
+The public methods check their arguments first: a parameter the operation does not have
+(``pth=``) raises TypeError, a value it does not take (``M=-5``, ``metric="latency"``,
+``dtype="float99"``) ValueError, each naming the value and what is allowed. What the
+profile cannot answer raises :class:`NotCalibrated`, a KeyError saying why.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Literal
 
 from calibration.profile import roofline
-from calibration.profile.entries import FusionCalibration, OperationCalibration
-from calibration.specs.dtypes import itemsize
+from calibration.profile.entries import LEGACY_FAMILY, FusionCalibration, OperationCalibration
+from calibration.profile.fusion import best_per_shape, median
+from calibration.specs.dtypes import DTYPE_NAMES, itemsize
 from calibration.specs.keys import ParamValue
 from calibration.specs.operations import OPERATIONS
-from calibration.specs.patterns import PATTERNS
+from calibration.specs.patterns import PATTERNS, VARIANTS, current_name
 
 Metric = Literal["compute", "bandwidth"]
+METRICS = ("compute", "bandwidth")
+DEVICES = ("cpu", "cuda")
+
+
+class NotCalibrated(KeyError):
+    """The profile holds nothing that answers the query; the message says what is missing."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message
+        return str(self.args[0]) if self.args else ""
 
 
 def _spec(operation: str):
     try:
         return OPERATIONS[operation]
     except KeyError:
-        raise KeyError(
+        raise NotCalibrated(
             f"unknown operation {operation!r}; known: {', '.join(sorted(OPERATIONS))}"
         ) from None
+
+
+def _check_choice(what: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"Invalid {what} {value!r}; allowed: {', '.join(str(a) for a in allowed)}")
+
+
+def check_query(dtype: str, device: str | None, metric: str | None = None) -> None:
+    _check_choice("dtype", dtype, DTYPE_NAMES)
+    if device is not None:
+        _check_choice("device", device, DEVICES)
+    if metric is not None:
+        _check_choice("metric", metric, METRICS)
+
+
+def _fits(spec, entry: OperationCalibration) -> bool:
+    """Whether an entry has the parameters of the registry's operation (a predecessor's does not)."""
+    return entry.family != LEGACY_FAMILY and all(name in entry.params for name in spec.param_names)
 
 
 def candidates(
@@ -40,8 +75,20 @@ def candidates(
         if entry.operation == operation
         and entry.dtype == dtype
         and entry.device == device
+        and _fits(spec, entry)
         and spec.variant(entry.params) == want
     ]
+
+
+def _none_calibrated(cal: ProfileQueries, operation: str, dtype: str, device: str, what: str) -> NotCalibrated:
+    legacy = [e for e in cal.operation_profiles.values() if e.operation == operation and e.family == LEGACY_FAMILY]
+    if legacy:
+        return NotCalibrated(
+            f"the profile's {operation} entries come from the predecessor's layout, which recorded no shape "
+            f"this registry can place and no efficiency of a measured ceiling (its 'efficiency' mixed compute "
+            f"and bandwidth against assumed peaks); calibrate this machine to query {operation} "
+            f"(python -m calibration run --operations {OPERATIONS[operation].family} -o PROFILE)")
+    return NotCalibrated(f"the profile has no {operation} entries for dtype {dtype} on {device} with variant {what}")
 
 
 def find_exact(
@@ -83,15 +130,16 @@ def efficiency_at(
     spec = _spec(operation)
     params = spec.complete(params)
     missing = [name for name in spec.param_names if name not in params]
-    pool = candidates(cal, operation, dtype, device, params)
+    try:
+        pool = candidates(cal, operation, dtype, device, params)
+        variant = spec.variant(params)
+    except KeyError as exc:  # the variant is read from a parameter the query left out
+        raise NotCalibrated(f"{operation} needs parameters {', '.join(missing or [str(exc)])} to interpolate") from None
     if not pool:
-        raise KeyError(
-            f"the profile has no {operation} entries for dtype {dtype} on {device} "
-            f"with variant {spec.variant(params) or '(default)'}"
-        )
+        raise _none_calibrated(cal, operation, dtype, device, str(variant or "(default)"))
     exact = find_exact(cal, operation, dtype, device, params) if not missing else None
     if missing and exact is None:
-        raise KeyError(f"{operation} needs parameters {', '.join(missing)} to interpolate")
+        raise NotCalibrated(f"{operation} needs parameters {', '.join(missing)} to interpolate")
     flops = spec.flops(params)
     nbytes = spec.bytes_moved(params, itemsize(dtype))
     if metric is None:
@@ -104,7 +152,7 @@ def efficiency_at(
         return _value(exact, metric)  # type: ignore[return-value]
     pool, size = interpolation_pool(pool, metric, use_flops=flops > 0)
     if not pool:
-        raise KeyError(f"no {operation} entry in the profile has a {metric} efficiency")
+        raise NotCalibrated(f"no {operation} entry in the profile has a {metric} efficiency")
     query = flops if flops > 0 else nbytes
     if spec.scale is None:
         return roofline.interpolate_log(query, [(size(e), _value(e, metric)) for e in pool])  # type: ignore[misc]
@@ -128,16 +176,6 @@ def _fusion_entries(cal: ProfileQueries, pattern: str, variant: str | None, dtyp
     ]
 
 
-def _by_shape(entries) -> dict[tuple, list]:
-    """Entries grouped by shape, the fastest fused variant first in each group."""
-    groups: dict[tuple, list] = {}
-    for entry in entries:
-        groups.setdefault(tuple(sorted(entry.params.items(), key=str)), []).append(entry)
-    for group in groups.values():
-        group.sort(key=lambda e: e.speedup, reverse=True)
-    return groups
-
-
 def _query_flops(pattern: str, shape: Mapping[str, ParamValue]) -> int | None:
     spec = PATTERNS.get(pattern)
     if spec is None or not shape:
@@ -145,37 +183,63 @@ def _query_flops(pattern: str, shape: Mapping[str, ParamValue]) -> int | None:
     try:
         return spec.flops(shape)
     except KeyError as exc:
-        raise KeyError(f"{pattern} needs parameter {exc.args[0]} to find the nearest calibrated size") from None
+        raise NotCalibrated(f"{pattern} needs parameter {exc.args[0]} to find the nearest calibrated size") from None
+
+
+def _matches(entry: FusionCalibration, shape: Mapping[str, ParamValue]) -> bool:
+    return bool(shape) and all(entry.params.get(k) == v for k, v in shape.items())
 
 
 def nearest_fusion(cal, pattern, variant, dtype, device, shape):
-    groups = _by_shape(_fusion_entries(cal, pattern, variant, dtype, device))
-    if not groups:
+    best = best_per_shape(_fusion_entries(cal, pattern, variant, dtype, device))
+    if not best:
         return None
-    for group in groups.values():
-        if shape and all(group[0].params.get(k) == v for k, v in shape.items()):
-            return group[0]
-    ordered = sorted(groups.values(), key=lambda g: g[0].flops)
+    for entry in best:
+        if _matches(entry, shape):
+            return entry
+    ordered = sorted(best, key=lambda e: e.flops)
     flops = _query_flops(pattern, shape)
     if flops is None or flops <= 0:
-        return ordered[len(ordered) // 2][0]
-    return min(ordered, key=lambda g: abs(math.log(max(g[0].flops, 1)) - math.log(flops)))[0]
+        return ordered[len(ordered) // 2]
+    return min(ordered, key=lambda e: abs(math.log(max(e.flops, 1)) - math.log(flops)))
 
 
 def fusion_speedup(cal, pattern, default, variant, dtype, device, shape) -> float:
-    groups = _by_shape(_fusion_entries(cal, pattern, variant, dtype, device))
-    if not groups:
+    best = best_per_shape(_fusion_entries(cal, pattern, variant, dtype, device))
+    if not best:
         return default
-    best = [group[0] for group in groups.values()]
     for entry in best:
-        if shape and all(entry.params.get(k) == v for k, v in shape.items()):
+        if _matches(entry, shape):
             return entry.speedup
     flops = _query_flops(pattern, shape)
     if flops is None or flops <= 0:
-        speedups = sorted(entry.speedup for entry in best)
-        middle = len(speedups) // 2
-        return speedups[middle] if len(speedups) % 2 else (speedups[middle - 1] + speedups[middle]) / 2
+        # what fusion_profiles[pattern].speedup_factor gives too
+        return median([entry.speedup for entry in best])
     return roofline.interpolate_log(flops, [(max(e.flops, 1), e.speedup) for e in best])
+
+
+def _check_fusion_query(pattern: str, variant: str | None, dtype: str, device: str | None,
+                        shape: Mapping[str, ParamValue]) -> str:
+    """The registered name of ``pattern``; raises on a bad variant, dtype, device or shape."""
+    pattern = current_name(pattern, stacklevel=3)
+    check_query(dtype, device)
+    if variant is not None:
+        _check_choice("variant", variant, (*VARIANTS, LEGACY_FAMILY))
+    spec = PATTERNS.get(pattern)
+    if spec is not None:  # an unknown pattern answers with the default, as in the predecessor
+        spec.check(shape)
+    return pattern
+
+
+def _matrix_size(params: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
+    params = dict(params)
+    size = params.pop("matrix_size")
+    clash = [name for name in ("M", "K", "N") if name in params]
+    if clash:
+        raise TypeError(f"give matrix_size or {', '.join(clash)}, not both")
+    warnings.warn("get_efficiency('matmul', matrix_size=N) is the predecessor's form; it means M=K=N=N: "
+                  "give M, K and N", DeprecationWarning, stacklevel=3)
+    return {"M": size, "K": size, "N": size, **params}
 
 
 # --------------------------------------------------------------------------- the profile's methods
@@ -190,6 +254,8 @@ class ProfileQueries:
         self, operation: str, *, dtype: str = "float32", device: str | None = None, **params: ParamValue
     ) -> OperationCalibration | None:
         """The entry measured at exactly these parameters, or None."""
+        check_query(dtype, device)
+        _spec(operation).check(params)
         return find_exact(self, operation, dtype, device or self.metadata.device_type, params)
 
     def get_efficiency(
@@ -204,8 +270,13 @@ class ProfileQueries:
         """Efficiency at these parameters: exact entry, else interpolated in log FLOPs.
 
         ``metric`` picks compute or bandwidth efficiency; by default the one the roofline of
-        this profile says bounds the queried shape.
+        this profile says bounds the queried shape. The predecessor's ``matrix_size=N`` for
+        a matmul means ``M=K=N=N`` (with a DeprecationWarning).
         """
+        check_query(dtype, device, metric)
+        if operation == "matmul" and "matrix_size" in params:
+            params = _matrix_size(params)
+        _spec(operation).check(params)
         return efficiency_at(self, operation, dtype, device or self.metadata.device_type, params, metric)
 
     def get_fusion_pattern(
@@ -214,6 +285,7 @@ class ProfileQueries:
     ) -> FusionCalibration | None:
         """The entry at this shape (or the nearest calibrated size); the fastest fused
         variant unless ``variant`` is given; None when the pattern was never calibrated."""
+        pattern = _check_fusion_query(pattern, variant, dtype, device, shape)
         return nearest_fusion(self, pattern, variant, dtype, device or self.metadata.device_type, shape)
 
     def get_fusion_speedup(
@@ -223,6 +295,7 @@ class ProfileQueries:
         """Measured speedup of fusing ``pattern``: exact shape, else interpolated between
         calibrated sizes in log FLOPs; with no shape, the median over sizes; ``default``
         when the pattern was never calibrated."""
+        pattern = _check_fusion_query(pattern, variant, dtype, device, shape)
         return fusion_speedup(self, pattern, default, variant, dtype, device or self.metadata.device_type, shape)
 
     def compute_ceiling(self, dtype: str) -> float | None:

@@ -271,7 +271,11 @@ def compare(
     all; see :func:`calibration.profile.select.parse_filter`); raises NothingInCommon when
     no entry can be compared."""
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise ValueError(f"Invalid metric {metric!r}; allowed: {', '.join(METRICS)}")
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"Invalid threshold {threshold!r}; allowed: a fraction of zero or more (0.1 is ten percent)")
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"Invalid alpha {alpha!r}; allowed: a probability between 0 and 1, exclusive")
     old_entries, new_entries = entries(base, select), entries(new, select)
     shared = [key for key in old_entries if key in new_entries]
     compared, not_applicable, flips = [], [], []

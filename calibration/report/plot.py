@@ -234,9 +234,28 @@ def plot_roofline(
     pixels. See :func:`draw_roofline` for the rest.
     """
     output_path = Path(output_path)
+    _check_image_path(output_path)
     fig = draw_roofline(calibration, other=other, dtype=dtype, labels=labels, figsize=figsize, dpi=dpi)
     fig.savefig(output_path, dpi=dpi)
     return output_path
+
+
+def image_formats() -> tuple[str, ...]:
+    """The file extensions matplotlib's Agg canvas writes (png, svg, pdf...)."""
+    _, FigureCanvasAgg, _ = _matplotlib()
+    return tuple(FigureCanvasAgg.get_supported_filetypes())
+
+
+def _check_image_path(path: Path) -> None:
+    """The format follows the extension, so the image lands exactly at ``path`` (matplotlib
+    would append .png to a name without one, and report nothing)."""
+    formats = image_formats()
+    if path.is_dir():
+        raise ValueError(f"Invalid image path '{path}': it is a directory; give a file such as {path / 'roofline.png'}")
+    extension = path.suffix.lower().removeprefix(".")
+    if extension not in formats:
+        got = f"extension {extension!r}" if extension else "no extension"
+        raise ValueError(f"Invalid image path '{path}': {got}; allowed: {', '.join(formats)}")
 
 
 def draw_roofline(

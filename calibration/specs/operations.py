@@ -27,6 +27,7 @@ from functools import cached_property
 from calibration.specs import host
 from calibration.specs.dtypes import itemsize
 from calibration.specs.keys import ParamValue, operation_key
+from calibration.specs.params import Checked
 
 Params = Mapping[str, ParamValue]
 
@@ -85,7 +86,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Operation:
+class Operation(Checked):
     name: str
     family: str
     description: str
@@ -126,6 +127,7 @@ class Operation:
     @cached_property
     def param_names(self) -> tuple[str, ...]:
         return tuple(self.shapes(False)[0])
+
 
 
 def fixed(full: tuple[Params, ...], quick: tuple[Params, ...]) -> Callable[[bool], tuple[Params, ...]]:

@@ -16,19 +16,21 @@ work, which shows up as speed, not as fewer FLOPs of the pattern).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from calibration.specs.dtypes import itemsize
 from calibration.specs.keys import ParamValue, operation_key
 from calibration.specs.operations import ELEMENTWISE_FLOPS, Params, conv_out, fixed
+from calibration.specs.params import Checked
 
 VARIANTS = ("unfused", "library", "compiled")
 DROPOUT_P = 0.1
 
 
 @dataclass(frozen=True)
-class Pattern:
+class Pattern(Checked):
     name: str
     family: str
     operators: tuple[str, ...]
@@ -448,10 +450,34 @@ for _pattern in PATTERNS.values():
     FAMILIES[_pattern.family] = FAMILIES.get(_pattern.family, ()) + (_pattern.name,)
 
 
+# The predecessor's names for patterns registered here under another name: its calibration
+# called the attention patterns QK_AttentionScores and FullAttention_SDPA, and its
+# partitioner spelled BatchNorm2d out (which is why the two never met).
+RENAMED: dict[str, str] = {
+    "QK_AttentionScores": "QK_Softmax",
+    "FullAttention_SDPA": "Attention",
+    "Conv2d_BatchNorm2d": "Conv2d_BN",
+    "Conv2d_BatchNorm2d_ReLU": "Conv2d_BN_ReLU",
+    "Conv2d_BatchNorm2d_ReLU6": "Conv2d_BN_ReLU6",
+}
+
+
+def current_name(name: str, *, stacklevel: int = 2) -> str:
+    """``name``, or the registered name of a predecessor's pattern name, with a DeprecationWarning."""
+    renamed = RENAMED.get(name)
+    if renamed is None:
+        return name
+    warnings.warn(f"fusion pattern {name!r} is the predecessor's name; it is {renamed!r} now",
+                  DeprecationWarning, stacklevel=stacklevel + 1)
+    return renamed
+
+
 def resolve_families(names: Iterable[str]) -> set[str]:
-    """Pattern names selected by family (``all`` selects every pattern) or by pattern name."""
+    """Pattern names selected by family (``all`` selects every pattern) or by pattern name
+    (the predecessor's names too, with a DeprecationWarning)."""
     selected: set[str] = set()
     for name in names:
+        name = current_name(name, stacklevel=2)
         if name == "all":
             selected.update(PATTERNS)
         elif name in FAMILIES:

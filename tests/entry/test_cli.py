@@ -58,12 +58,14 @@ def test_run_rejects_bad_values(tmp_path, capsys, args, message):
 
 
 @pytest.mark.times_kernels
-def test_run_calibrates_through_pytest(tmp_path):
+def test_run_calibrates_through_pytest_from_any_folder(tmp_path):
+    """The cases installed with the package run; no checkout's bench/ is needed (CI checks
+    the same from a wheel in a clean environment: .ci/run)."""
     out = tmp_path / "p.json"
     proc = subprocess.run(
         [sys.executable, "-m", "calibration", "run", "--hardware", "ci-box", "--peak-gflops", "100",
-         "--operations", "dispatch", "--quick", "--output", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+         "--operations", "dispatch", "--quick", "--output", "p.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cal = load_calibration(out)
@@ -78,11 +80,54 @@ def test_calibrate_hardware_api(tmp_path):
     out = tmp_path / "api.json"
     cal = calibrate_hardware(
         hardware_name="api-box", theoretical_bandwidth_gbps=50.0, output_path=out,
-        operations=["dispatch"], quick=True, bench_dir=REPO / "bench",
+        operations=["dispatch"], quick=True,
     )
     assert cal.metadata.hardware_name == "api-box"
     assert cal.peak_bandwidth_gbps.value == 50.0
     assert load_calibration(out) == cal
+
+
+SELECTIONS = [
+    # (operations, fusion_patterns) -> the plugin's selection options
+    ((None, None), []),  # everything, as the plugin runs by default
+    ((["dispatch"], None), ["--calibrate-operations", "dispatch"]),
+    # the predecessor's way
+    ((None, ["Add_ReLU"]), ["--calibrate-operations", "all", "--calibrate-fusion-patterns", "Add_ReLU"]),
+    (([], ["Add_ReLU"]), ["--calibrate-fusion-patterns", "Add_ReLU"]),  # fusion cases alone
+    ((["none"], ["Add_ReLU"]), ["--calibrate-fusion-patterns", "Add_ReLU"]),
+    ((["matmul"], ["Add_ReLU"]), ["--calibrate-operations", "matmul", "--calibrate-fusion-patterns", "Add_ReLU"]),
+    (("dispatch,matmul", None), ["--calibrate-operations", "dispatch,matmul"]),  # a string may hold several names
+]
+
+
+@pytest.mark.parametrize(("given", "expected"), SELECTIONS)
+def test_fusion_patterns_run_with_the_base_operations_unless_operations_are_given(given, expected):
+    from calibration.api import selection
+
+    assert selection(*given).args() == expected
+
+
+def test_run_with_fusion_patterns_also_runs_the_operations(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "calibration", "run", "--quick", "--fusion-patterns", "all", "-o", "p.json",
+         "--", "--collect-only"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # collected, not run: no profile
+    ran = {line.split("::")[1].split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
+    assert {"test_matmul", "test_stream_triad", "test_dispatch", "test_conv_fusion", "test_attention_fusion"} <= ran
+
+
+def test_the_predecessors_pattern_names_select_with_a_deprecation_warning():
+    from calibration.api import selection
+
+    with pytest.warns(DeprecationWarning) as warned:
+        chosen = selection(["dispatch"], ["FullAttention_SDPA", "QK_AttentionScores"])
+    assert chosen.fusion_patterns == ["Attention", "QK_Softmax"]
+    assert sorted(str(w.message) for w in warned) == [
+        "fusion pattern 'FullAttention_SDPA' is the predecessor's name; it is 'Attention' now",
+        "fusion pattern 'QK_AttentionScores' is the predecessor's name; it is 'QK_Softmax' now",
+    ]
 
 
 def test_run_rejects_an_unknown_fusion_family(tmp_path, capsys):
@@ -95,9 +140,9 @@ def test_run_rejects_an_unknown_fusion_family(tmp_path, capsys):
 @pytest.mark.times_kernels
 def test_calibrate_hardware_runs_the_selected_fusion_patterns(tmp_path):
     cal = calibrate_hardware(
-        output_path=tmp_path / "fusion.json", fusion_patterns=["Add_ReLU"], quick=True, bench_dir=REPO / "bench",
+        output_path=tmp_path / "fusion.json", operations=[], fusion_patterns=["Add_ReLU"], quick=True,
     )
-    assert cal.operation_profiles == {}  # --fusion-patterns alone runs only fusion cases
+    assert cal.operation_profiles == {}  # operations=[]: the fusion cases alone
     variants = sorted(entry.variant for entry in cal.fusion_profiles["Add_ReLU"])
     assert variants == ["compiled", "library"] or variants == ["library"]  # compiled skips without a compiler
     assert list(cal.fusion_profiles) == ["Add_ReLU"]
@@ -214,3 +259,15 @@ def test_summary_flags_cache_levels_whose_triad_is_a_per_call_cost():
     ], metadata())
     note = [line for line in render_summary(cal).splitlines() if "per-call costs" in line]
     assert len(note) == 1 and note[0].strip().startswith("note: L1 triad calls")
+
+
+def test_run_that_writes_no_profile_says_so_and_fails(tmp_path):
+    """The cases pass untimed under --benchmark-disable: pytest says OK, but nothing was calibrated."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "calibration", "run", "--quick", "--operations", "dispatch", "-o", "p.json",
+         "--", "--benchmark-disable"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[-1] == "error: no profile was written to p.json (the summary above says why)"
+    assert not (tmp_path / "p.json").exists()

@@ -320,3 +320,28 @@ def test_stream_kernels_that_disagree_say_dram_bandwidth_moved():
     slow_add = record("stream_add", 3 * 4 * (1 << 25) / 34.9e9 * 1e3, n=1 << 25)
     text = render_summary(fold([triad(1 << 25, 51.2), slow_add], metadata()))
     assert "DRAM ceiling" not in text and "ran at 34.9 and 51.2 GB/s: DRAM bandwidth moved" in text
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_case_the_suite_can_run_folds_into_a_profile_that_loads(tmp_path, device):
+    """The schema checks entries against the registry (parameters, families, keys): every
+    case of the full grid, operations and fusion variants, must pass that check."""
+    from factories import latency
+
+    from calibration import load_calibration
+    from calibration.measure.fold import FusionRecord
+    from calibration.specs.operations import OPERATIONS
+    from calibration.specs.patterns import PATTERNS
+
+    dtypes = ("float32", "bfloat16") if device == "cpu" else ("float32", "float16")
+    records = [Record(case, latency(1.0))
+               for op in OPERATIONS.values() for case in op.cases(quick=False, device=device)]
+    # no raw samples: no bootstrap interval to compute for each of several hundred entries
+    fusion = [FusionRecord(case, latency(1.0 if case.variant == "unfused" else 0.5).model_copy(
+        update={"samples_ms": []}))
+              for pattern in PATTERNS.values() for case in pattern.cases(quick=False, device=device, dtypes=dtypes)]
+    cal = fold(records, metadata(device_type=device), fusion_records=fusion)
+    assert len(cal.operation_profiles) == len(records)
+    assert sum(len(entries) for entries in cal.fusion_profiles.values()) == sum(
+        case.variant != "unfused" for case in (r.case for r in fusion))
+    assert load_calibration(cal.save(tmp_path / "full.json")) == cal

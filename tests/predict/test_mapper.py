@@ -76,7 +76,7 @@ def test_uncalibrated_operations_use_the_roofline_plus_dispatch_and_say_so():
     cal = fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32)], metadata(cache_sizes={}))
     estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
     relu = estimate.subgraphs[-1].kernels[-1]
-    assert relu.operation == "relu" and relu.source == "roofline at measured ceilings"
+    assert relu.operation == "relu" and relu.source == "roofline at the profile's ceilings"
     # 128 floats read + written = 1024 bytes at the 20 GB/s ceiling, plus 2 us of dispatch
     assert relu.seconds == pytest.approx(1024 / 20e9 + 2e-6, rel=1e-6)
     assert any("not calibrated" in note for note in estimate.notes)
@@ -105,7 +105,7 @@ def test_fused_mode_divides_a_fused_pattern_by_its_measured_speedup():
     (subgraph,) = [sg for sg in fused_estimate.subgraphs if sg.pattern == "Linear_Bias_ReLU"]
     assert subgraph.speedup == pytest.approx(2.0)
     assert fused_estimate.total_ms == pytest.approx(eager.total_ms / 2.0)
-    with pytest.raises(ValueError, match="mode must be"):
+    with pytest.raises(ValueError, match="Invalid mode .magic.; allowed: eager, fused"):
         mapper.estimate(part, "magic")
 
 

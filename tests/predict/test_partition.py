@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import latency, metadata
+from factories import full_profile, latency, metadata
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -523,3 +523,15 @@ def test_a_gemm_that_copies_its_operand_counts_the_copy():
 
     nodes = by_name(partition(Copies().eval(), torch.randn(4, 5)))
     assert nodes["contiguous"].op == "copy" and nodes["contiguous"].copy_bytes == 0
+
+
+def test_a_shape_or_dtype_the_registry_does_not_calibrate_is_fused_by_default_and_says_why():
+    """The profile's queries refuse a grouped conv for Conv2d_BN_ReLU and a float64 dtype;
+    a partition keeps going and names the reason in the decision."""
+    cal = full_profile()
+    grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    (conv,) = partition(grouped, torch.randn(1, 8, 16, 16), cal).subgraphs
+    assert conv.fused and "Invalid parameter 'GROUPS' for Conv2d_BN_ReLU" in conv.decision
+    double = nn.Sequential(nn.Linear(16, 16), nn.ReLU()).double().eval()
+    (linear,) = partition(double, torch.randn(2, 16, dtype=torch.float64), cal).subgraphs
+    assert linear.fused and "Invalid dtype 'float64'" in linear.decision and linear.speedup == 1.0

@@ -19,6 +19,7 @@ from calibration.profile.schema import (
     PeakSource,
 )
 from calibration.specs.keys import operation_key
+from calibration.specs.operations import OPERATIONS
 
 finite = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=1e-6, max_value=1e12, allow_nan=False, allow_infinity=False)
@@ -39,17 +40,19 @@ def latencies(draw):
 
 @st.composite
 def entries(draw):
-    operation = draw(names)
+    # not a registry operation: those entries must have the registry's parameters
+    operation = draw(names.filter(lambda name: name not in OPERATIONS))
     params = draw(st.dictionaries(names, param_values, max_size=5))
     dtype = draw(st.sampled_from(["float32", "bfloat16", "float16", "tf32"]))
     device = draw(st.sampled_from(["cpu", "cuda"]))
     optional = st.one_of(st.none(), finite)
+    ceiling = st.one_of(st.none(), positive)  # a ceiling of 0 would divide an efficiency by zero
     return OperationCalibration(
         key=operation_key(operation, params, dtype, device), operation=operation, family=draw(names),
         params=params, dtype=dtype, device=device, flops=draw(st.integers(0, 2**62)),
         bytes=draw(st.integers(0, 2**62)), latency=draw(latencies()), gflops=draw(finite),
         gbps=draw(finite), arithmetic_intensity=draw(optional), memory_level=draw(names),
-        compute_ceiling_gflops=draw(optional), bandwidth_ceiling_gbps=draw(optional),
+        compute_ceiling_gflops=draw(ceiling), bandwidth_ceiling_gbps=draw(ceiling),
         compute_efficiency=draw(optional), bandwidth_efficiency=draw(optional),
         bottleneck=draw(st.sampled_from(list(Bottleneck))), noisy=draw(st.booleans()),
     )
@@ -88,11 +91,11 @@ def test_save_is_atomic_and_keeps_the_old_profile_on_failure(tmp_path, monkeypat
     old.save(path)
     before = path.read_bytes()
 
-    def broken_replace(src, dst):
+    def broken_replace(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ProfileError, match="cannot write the profile .disk full.; the file there, if any, was left"):
         HardwareCalibration(metadata=metadata(hardware_name="new")).save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]  # no temp file left behind

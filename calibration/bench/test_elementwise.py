@@ -1,0 +1,33 @@
+"""Element-wise operations on preallocated outputs (bandwidth, not page faults)."""
+
+import pytest
+
+
+@pytest.mark.operation("add")
+def test_add(op_case, calibrate):
+    calibrate(op_case)
+
+
+@pytest.mark.operation("mul")
+def test_mul(op_case, calibrate):
+    calibrate(op_case)
+
+
+@pytest.mark.operation("relu")
+def test_relu(op_case, calibrate):
+    calibrate(op_case)
+
+
+@pytest.mark.operation("gelu")
+def test_gelu(op_case, calibrate):
+    calibrate(op_case)
+
+
+@pytest.mark.operation("sigmoid")
+def test_sigmoid(op_case, calibrate):
+    calibrate(op_case)
+
+
+@pytest.mark.operation("silu")
+def test_silu(op_case, calibrate):
+    calibrate(op_case)
