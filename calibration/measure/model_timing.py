@@ -42,20 +42,30 @@ DRIFT_REFERENCES = (
 )
 
 
-def drift(calibration, min_run_time: float = 0.3) -> dict[str, float]:
-    """Now / profile median of the reference cases the profile has (1.0: as fast as when calibrated).
-
-    On a shared machine these move 0.85-1.5x within minutes; a prediction error smaller than
-    that spread says nothing either way.
-    """
-    ratios = {}
+def reference_kernels(calibration) -> dict[str, tuple]:
+    """The profile's reference cases, built once: operation -> (kernel, profile median ms)."""
+    built = {}
     for operation, params in DRIFT_REFERENCES:
         case = Case(operation, tuple(params.items()), "float32", calibration.metadata.device_type)
         entry = calibration.operation_profiles.get(case.key)
-        if entry is None:
-            continue
-        timer = benchmark.Timer("kernel()", globals={"kernel": build(case)}, num_threads=torch.get_num_threads())
-        ratios[operation] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3 / entry.latency.median_ms
+        if entry is not None:
+            built[operation] = (build(case), entry.latency.median_ms)
+    return built
+
+
+def drift(calibration, min_run_time: float = 0.3, kernels: dict[str, tuple] | None = None) -> dict[str, float]:
+    """Now / profile median of the reference cases the profile has (1.0: as fast as when calibrated).
+
+    On a shared machine these move 0.85-1.5x within minutes; a prediction error smaller than
+    that spread says nothing either way. ``kernels`` (from :func:`reference_kernels`) reuses
+    operands built once: building them every round would allocate and free 13 MiB between
+    the model's forwards and change which of its blocks glibc hands back to the OS.
+    """
+    kernels = reference_kernels(calibration) if kernels is None else kernels
+    ratios = {}
+    for operation, (kernel, profile_ms) in kernels.items():
+        timer = benchmark.Timer("kernel()", globals={"kernel": kernel}, num_threads=torch.get_num_threads())
+        ratios[operation] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3 / profile_ms
     return ratios
 
 
@@ -149,9 +159,10 @@ def measure_rounds(model, example, calibration, *, rounds: int = 3, min_run_time
                    drift_run_time: float = 0.2) -> Measurement:
     """``rounds`` windows, each re-timing the reference kernels and then the model."""
     before = host.cpu_times()
+    kernels = reference_kernels(calibration)
     done = []
     for _ in range(rounds):
-        ratios = drift(calibration, min_run_time=drift_run_time)
+        ratios = drift(calibration, min_run_time=drift_run_time, kernels=kernels)
         done.append(Round(model_ms=measure_latency_ms(model, example, min_run_time), drift=ratios))
     return Measurement(tuple(done), other_cpus_since(before))
 
