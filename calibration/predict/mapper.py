@@ -108,6 +108,7 @@ class Mapper:
         self.peak_gflops = peak_gflops
         self.peak_bandwidth_gbps = peak_bandwidth_gbps
         self.notes: list[str] = []
+        self._replayed: dict[tuple[tuple[int, int], ...], int | None] = {}  # allocations -> faulted pages
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -297,7 +298,9 @@ class Mapper:
         if part.allocations is None or self.device != "cpu":
             return None
         detected = allocator.detect()
-        pages = allocator.replay_faults(part.allocations)
+        if part.allocations not in self._replayed:  # eager and fused estimates of one partition share it
+            self._replayed[part.allocations] = allocator.replay_faults(part.allocations)
+        pages = self._replayed[part.allocations]
         if pages is None:
             self._note("the allocation replay could not run here: page faults are not predicted")
             return AllocatorTerm(allocator=detected, fault_bytes=None, ms=None)

@@ -313,6 +313,10 @@ class ProfileQueries:
             return max(self.measured.stream_gbps.values())
         return self.peak_bandwidth_gbps.value if self.peak_bandwidth_gbps else None
 
+    def roofline_seconds(self, flops: int, nbytes: int, dtype: str = "float32") -> float | None:
+        """A kernel's time at this profile's roofs (no efficiency); None where a needed roof is unknown."""
+        return roofline.roofline_seconds(flops, nbytes, self.compute_ceiling(dtype), self.bandwidth_ceiling(nbytes))
+
     def bandwidth_ceiling(self, nbytes: int) -> float | None:
         """The bandwidth a working set of ``nbytes`` gets: the measured ceiling of the cache
         level it fits in, else the DRAM ceiling (see :func:`roofline.bandwidth_ceiling`)."""

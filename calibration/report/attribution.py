@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Literal
 
-from calibration.profile import roofline
 from calibration.profile.entries import FrozenModel
 
 if TYPE_CHECKING:
@@ -148,6 +147,5 @@ def attribute(part: Partition, estimate: LatencyEstimate, measured: GraphProfile
 def _roof_ms(calibration: HardwareCalibration | None, flops: int, nbytes: int, dtype: str | None) -> float | None:
     if calibration is None:
         return None
-    seconds = roofline.roofline_seconds(flops, nbytes, calibration.compute_ceiling(dtype or "float32"),
-                                        calibration.bandwidth_ceiling(nbytes))
+    seconds = calibration.roofline_seconds(flops, nbytes, dtype or "float32")
     return seconds * 1e3 if seconds is not None else None

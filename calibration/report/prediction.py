@@ -12,8 +12,6 @@ import statistics
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from calibration.profile import roofline
-
 if TYPE_CHECKING:
     from calibration.measure.model_timing import Measurement
     from calibration.predict.mapper import LatencyEstimate
@@ -34,8 +32,7 @@ def _kernels(part: Partition, eager: LatencyEstimate, calibration: HardwareCalib
             if not node.kernel or node.name not in predicted:
                 continue
             k = predicted[node.name]
-            compute = calibration.compute_ceiling(node.dtype or "float32")
-            roof = roofline.roofline_seconds(node.flops, node.bytes, compute, calibration.bandwidth_ceiling(node.bytes))
+            roof = calibration.roofline_seconds(node.flops, node.bytes, node.dtype or "float32")
             rows.append({"name": node.name, "target": node.target, "module": node.module, "op": node.op,
                          "operation": node.operation, "bound": k.bottleneck.value, "source": k.source,
                          "predicted_ms": k.seconds * 1e3, "roof_ms": roof * 1e3 if roof is not None else None})

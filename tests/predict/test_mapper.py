@@ -242,3 +242,13 @@ def test_an_operand_copied_before_a_gemm_is_priced_as_a_stream_copy():
     plain = [k for sg in predict_latency(nn.Sequential(nn.Linear(64, 32)).eval(), torch.randn(8, 128, 64),
                                          cal).subgraphs for k in sg.kernels]
     assert plain[0].copy_seconds == 0.0
+
+
+def test_one_mapper_replays_a_partition_s_allocations_once(glibc_defaults, monkeypatch):
+    calls = []
+    real = allocator.replay_faults
+    monkeypatch.setattr(allocator, "replay_faults", lambda events, **kw: calls.append(events) or real(events, **kw))
+    part = partition(nn.ReLU().eval(), torch.randn(48 * (1 << 20) // 4))
+    mapper = CPUMapper(allocation_profile())
+    eager, fused = mapper.estimate(part, "eager"), mapper.estimate(part, "fused")
+    assert len(calls) == 1 and eager.allocator == fused.allocator and eager.allocator.fault_bytes > 0
