@@ -281,11 +281,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _measure_predicted(args, model, inputs, calibration, part, eager) -> dict:
     """The interleaved measurement rounds, the page faults and, with --by-op, the attribution."""
-    from calibration.measure.model_timing import measure_rounds, page_faults_per_call
+    from calibration.measure.model_timing import measure_rounds, page_faults_per_forward
 
     measurement = measure_rounds(model, inputs, calibration, rounds=args.rounds)
     out = {"measurement": measurement, "refusal": measurement.refusal(calibration),
-           "faults": page_faults_per_call(model, inputs)}
+           "faults": page_faults_per_forward(model, inputs)}
     if args.by_op:
         from calibration.measure.node_profile import profile_graph
         from calibration.predict.trace import trace
@@ -378,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--by-op", action="store_true",
                          help="with --measure: run the model under torch.profiler and put each kernel's measured "
                               "time beside its prediction, with every measured time no kernel accounts for")
-    predict.add_argument("--rounds", type=options.parse_rounds, default=3, metavar="N",
-                         help="measurement rounds, each re-timing the reference kernels then the model (default: 3)")
+    predict.add_argument("--rounds", type=options.parse_rounds, default=5, metavar="N",
+                         help="measurement rounds, each re-timing the reference kernels then the model (default: 5)")
     predict.add_argument("--format", choices=("text", "json"), default="text",
                          help="text: one screen (default); json: every kernel and round as data")
     predict.set_defaults(func=_cmd_predict)

@@ -27,7 +27,7 @@ import sys
 import torch
 
 from calibration import load_calibration
-from calibration.measure.model_timing import Measurement, measure_rounds, other_cpus_since
+from calibration.measure.model_timing import Measurement, measure_rounds, other_cpus_since, reference_kernels
 from calibration.predict import heldout_models, models
 from calibration.predict.mapper import predict_latency
 from calibration.predict.plan import partition
@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--heldout", action="store_true", help="the held-out models instead of the reference ones")
     parser.add_argument("--without-exact", action="store_true", help="drop entries matching a kernel exactly")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default: 5)")
     parser.add_argument("--models", help="comma-separated subset")
     parser.add_argument("--json", metavar="PATH", help="write the per-case numbers here")
     parser.add_argument("--compare", metavar="PATH", help="a --json file of an earlier run: print the differences")
@@ -76,11 +76,12 @@ def main() -> int:
     predicted = {c: predict_latency(m, x, cal) for c, (m, x, _) in built.items()}
 
     rounds: dict[tuple[str, int], list] = {c: [] for c in cases}
+    kernels = reference_kernels(cal)
     before = host.cpu_times()
     for _ in range(args.repeats):
         for c in cases:
             model, x, _ = built[c]
-            rounds[c] += measure_rounds(model, x, cal, rounds=1).rounds
+            rounds[c] += measure_rounds(model, x, cal, rounds=1, kernels=kernels).rounds
     busy_cpus = other_cpus_since(before)
 
     rows, raw_all, corrected_all = {}, [], []
@@ -91,9 +92,10 @@ def main() -> int:
         estimate, m = predicted[c], Measurement(tuple(rounds[c]), busy_cpus)
         times = [r.model_ms for r in m.rounds]
         refusal = m.refusal(cal)
-        raw, corrected = m.errors(estimate.total_ms)
+        weights = estimate.time_by_class()
+        raw, corrected = m.errors(estimate.total_ms, weights)
         faults = estimate.allocator.ms if estimate.allocator and estimate.allocator.ms else 0.0
-        factors = [r.factor for r in m.rounds if r.factor is not None]
+        factors = [f for r in m.rounds if (f := r.factor_for(weights)) is not None]
         drift = f"x{statistics.median(factors):.2f}" if factors else "-"
         if refusal:
             errors = f"not reported: {refusal} | -"

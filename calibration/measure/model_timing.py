@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils import benchmark
@@ -35,26 +36,64 @@ def measure_latency_ms(model, example, min_run_time: float = 1.0) -> float:
         return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-# Profile entries re-timed to tell how fast the machine runs now against calibration time.
-DRIFT_REFERENCES = (
+# Profile entries re-timed to tell how fast the machine runs now against calibration time, by
+# the class of kernel whose time they track (specs.operations.DRIFT_CLASSES). A shared machine
+# does not drift alike for all of them: a neighbour on the memory bus slows a STREAM triad and
+# leaves a GEMM alone, and a descheduled vCPU makes every small parallel kernel wait on its
+# threads. "small" and "memory" are the profile's STREAM triad entries by size (the sweep's
+# sizes depend on the host's caches): the smallest that runs on all threads and stays in L2,
+# the one nearest an LLC-resident 1 Mi elements, and the largest (DRAM).
+COMPUTE_REFERENCES = (
     ("matmul", {"M": 1024, "K": 1024, "N": 1024, "path": "aten"}),
     ("conv2d", {"N": 1, "CIN": 64, "COUT": 64, "H": 56, "W": 56, "K": 3, "STRIDE": 1, "PAD": 1, "GROUPS": 1}),
 )
+PARALLEL_GRAIN = 32768  # ATen's grain: a smaller element-wise kernel runs on one thread
+SMALL_REFERENCE_MAX = 1 << 18
+LLC_REFERENCE = 1 << 20
+
+
+def _triad_references(calibration, device: str) -> list[tuple[str, int]]:
+    # an entry timed while other processes kept the machine busy is no yardstick: its ratio
+    # would be that moment's neighbours, not the machine's drift since (small memory-bound
+    # entries are mostly 'noisy', IQR > 10%, on a VM, and stay usable)
+    sizes = sorted(entry.params["n"] for entry in calibration.operation_profiles.values()
+                   if entry.operation == "stream_triad" and entry.dtype == "float32" and entry.device == device
+                   and not entry.busy)
+    chosen: list[tuple[str, int]] = []
+    small = [n for n in sizes if PARALLEL_GRAIN <= n <= SMALL_REFERENCE_MAX]
+    if small:
+        chosen.append(("small", small[0]))
+    large = [n for n in sizes if n > SMALL_REFERENCE_MAX]
+    if large:
+        chosen.append(("memory", min(large, key=lambda n: abs(n - LLC_REFERENCE))))
+        chosen.append(("memory", large[-1]))
+    return list(dict.fromkeys(chosen))
 
 
 def reference_kernels(calibration) -> dict[str, tuple]:
-    """The profile's reference cases, built once: operation -> (kernel, profile median ms)."""
+    """The profile's reference cases, built once: label -> (kernel, profile ms, class).
+
+    The profile's time is its fastest round, compared with the fastest block now: a burst
+    from a neighbour during a few of either's rounds moves a median (the profile's small
+    triads have IQRs of 10-30% on a VM) but not the best round, while a machine that runs
+    slower throughout moves both.
+    """
+    device = calibration.metadata.device_type
+    wanted = [("compute", operation, params) for operation, params in COMPUTE_REFERENCES]
+    wanted += [(kind, "stream_triad", {"n": n}) for kind, n in _triad_references(calibration, device)]
     built = {}
-    for operation, params in DRIFT_REFERENCES:
-        case = Case(operation, tuple(params.items()), "float32", calibration.metadata.device_type)
+    for kind, operation, params in wanted:
+        case = Case(operation, tuple(params.items()), "float32", device)
         entry = calibration.operation_profiles.get(case.key)
-        if entry is not None:
-            built[operation] = (build(case), entry.latency.median_ms)
+        if entry is not None and not entry.busy:
+            label = operation if operation != "stream_triad" else f"triad {params['n']}"
+            built[label] = (build(case), entry.latency.min_ms or entry.latency.median_ms, kind)
     return built
 
 
-def drift(calibration, min_run_time: float = 0.3, kernels: dict[str, tuple] | None = None) -> dict[str, float]:
-    """Now / profile median of the reference cases the profile has (1.0: as fast as when calibrated).
+def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, tuple] | None = None) -> dict[str, float]:
+    """Now / then of the reference cases the profile has, fastest round to fastest block (1.0:
+    as fast as when calibrated).
 
     On a shared machine these move 0.85-1.5x within minutes; a prediction error smaller than
     that spread says nothing either way. ``kernels`` (from :func:`reference_kernels`) reuses
@@ -63,18 +102,19 @@ def drift(calibration, min_run_time: float = 0.3, kernels: dict[str, tuple] | No
     """
     kernels = reference_kernels(calibration) if kernels is None else kernels
     ratios = {}
-    for operation, (kernel, profile_ms) in kernels.items():
+    for label, (kernel, profile_ms, _) in kernels.items():
         timer = benchmark.Timer("kernel()", globals={"kernel": kernel}, num_threads=torch.get_num_threads())
-        ratios[operation] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3 / profile_ms
+        ratios[label] = min(timer.blocked_autorange(min_run_time=min_run_time).times) * 1e3 / profile_ms
     return ratios
 
 
-def page_faults_per_call(model, example, calls: int = 5) -> int | None:
-    """Minor page faults per warm forward pass (None where getrusage is missing).
+def page_faults_per_forward(model, example, calls: int = 7) -> tuple[int, ...] | None:
+    """Minor page faults of each of ``calls`` warm forward passes (None where getrusage is missing).
 
     Memory the allocator handed back to the OS is faulted in again when an output is
     written: on glibc that is every block above its mmap threshold, and heap trimmed
-    between calls, at about a microsecond per 4 KiB page on a VM.
+    between calls, at about a microsecond per 4 KiB page on a VM. Under glibc's defaults
+    the count moves from one forward to the next (0-48 MiB on one model), so each is kept.
     """
     try:
         import resource
@@ -82,12 +122,14 @@ def page_faults_per_call(model, example, calls: int = 5) -> int | None:
         return None
 
     inputs = _inputs(example)
+    counts = []
     with torch.no_grad():
         model(*inputs)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(calls):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             model(*inputs)
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // calls
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return tuple(counts)
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -102,19 +144,40 @@ DRIFT_LIMIT = 1.5
 BUSY_LIMIT = 0.5
 
 
+def _geomean(values) -> float:
+    values = list(values)
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
 @dataclass(frozen=True)
 class Round:
     """One measurement window: the reference kernels re-timed, then the model, back to back."""
 
     model_ms: float
-    drift: dict[str, float]  # reference operation -> now / profile median
+    drift: dict[str, float]  # reference label -> now / profile median
+    classes: dict[str, str] = field(default_factory=dict)  # reference label -> its drift class
 
     @property
     def factor(self) -> float | None:
         """How much slower the machine runs now than when calibrated (geometric mean)."""
-        if not self.drift:
-            return None
-        return math.exp(statistics.fmean(math.log(r) for r in self.drift.values()))
+        return _geomean(self.drift.values()) if self.drift else None
+
+    def class_factors(self) -> dict[str, float]:
+        """Drift class -> the geometric mean of its references' ratios."""
+        by_class: dict[str, list[float]] = {}
+        for label, ratio in self.drift.items():
+            by_class.setdefault(self.classes.get(label, "compute"), []).append(ratio)
+        return {kind: _geomean(ratios) for kind, ratios in by_class.items()}
+
+    def factor_for(self, weights: Mapping[str, float] | None) -> float | None:
+        """The drift of a prediction whose time splits over the drift classes as ``weights``
+        (any unit): each class scaled by its own references, a class without one by all of them."""
+        overall = self.factor
+        if overall is None or not weights or sum(weights.values()) <= 0:
+            return overall
+        factors = self.class_factors()
+        total = sum(weights.values())
+        return sum(w * factors.get(kind, overall) for kind, w in weights.items()) / total
 
 
 @dataclass(frozen=True)
@@ -126,11 +189,13 @@ class Measurement:
     def model_ms(self) -> float:
         return statistics.median(r.model_ms for r in self.rounds)
 
-    def errors(self, predicted_ms: float) -> tuple[list[float], list[float] | None]:
+    def errors(self, predicted_ms: float, weights: Mapping[str, float] | None = None
+               ) -> tuple[list[float], list[float] | None]:
         """Per round: the raw error and the drift-corrected one (the prediction scaled by the
-        drift measured in the same window); None where the profile has no reference case."""
+        drift measured in the same window, per class where ``weights`` splits the prediction
+        over the drift classes); None where the profile has no reference case."""
         raw = [predicted_ms / r.model_ms - 1 for r in self.rounds]
-        factors = [r.factor for r in self.rounds]
+        factors = [r.factor_for(weights) for r in self.rounds]
         if any(f is None for f in factors):
             return raw, None
         return raw, [predicted_ms * f / r.model_ms - 1 for f, r in zip(factors, self.rounds, strict=True)]
@@ -148,22 +213,24 @@ class Measurement:
         if self.busy_cpus is not None and self.busy_cpus > BUSY_LIMIT:
             return f"other processes kept {self.busy_cpus:.1f} CPUs busy while the model was timed"
         for r in self.rounds:
-            for name, ratio in r.drift.items():
+            for kind, ratio in r.class_factors().items():
                 if not 1 / DRIFT_LIMIT <= ratio <= DRIFT_LIMIT:
-                    return (f"the reference {name} ran x{ratio:.2f} its profile time (allowed: "
+                    names = ", ".join(label for label in r.drift if r.classes.get(label, "compute") == kind)
+                    return (f"the {kind} references ({names}) ran x{ratio:.2f} their profile time (allowed: "
                             f"x{1 / DRIFT_LIMIT:.2f}-x{DRIFT_LIMIT:.2f}): not the calibrated machine right now")
         return None
 
 
-def measure_rounds(model, example, calibration, *, rounds: int = 3, min_run_time: float = 0.5,
-                   drift_run_time: float = 0.2) -> Measurement:
+def measure_rounds(model, example, calibration, *, rounds: int = 5, min_run_time: float = 0.4,
+                   drift_run_time: float = 0.15, kernels: dict[str, tuple] | None = None) -> Measurement:
     """``rounds`` windows, each re-timing the reference kernels and then the model."""
     before = host.cpu_times()
-    kernels = reference_kernels(calibration)
+    kernels = reference_kernels(calibration) if kernels is None else kernels
+    classes = {label: kind for label, (_, _, kind) in kernels.items()}
     done = []
     for _ in range(rounds):
         ratios = drift(calibration, min_run_time=drift_run_time, kernels=kernels)
-        done.append(Round(model_ms=measure_latency_ms(model, example, min_run_time), drift=ratios))
+        done.append(Round(model_ms=measure_latency_ms(model, example, min_run_time), drift=ratios, classes=classes))
     return Measurement(tuple(done), other_cpus_since(before))
 
 

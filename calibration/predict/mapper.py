@@ -33,7 +33,7 @@ from calibration.profile.entries import FrozenModel
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
-from calibration.specs.operations import OPERATIONS
+from calibration.specs.operations import DRIFT_CLASSES, OPERATIONS, SMALL_KERNEL_S
 
 Mode = Literal["eager", "fused"]
 FLOATING = ("float", "bfloat", "tf32")  # dtype names of floating-point work
@@ -67,9 +67,13 @@ class AllocatorTerm(FrozenModel):
 
     allocator: str  # as detected: glibc (defaults), glibc (MALLOC_...=...), jemalloc, tcmalloc, mimalloc
     fault_bytes: int | None  # the forward's allocations replayed through that allocator; None: not replayed
+    # the range over the heaps replayed (this process's and a fresh one's; under glibc down to the
+    # blocks it always maps fresh): what a steady forward faults depends on the process's history
+    fault_bytes_low: int | None = None
+    fault_bytes_high: int | None = None
     ms: float | None  # at the profile's price per faulted page; None: unpriced
-    ms_low: float | None = None
-    ms_high: float | None = None
+    ms_low: float | None = None  # the fewest pages at the lowest price
+    ms_high: float | None = None  # the most pages at the highest price
 
 
 class LatencyEstimate(FrozenModel):
@@ -80,6 +84,19 @@ class LatencyEstimate(FrozenModel):
     allocator: AllocatorTerm | None = None
     subgraphs: tuple[SubgraphEstimate, ...]
     notes: tuple[str, ...]  # fallbacks taken, stated once each
+
+    def time_by_class(self) -> dict[str, float]:
+        """Milliseconds of this estimate per drift class (specs.operations.DRIFT_CLASSES): kernels
+        under SMALL_KERNEL_S are "small", the rest go by the roof that bounds them; the page
+        faults count as memory. Fused subgraphs are scaled by their speedup."""
+        split = dict.fromkeys(DRIFT_CLASSES, 0.0)
+        for sg in self.subgraphs:
+            for k in sg.kernels:
+                kind = ("small" if k.seconds < SMALL_KERNEL_S
+                        else "compute" if k.bottleneck == Bottleneck.COMPUTE else "memory")
+                split[kind] += k.seconds * 1e3 / sg.speedup
+        split["memory"] += self.total_ms - self.steady_ms
+        return split
 
     def table(self) -> str:
         rows = [f"{'#':>3} {'subgraph':<28} {'kernels':>7} {'GFLOP':>8} {'MB':>8} {'ms':>9} {'%':>5}  bound",]
@@ -108,7 +125,7 @@ class Mapper:
         self.peak_gflops = peak_gflops
         self.peak_bandwidth_gbps = peak_bandwidth_gbps
         self.notes: list[str] = []
-        self._replayed: dict[tuple[tuple[int, int], ...], int | None] = {}  # allocations -> faulted pages
+        self._replayed: dict[tuple[tuple[int, int], ...], allocator.FaultReplay | None] = {}
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -300,17 +317,20 @@ class Mapper:
         detected = allocator.detect()
         if part.allocations not in self._replayed:  # eager and fused estimates of one partition share it
             self._replayed[part.allocations] = allocator.replay_faults(part.allocations)
-        pages = self._replayed[part.allocations]
-        if pages is None:
+        replayed = self._replayed[part.allocations]
+        if replayed is None:
             self._note("the allocation replay could not run here: page faults are not predicted")
             return AllocatorTerm(allocator=detected, fault_bytes=None, ms=None)
+        volume = {"fault_bytes": replayed.pages * allocator.PAGE, "fault_bytes_low": replayed.low * allocator.PAGE,
+                  "fault_bytes_high": replayed.high * allocator.PAGE}
         price = self._fault_price()
-        if pages and price is None:
+        if replayed.pages and price is None:
             self._note("the profile prices no page fault (no fill_fresh/fill pair above 32 MiB that costs "
                        "more fresh): the allocator term is left out of the total")
-            return AllocatorTerm(allocator=detected, fault_bytes=pages * allocator.PAGE, ms=None)
-        low, mid, high = (pages * p * 1e3 for p in price) if price else (0.0, 0.0, 0.0)
-        return AllocatorTerm(allocator=detected, fault_bytes=pages * allocator.PAGE, ms=mid, ms_low=low, ms_high=high)
+            return AllocatorTerm(allocator=detected, ms=None, **volume)
+        low, mid, high = price or (0.0, 0.0, 0.0)
+        return AllocatorTerm(allocator=detected, ms=replayed.pages * mid * 1e3, ms_low=replayed.low * low * 1e3,
+                             ms_high=replayed.high * high * 1e3, **volume)
 
     def _fault_price(self) -> tuple[float, float, float] | None:
         """(low, median, high) seconds per 4 KiB page faulted in, from the profile.

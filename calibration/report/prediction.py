@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -52,26 +53,36 @@ def _pct(values: list[float]) -> str:
     return f"{100 * middle:+.1f}% ({100 * min(values):+.1f} to {100 * max(values):+.1f})"
 
 
-def _allocator_line(estimate: LatencyEstimate, faults: int | None) -> str:
+def _allocator_line(estimate: LatencyEstimate, faults: Sequence[int] | None) -> str:
     term = estimate.allocator
     if term is None:
         return "allocator: not replayed (the partition could not record this model's allocations)"
     if term.fault_bytes is None:
         return f"allocator ({term.allocator}): the replay could not run here"
-    mib = term.fault_bytes / 2**20
+    volume = f"{_mib(term.fault_bytes)} MiB"
+    if term.fault_bytes_low is not None and term.fault_bytes_high is not None \
+            and term.fault_bytes_low != term.fault_bytes_high:
+        volume += f" ({_mib(term.fault_bytes_low)}-{_mib(term.fault_bytes_high)} over heap histories)"
     if term.ms is None:
         priced = "unpriced: the profile has no fill_fresh/fill pair above 32 MiB"
     else:
         priced = f"{term.ms:.3f} ms ({term.ms_low:.3f}-{term.ms_high:.3f}), which a caching allocator saves"
     measured = ""
-    if faults is not None:
-        measured = f"; measured {faults * 4096 / 2**20:.1f} MiB ({faults} faults)"
-    return f"allocator ({term.allocator}): replay faults in {mib:.1f} MiB per forward, {priced}{measured}"
+    if faults:
+        middle = statistics.median(faults)
+        measured = (f"; measured {_mib(middle * 4096)} MiB ({middle:.0f} faults; median of {len(faults)} "
+                    f"forwards, {_mib(min(faults) * 4096)}-{_mib(max(faults) * 4096)})")
+    return f"allocator ({term.allocator}): replay faults in {volume} per forward, {priced}{measured}"
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f}"
 
 
 def render(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, fused: LatencyEstimate | None,
            calibration: HardwareCalibration, measurement: Measurement | None = None,
-           refusal: str | None = None, faults: int | None = None, attribution: Attribution | None = None) -> str:
+           refusal: str | None = None, faults: Sequence[int] | None = None,
+           attribution: Attribution | None = None) -> str:
     md = calibration.metadata
     lines = [f"{model} batch {batch} on {md.hardware_name} ({md.threads or '?'} threads in the profile)"]
     steady = f"steady {eager.steady_ms:.3f}"
@@ -97,25 +108,29 @@ def render(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, f
                          f"{k['bound'][:7]:<8}{k['predicted_ms']:>8.3f}{share:>8}")
     if measurement is not None:
         lines.append("")
-        lines += _measurement_lines(eager.total_ms, measurement, refusal)
+        lines += _measurement_lines(eager, measurement, refusal)
     notes = [n for n in eager.notes if "not calibrated" not in n][:2]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
 
-def _measurement_lines(predicted_ms: float, m: Measurement, refusal: str | None) -> list[str]:
+def _measurement_lines(eager: LatencyEstimate, m: Measurement, refusal: str | None) -> list[str]:
     times = [r.model_ms for r in m.rounds]
     lines = [f"measured {m.model_ms:.3f} ms (median of {len(times)} interleaved rounds, "
              f"{min(times):.3f}-{max(times):.3f})"]
     factors = [r.factor for r in m.rounds if r.factor is not None]
     if factors:
-        refs = ", ".join(f"{name} x{statistics.median(r.drift[name] for r in m.rounds):.2f}"
-                         for name in m.rounds[0].drift)
+        refs = ", ".join(f"{name} ({m.rounds[0].classes.get(name, 'compute')}) "
+                         f"x{statistics.median(r.drift[name] for r in m.rounds):.2f}" for name in m.rounds[0].drift)
         lines.append(f"reference kernels now vs the profile: {refs}")
+        split = eager.time_by_class()
+        total = sum(split.values()) or 1.0
+        lines.append("the prediction by drift class: " + ", ".join(
+            f"{kind} {100 * ms / total:.0f}%" for kind, ms in split.items()) + " (each corrected by its references)")
     if refusal:
         lines.append(f"error not reported: {refusal}")
         return lines
-    raw, corrected = m.errors(predicted_ms)
+    raw, corrected = m.errors(eager.total_ms, eager.time_by_class())
     text = f"error: raw {_pct(raw)}"
     text += f", drift-corrected {_pct(corrected)}" if corrected else " (no reference case in the profile to correct by)"
     lines.append(text)
@@ -124,7 +139,7 @@ def _measurement_lines(predicted_ms: float, m: Measurement, refusal: str | None)
 
 def as_json(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, fused: LatencyEstimate | None,
             calibration: HardwareCalibration, measurement: Measurement | None = None, refusal: str | None = None,
-            faults: int | None = None, attribution: Attribution | None = None) -> dict[str, Any]:
+            faults: Sequence[int] | None = None, attribution: Attribution | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": model, "batch": batch, "predicted_ms": eager.total_ms, "steady_ms": eager.steady_ms,
         "fused_ms": fused.total_ms if fused is not None else None,
@@ -136,11 +151,13 @@ def as_json(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, 
     else:
         out["kernels"] = _kernels(part, eager, calibration)
     if measurement is not None:
-        raw, corrected = measurement.errors(eager.total_ms)
+        raw, corrected = measurement.errors(eager.total_ms, eager.time_by_class())
         out["measurement"] = {
-            "rounds": [{"model_ms": r.model_ms, "drift": r.drift, "factor": r.factor} for r in measurement.rounds],
+            "rounds": [{"model_ms": r.model_ms, "drift": r.drift, "classes": r.classes, "factor": r.factor,
+                        "factor_for_prediction": r.factor_for(eager.time_by_class())} for r in measurement.rounds],
             "model_ms": measurement.model_ms, "busy_cpus": measurement.busy_cpus,
-            "page_faults": faults, "refused": refusal,
+            "page_faults": statistics.median(faults) if faults else faults,
+            "page_faults_per_forward": list(faults) if faults is not None else None, "refused": refusal,
             "error_raw": None if refusal else statistics.median(raw),
             "error_corrected": None if refusal or corrected is None else statistics.median(corrected),
             "errors_raw": None if refusal else raw, "errors_corrected": None if refusal else corrected,

@@ -338,6 +338,16 @@ CONV2D = Operation(
 )
 
 
+# --------------------------------------------------------------------------- drift classes
+
+# How a kernel's time moves when a shared machine drifts: a big compute-bound kernel with the
+# cores it gets, a memory-bound one with the memory system, a small one (tens of µs) with
+# dispatch and how fast its threads wake. The accuracy protocol re-times references of each
+# class and corrects each class's share of a prediction by its own.
+DRIFT_CLASSES = ("compute", "memory", "small")
+SMALL_KERNEL_S = 30e-6
+
+
 # --------------------------------------------------------------------------- element-wise
 
 # Sizes chosen against this class of machine (32-48 KiB L1d, 0.5-1 MiB L2, 32 MiB L3):

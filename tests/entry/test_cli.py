@@ -218,28 +218,28 @@ def test_predict_by_op_as_json_has_a_row_per_kernel(tmp_path, capsys):
     assert data["measurement"]["refused"] and data["measurement"]["error_raw"] is None
 
 
-def test_page_faults_per_call_counts_what_a_forward_faults_in(monkeypatch):
+def test_page_faults_per_forward_counts_what_each_forward_faults_in(monkeypatch):
     from calibration.measure import model_timing
 
     class Fresh(torch.nn.Module):
         def forward(self, x):
             return x + 1
 
-    counts = iter([100, 100 + 5 * 7])  # ru_minflt before and after five calls
+    readings = iter([100, 107, 107, 107, 200, 203])  # ru_minflt before and after each of three calls
     fake = type("Usage", (), {})
 
     def getrusage(_who):
         usage = fake()
-        usage.ru_minflt = next(counts)
+        usage.ru_minflt = next(readings)
         return usage
 
     import resource
     monkeypatch.setattr(resource, "getrusage", getrusage)
-    assert model_timing.page_faults_per_call(Fresh(), torch.zeros(4)) == 7
+    assert model_timing.page_faults_per_forward(Fresh(), torch.zeros(4), calls=3) == (7, 0, 3)
 
 
 @pytest.mark.times_kernels
-def test_drift_divides_the_time_now_by_the_profile_median():
+def test_drift_divides_the_fastest_time_now_by_the_profile_s():
     from calibration.measure import model_timing
 
     slow = fold([record("matmul", 1e6, M=1024, K=1024, N=1024, path="aten")], metadata())  # 1000 s

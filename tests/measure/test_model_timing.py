@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factories import metadata
+from factories import metadata, record
 
 from calibration.measure.fold import fold
-from calibration.measure.model_timing import DRIFT_LIMIT, Measurement, Round
+from calibration.measure.model_timing import DRIFT_LIMIT, Measurement, Round, reference_kernels
 from calibration.specs import host
 
 
@@ -19,6 +19,28 @@ def cal(**overrides):
 def test_the_drift_factor_is_the_geometric_mean_of_the_reference_ratios():
     assert Round(10.0, {"matmul": 1.21, "conv2d": 1.0}).factor == pytest.approx(1.1)
     assert Round(10.0, {}).factor is None
+
+
+def test_each_drift_class_corrects_its_own_share_of_the_prediction():
+    r = Round(10.0, {"matmul": 1.0, "conv2d": 1.0, "triad 1048576": 1.5, "triad 65536": 2.0},
+              classes={"matmul": "compute", "conv2d": "compute", "triad 1048576": "memory", "triad 65536": "small"})
+    assert r.class_factors() == pytest.approx({"compute": 1.0, "memory": 1.5, "small": 2.0})
+    # 6 ms compute-bound, 3 ms memory-bound, 1 ms of small kernels
+    assert r.factor_for({"compute": 6.0, "memory": 3.0, "small": 1.0}) == pytest.approx((6 + 4.5 + 2) / 10)
+    assert r.factor_for({"compute": 1.0}) == pytest.approx(1.0)  # a pure GEMM model ignores the memory drift
+    assert r.factor_for(None) == pytest.approx(r.factor)  # no split: all references alike
+    only_compute = Round(10.0, {"matmul": 1.2}, classes={"matmul": "compute"})
+    # a class without a reference in the profile is corrected by all the references there are
+    assert only_compute.factor_for({"compute": 1.0, "small": 1.0}) == pytest.approx(1.2)
+    m = Measurement((r,), busy_cpus=0.0)
+    assert m.errors(10.0, {"memory": 1.0})[1] == pytest.approx([10 * 1.5 / 10 - 1])
+
+
+def test_a_class_drifting_past_the_limit_refuses_and_names_its_references():
+    r = Round(10.0, {"matmul": 1.0, "triad 65536": 1.7, "triad 32768": 1.6},
+              classes={"matmul": "compute", "triad 65536": "small", "triad 32768": "small"})
+    says = Measurement((r,), 0.0).refusal(cal())
+    assert "small references (triad 65536, triad 32768) ran x1.65" in says
 
 
 def test_errors_raw_and_corrected_by_the_drift_of_the_same_round():
@@ -36,8 +58,8 @@ def test_a_measurement_on_the_calibrated_machine_is_reported():
 
 
 @pytest.mark.parametrize(("measurement", "profile", "says"), [
-    (Measurement((Round(10.0, {"conv2d": 57.0}),), 0.0), cal(), "conv2d ran x57.00"),
-    (Measurement((Round(10.0, {"matmul": 1 / (DRIFT_LIMIT * 1.1)}),), 0.0), cal(), "matmul ran x0.61"),
+    (Measurement((Round(10.0, {"conv2d": 57.0}),), 0.0), cal(), "(conv2d) ran x57.00"),
+    (Measurement((Round(10.0, {"matmul": 1 / (DRIFT_LIMIT * 1.1)}),), 0.0), cal(), "(matmul) ran x0.61"),
     (Measurement((Round(10.0, {}),), 1.4), cal(), "kept 1.4 CPUs busy"),
     (Measurement((Round(10.0, {}),), 0.0), cal(cpu_model="Some Other CPU"), "'Some Other CPU'"),
     (Measurement((Round(10.0, {}),), 0.0), cal(threads=torch.get_num_threads() + 7), "this process runs"),
@@ -49,3 +71,17 @@ def test_the_machine_not_being_the_calibrated_one_refuses_an_error(measurement, 
 def test_a_drift_at_the_limit_is_still_reported():
     for ratio in (DRIFT_LIMIT, 1 / DRIFT_LIMIT):
         assert Measurement((Round(10.0, {"matmul": ratio}),), 0.0).refusal(cal()) is None
+
+
+def test_the_memory_and_small_references_are_the_profile_s_own_triad_sizes():
+    sweep = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 33554432)
+    profile = fold([record("stream_triad", 1.0, n=n) for n in sweep]
+                   + [record("matmul", 1.0, M=1024, K=1024, N=1024, path="aten")], metadata())
+    kinds = {label: kind for label, (_, _, kind) in reference_kernels(profile).items()}
+    # the smallest triad that runs on every thread (ATen's 32 Ki grain) and stays in L2; the one
+    # nearest an LLC-resident 1 Mi elements; the largest (DRAM)
+    assert kinds == {"matmul": "compute", "triad 65536": "small", "triad 1048576": "memory",
+                     "triad 33554432": "memory"}
+    quick = fold([record("stream_triad", 1.0, n=n) for n in (1024, 32768, 1048576, 33554432)], metadata())
+    assert set(reference_kernels(quick)) == {"triad 32768", "triad 1048576", "triad 33554432"}
+    assert reference_kernels(fold([], metadata())) == {}

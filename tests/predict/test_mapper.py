@@ -181,7 +181,8 @@ def test_a_block_above_32_mib_faults_in_every_forward_and_is_priced_apart(glibc_
     assert term.allocator == "glibc (defaults)"
     pages = term.fault_bytes // allocator.PAGE
     assert 48 * 256 <= pages <= 48 * 256 + 2  # the block's pages (and its header's)
-    assert term.ms == pytest.approx(pages * PRICE_MS) and term.ms_low == term.ms_high == term.ms
+    assert term.ms == pytest.approx(pages * PRICE_MS) and term.ms_low <= term.ms <= term.ms_high
+    assert term.fault_bytes_low <= term.fault_bytes <= term.fault_bytes_high
     assert estimate.total_ms == pytest.approx(estimate.steady_ms + term.ms)
     (kernel,) = estimate.subgraphs[0].kernels
     assert kernel.seconds * 1e3 == pytest.approx(estimate.steady_ms)  # the kernel itself pays no faults
@@ -219,11 +220,34 @@ def test_the_allocator_is_named_from_the_environment_and_loaded_libraries():
 
 def test_the_replay_runs_under_the_given_environment():
     block = [(1, 64 << 20), (1, 0)]  # above 32 MiB: glibc maps it fresh whatever the threshold says
-    assert 64 * 256 <= allocator.replay_faults(block, env={"PATH": ""}) <= 64 * 256 + 1
+    replayed = allocator.replay_faults(block, env={"PATH": ""})
+    assert replayed.own_heap is None  # another environment: a fresh process only
+    assert 64 * 256 <= replayed.pages == replayed.fresh_heap <= 64 * 256 + 1
     # a fixed 128 KiB threshold (setting it turns glibc's dynamic raise off): mapped fresh every call
     small = [(1, 1 << 20), (1, 0)]
-    assert 256 <= allocator.replay_faults(small, env={"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}) <= 258
-    assert allocator.replay_faults([]) == 0
+    assert 256 <= allocator.replay_faults(small, env={"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}).pages <= 258
+    assert allocator.replay_faults([]) == allocator.FaultReplay(0, 0, 0, 0, 0)
+
+
+def test_the_replay_runs_from_this_process_s_heap_and_a_fresh_one(glibc_defaults):
+    events = [(1, 1 << 20), (2, 1 << 20), (1, 0), (2, 0)]
+    replayed = allocator.replay_faults(events)
+    assert replayed.own_heap is not None and replayed.fresh_heap is not None
+    assert replayed.pages == replayed.own_heap
+    assert replayed.low <= min(replayed.own_heap, replayed.fresh_heap) <= max(replayed.own_heap, replayed.fresh_heap) \
+        == replayed.high
+    assert replayed.high <= 2 * 256 + 2  # at most every page of both blocks (and their headers)
+
+
+def test_under_glibc_the_range_reaches_down_to_the_blocks_always_mapped_fresh():
+    events = [(1, 40 << 20), (2, 1 << 20), (2, 0), (1, 0)]
+    assert allocator.always_fresh_pages(events) == 40 * 256
+    assert allocator.always_fresh_pages([(1, 32 << 20), (1, 0)]) == 0  # at the threshold: may go to the heap
+    glibc = allocator.replay_faults(events, env={"PATH": ""})
+    assert glibc.low <= 40 * 256 <= glibc.high
+    preloaded = allocator.replay_faults(events, env={"PATH": "", "LD_PRELOAD": "libjemalloc-not-here.so"})
+    assert preloaded is None or preloaded.low == min(p for p in (preloaded.own_heap, preloaded.fresh_heap)
+                                                     if p is not None)
 
 
 def test_an_operand_copied_before_a_gemm_is_priced_as_a_stream_copy():
@@ -252,3 +276,15 @@ def test_one_mapper_replays_a_partition_s_allocations_once(glibc_defaults, monke
     mapper = CPUMapper(allocation_profile())
     eager, fused = mapper.estimate(part, "eager"), mapper.estimate(part, "fused")
     assert len(calls) == 1 and eager.allocator == fused.allocator and eager.allocator.fault_bytes > 0
+
+
+def test_the_prediction_splits_over_the_drift_classes():
+    # a 1 ms GEMM (compute- or memory-bound by the test ceilings) and a 5 us relu (small)
+    cal = fold(ceilings() + [record("linear", 1.0, B=4, IN=64, OUT=32), record("relu", 0.005, n=128)],
+               metadata(cache_sizes={}))
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
+    split = estimate.time_by_class()
+    assert set(split) == {"compute", "memory", "small"}
+    assert split["small"] == pytest.approx(0.005)
+    assert split["compute"] + split["memory"] == pytest.approx(1.0)
+    assert sum(split.values()) == pytest.approx(estimate.total_ms)
