@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from calibration.predict.models import load_model
 from calibration.predict.plan import partition
-from calibration.specs.operations import OPERATIONS, Case
+from calibration.specs.operations import COLD_TWINS, OPERATIONS, Case
 from calibration.specs.patterns import PATTERNS, FusionCase
 
 
@@ -66,8 +66,10 @@ def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
                     params = op.complete(node.params)
                     if any(name not in params for name in op.param_names):
                         continue
-                    found.add(Case(node.operation, _ordered(op.param_names, params), node.dtype or "float32",
-                                   device), label)
+                    ordered = _ordered(op.param_names, params)
+                    found.add(Case(node.operation, ordered, node.dtype or "float32", device), label)
+                    if node.operation in COLD_TWINS and device == "cpu":  # its time with the weights evicted
+                        found.add(Case(COLD_TWINS[node.operation], ordered, node.dtype or "float32", device), label)
                 if sg.fused and sg.pattern in PATTERNS:
                     pattern = PATTERNS[sg.pattern]
                     names = list(pattern.shapes(False)[0])

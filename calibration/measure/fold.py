@@ -33,6 +33,8 @@ class Record:
     latency: LatencyStats
     # CPUs other work kept busy while the case was timed (host.CpuTimes.other_cpus)
     other_cpus: float | None = None
+    # a cold case: its warm twin's median ms, timed in the same rounds
+    warm_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ def fold(
             origin=origins.get(case.key),
             other_cpus=record.other_cpus,
             busy=is_busy(record.other_cpus),
+            warm_ms=record.warm_ms,
         )
     fusion_records = list(fusion_records)
     unfused = {r.case.shape_key: r for r in fusion_records if r.case.variant == "unfused"}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from calibration.specs import host
 from calibration.specs.operations import (
     MATMUL_PATHS,
     MODULE_CALL_FORMS,
@@ -114,12 +115,64 @@ def _build_bmm(p: Params, dtype: str, device: torch.device) -> Kernel:
     return lambda: torch.bmm(a, b, out=c)
 
 
-def _build_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
+def _conv_operands(p: Params, dtype: str, device: torch.device) -> tuple[torch.Tensor, Kernel]:
     x = _randn((p["N"], p["CIN"], p["H"], p["W"]), dtype, device)
     w = _randn((p["COUT"], p["CIN"] // p["GROUPS"], p["K"], p["K"]), dtype, device)
     stride, pad, groups = p["STRIDE"], p["PAD"], p["GROUPS"]
     conv = torch.nn.functional.conv2d
-    return lambda: conv(x, w, None, stride, pad, 1, groups)
+    return x, lambda: conv(x, w, None, stride, pad, 1, groups)
+
+
+def _build_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
+    return _conv_operands(p, dtype, device)[1]
+
+
+# Bytes written between two calls of a cold kernel: twice the last-level cache evicts it
+# whatever its replacement policy (the LLC's size where the host does not say).
+COLD_FLUSH_LLC_MULTIPLE = 2
+UNKNOWN_LLC_BYTES = 32 << 20
+
+
+class ColdKernel:
+    """A kernel timed as a model runs it: ``prepare()``, before every timed call, evicts the
+    caches (a write over twice the LLC), then reads the input back, as the layer before
+    leaves it, and writes an output-sized block, as the caching allocator hands a recently
+    freed block to the output. Only the weights come from memory."""
+
+    def __init__(self, run: Kernel, activation: torch.Tensor, touch_output: Kernel, device: torch.device):
+        self.run = run
+        self.activation = activation
+        self.touch_output = touch_output
+        llc = host.last_level_cache() or UNKNOWN_LLC_BYTES
+        self.flush = torch.zeros(COLD_FLUSH_LLC_MULTIPLE * llc // 4, device=device)
+
+    def prepare(self) -> None:
+        self.flush.add_(1.0)
+        self.activation.sum()
+        self.touch_output()
+
+    def __call__(self) -> object:
+        return self.run()
+
+
+def _cold_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
+    if device.type != "cpu":
+        raise ValueError("cold cases evict a CPU's caches; on a GPU the weights stream from memory anyway")
+    x = _randn((p["B"], p["IN"]), dtype, device)
+    w = _randn((p["OUT"], p["IN"]), dtype, device)
+    bias = _randn((p["OUT"],), dtype, device)
+    y = torch.empty(p["B"], p["OUT"], dtype=DTYPES[dtype], device=device)
+    wt = w.t()
+    return ColdKernel(lambda: torch.addmm(bias, x, wt, out=y), x, lambda: y.fill_(0.0), device)
+
+
+def _cold_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
+    if device.type != "cpu":
+        raise ValueError("cold cases evict a CPU's caches; on a GPU the weights stream from memory anyway")
+    x, run = _conv_operands(p, dtype, device)
+    out_shape = run().shape
+    # the conv allocates its output: the block freed just before is the one it gets
+    return ColdKernel(run, x, lambda: torch.empty(out_shape, dtype=x.dtype, device=device).fill_(0.0), device)
 
 
 def _build_softmax(p: Params, dtype: str, device: torch.device) -> Kernel:
@@ -240,6 +293,8 @@ BUILDERS: dict[str, Builder] = {
     "linear": _build_linear,
     "bmm": _build_bmm,
     "conv2d": _build_conv,
+    "conv2d_cold": _cold_conv,
+    "linear_cold": _cold_linear,
     "add": _build_elementwise(torch.add, 2),
     "mul": _build_elementwise(torch.mul, 2),
     # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.

@@ -19,6 +19,7 @@ measured for its pattern (nearest calibrated size), for a runtime that fuses as 
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Literal
@@ -33,7 +34,7 @@ from calibration.profile.entries import FrozenModel
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
-from calibration.specs.operations import DRIFT_CLASSES, OPERATIONS, SMALL_KERNEL_S
+from calibration.specs.operations import COLD_TWINS, DRIFT_CLASSES, OPERATIONS, SMALL_KERNEL_S
 
 Mode = Literal["eager", "fused"]
 FLOATING = ("float", "bfloat", "tf32")  # dtype names of floating-point work
@@ -47,6 +48,7 @@ class KernelEstimate(FrozenModel):
     bottleneck: Bottleneck
     source: str  # how the time was obtained: calibrated, interpolated, roofline fallback
     copy_seconds: float = 0.0  # an operand copied before the kernel (NodeCost.copy_bytes), included in seconds
+    cold_factor: float = 1.0  # cold / warm: its weights evicted between forwards, included in seconds
 
 
 class SubgraphEstimate(FrozenModel):
@@ -162,8 +164,15 @@ class Mapper:
         return max(0.0, measured.module_call_overhead_us - measured.dispatch_overhead_us) / 1e6
 
     # ------------------------------------------------------------------ kernels
-    def kernel(self, node: NodeCost) -> KernelEstimate:
+    def kernel(self, node: NodeCost, *, reuse_bytes: int | None = None) -> KernelEstimate:
+        """One kernel's time; ``reuse_bytes`` (what the rest of the forward touches between two
+        calls of it) makes a kernel whose weights it evicts from the LLC pay the cold time."""
         estimate = self._kernel(node)
+        factor = self._cold_factor(node, reuse_bytes)
+        if factor > 1.0:
+            estimate = estimate.model_copy(update={
+                "seconds": estimate.seconds * factor, "cold_factor": factor,
+                "source": f"{estimate.source}, x{factor:.2f} cold (weights evicted between forwards)"})
         # the microbenchmarks call kernels; a model calls modules, which costs a class-dependent
         # amount more per call (a probe can measure less: never below a bare op call)
         extra = self._module_call_seconds(node.module) if node.kind == "call_module" else 0.0
@@ -173,6 +182,46 @@ class Mapper:
             copy = self._copy_seconds(node)
             estimate = estimate.model_copy(update={"seconds": estimate.seconds + copy, "copy_seconds": copy})
         return estimate
+
+    def _llc_bytes(self) -> int | None:
+        sizes = self.calibration.metadata.cache_sizes if self.calibration else None
+        return max(sizes.values()) if sizes else None
+
+    def _cold_factor(self, node: NodeCost, reuse_bytes: int | None) -> float:
+        """cold / warm time of this kernel's variant at its size, from the profile's cold twins,
+        where the bytes touched between two of its calls exceed the last-level cache; else 1.
+
+        Placed by what the variant's efficiency follows (a GEMM's rows: at 8 rows a cold
+        1024x1024 linear ran 1.4x warm, at 256 rows no slower) or else its bytes, in log space;
+        interpolated between the twins, held flat beyond them, twins of one place averaged;
+        never below 1 (a cold call measured faster than its warm twin is noise, not a speedup).
+        """
+        cold_name = COLD_TWINS.get(node.operation or "")
+        llc = self._llc_bytes()
+        if cold_name is None or reuse_bytes is None or llc is None or reuse_bytes <= llc:
+            return 1.0
+        cal, dtype, spec = self.calibration, node.dtype or "float32", OPERATIONS[cold_name]
+
+        def place(params, nbytes: int) -> float:
+            return math.log(max(spec.scale(spec.complete(params)) if spec.scale else nbytes, 1))
+
+        ratios: dict[float, list[float]] = {}
+        for cold in lookup.candidates(cal, cold_name, dtype, self.device, node.params):
+            # the warm call timed in the cold case's own rounds, else the warm entry (timed
+            # minutes apart: 10-25% of drift in the ratio on a shared machine)
+            warm_ms = cold.warm_ms
+            if warm_ms is None:
+                warm = cal.get_operation(node.operation, dtype=dtype, device=self.device, **cold.params)
+                warm_ms = warm.latency.median_ms if warm is not None else None
+            if warm_ms and cold.bytes > 0:
+                ratios.setdefault(place(cold.params, cold.bytes), []).append(
+                    math.log(cold.latency.median_ms / warm_ms))
+        if not ratios:
+            self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
+                       "from the LLC are timed warm (calibrate the 'cold' family)")
+            return 1.0
+        points = sorted((x, statistics.fmean(logs)) for x, logs in ratios.items())
+        return max(1.0, math.exp(_interpolate(points, place(node.params, node.bytes))))
 
     def _copy_seconds(self, node: NodeCost) -> float:
         """An operand the call copied before its GEMM, as the STREAM copy of its size."""
@@ -287,8 +336,12 @@ class Mapper:
                 "(python -m calibration run --operations matmul,memory) or give the peaks")
         self.notes = []
         subgraphs = []
+        # What one forward touches: a kernel's weights come back for the next forward after the
+        # rest of it has gone through the caches (its reuse distance).
+        forward_bytes = sum(node.bytes for sg in part.subgraphs for node in sg.nodes if node.kernel)
         for sg in part.subgraphs:
-            kernels = tuple(self.kernel(node) for node in sg.nodes if node.kernel)
+            kernels = tuple(self.kernel(node, reuse_bytes=forward_bytes - node.bytes)
+                            for node in sg.nodes if node.kernel)
             seconds = sum(k.seconds for k in kernels)
             speedup = sg.speedup if (mode == "fused" and sg.fused and sg.pattern) else 1.0
             if mode == "fused" and sg.fused and sg.speedup == 1.0:
@@ -392,3 +445,13 @@ def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Seque
     check_mode(mode)
     mapper = mapper_for(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear through sorted (x, y) points, held flat beyond the ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return points[-1][1]

@@ -255,6 +255,9 @@ class OperationCalibration(_Model):
         description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
                     "all busy CPU time in /proc/stat less this process's own")
     busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
+    warm_ms: NonNegativeFloat | None = Field(
+        default=None, description="cold cases (family 'cold'): the median of the same kernel called again right "
+                                  "after each cold call, cache-hot, in the same rounds; cold / warm is its penalty")
 
     @model_validator(mode="after")
     def _registered(self) -> OperationCalibration:

@@ -32,6 +32,9 @@ def test_a_model_gives_its_distinct_kernels_and_fusion_groups_at_its_own_shapes(
     assert ("Linear_Bias_ReLU", 8, "unfused") in fused and ("Linear_Bias_ReLU", 8, "library") in fused
     assert found.origin["linear[B=8,IN=784,OUT=512]/float32/cpu"] == ["mlp b8"]
     assert found.count() == len(found.origin)
+    # each linear also as its cold twin: its time when the forward evicts its weights
+    assert {c.key for c in found.operations["linear_cold"]} == {k.replace("linear[", "linear_cold[") for k in linear}
+    assert "relu_cold" not in found.operations
 
 
 def test_a_kernel_two_models_share_is_one_case_with_both_origins():

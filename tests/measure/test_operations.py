@@ -235,3 +235,53 @@ def test_fill_reuses_its_output_and_fill_fresh_allocates_one_each_call():
     # the sweep brackets glibc's 32 MiB mmap threshold, in quick runs too
     quick = sorted(p["n"] * 4 for p in OPERATIONS["fill_fresh"].shapes(True))
     assert quick[0] < 32 << 20 < quick[-1]
+
+
+def test_a_cold_twin_counts_and_runs_what_its_warm_twin_does():
+    from calibration.measure.kernels import ColdKernel
+    from calibration.specs.operations import COLD_TWINS
+
+    for warm_name, cold_name in COLD_TWINS.items():
+        warm, cold = OPERATIONS[warm_name], OPERATIONS[cold_name]
+        assert cold.family == "cold" and cold.shapes(False) == warm.shapes(False)
+        for params in warm.shapes(True):
+            assert cold.flops(params) == warm.flops(params)
+            assert cold.bytes_moved(params, 4) == warm.bytes_moved(params, 4)
+        assert all(c.device == "cpu" for c in cold.cases(quick=True, device="cpu"))
+        assert cold.cases(quick=True, device="cuda") == []  # the eviction is a CPU cache's
+    params = {"N": 1, "CIN": 8, "COUT": 16, "H": 10, "W": 10, "K": 3, "STRIDE": 1, "PAD": 1, "GROUPS": 1}
+    kernel = build(Case("conv2d_cold", tuple(params.items()), "float32", "cpu"))
+    assert isinstance(kernel, ColdKernel) and kernel.activation.shape == (1, 8, 10, 10)
+    assert kernel.flush.numel() * 4 >= 2 * (host.last_level_cache() or 32 << 20)  # twice the LLC rewritten
+    before = kernel.flush.clone()
+    kernel.prepare()
+    assert torch.equal(kernel.flush, before + 1)  # every element written
+    assert kernel().shape == (1, 16, 10, 10)
+
+
+def test_a_cold_case_runs_one_call_per_round_after_evicting():
+    from calibration.measure import harness
+
+    class Recorder:
+        enabled = True
+        group = None
+        extra_info: dict = {}
+
+        def pedantic(self, target, setup, rounds, iterations, warmup_rounds):
+            self.args = (setup, rounds, iterations)
+            for _ in range(rounds + warmup_rounds):
+                setup()
+                target()
+            self.stats = type("S", (), {"stats": type("T", (), dict(
+                median=1e-3, iqr=1e-4, min=9e-4, mean=1e-3, stddev=1e-4, rounds=rounds, data=[1e-3] * rounds))()})()
+
+    prepared = []
+    params = {"B": 2, "IN": 16, "OUT": 8}
+    kernel = build(Case("linear_cold", tuple(params.items()), "float32", "cpu"))
+    kernel.prepare = lambda: prepared.append(1)
+    bench = Recorder()
+    latency, warm_ms = harness.time_cold(bench, kernel, budget=harness.Budget(seconds=10.0, min_rounds=7))
+    setup, rounds, iterations = bench.args
+    assert iterations == 1 and rounds == harness.MAX_COLD_ROUNDS and len(prepared) == rounds + 1
+    assert latency.median_ms == pytest.approx(1.0) and "cold" in latency.source
+    assert 0 < warm_ms < 100  # the same tiny linear, timed hot in each round's setup

@@ -288,3 +288,93 @@ def test_the_prediction_splits_over_the_drift_classes():
     assert split["small"] == pytest.approx(0.005)
     assert split["compute"] + split["memory"] == pytest.approx(1.0)
     assert sum(split.values()) == pytest.approx(estimate.total_ms)
+
+
+def _cold_profile(llc: int, *, cold_ms=(1.5, 1.2)):
+    """Warm conv2d at two sizes and their cold twins at ``cold_ms``, an LLC of ``llc`` bytes."""
+    small = dict(N=1, CIN=16, COUT=16, H=16, W=16, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    large = dict(N=1, CIN=64, COUT=64, H=32, W=32, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    records = [record("conv2d", 1.0, **small), record("conv2d", 1.0, **large),
+               record("conv2d_cold", cold_ms[0], **small), record("conv2d_cold", cold_ms[1], **large)]
+    return fold(ceilings() + records, metadata(cache_sizes={"L1": 32768, "L3": llc})), small, large
+
+
+def _conv_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False)).eval()
+
+
+def _conv_relus():
+    """A conv and three ReLUs: the forward touches ~0.7 MB besides the conv."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.ReLU(), nn.ReLU(), nn.ReLU()).eval()
+
+
+def test_a_kernel_whose_forward_overflows_the_llc_pays_its_cold_time():
+    x = torch.randn(1, 64, 32, 32)
+    model = _conv_relus()
+    cal, _, _ = _cold_profile(64 << 10)
+    (conv, *_) = [k for sg in predict_latency(model, x, cal).subgraphs for k in sg.kernels]
+    assert conv.cold_factor == pytest.approx(1.2) and conv.seconds == pytest.approx(1.2e-3)
+    assert "cold" in conv.source
+    # a lone conv has nothing to evict its weights; the same forward under a 64 MiB LLC stays warm
+    (alone,) = [k for sg in predict_latency(_conv_model(), x, cal).subgraphs for k in sg.kernels]
+    assert alone.cold_factor == 1.0
+    cal, _, _ = _cold_profile(64 << 20)
+    (conv, *_) = [k for sg in predict_latency(model, x, cal).subgraphs for k in sg.kernels]
+    assert conv.cold_factor == 1.0 and conv.seconds == pytest.approx(1.0e-3)
+
+
+def test_the_cold_ratio_is_interpolated_in_log_bytes_and_never_below_one():
+    cal, small, large = _cold_profile(1024)
+    mapper = CPUMapper(cal)
+    part = partition(_conv_model(), torch.randn(1, 64, 32, 32))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert mapper._cold_factor(node, reuse_bytes=10**9) == pytest.approx(1.2)  # exactly the large twin
+    assert mapper._cold_factor(node, reuse_bytes=512) == 1.0  # the rest of the forward fits the LLC
+    assert mapper._cold_factor(node, reuse_bytes=None) == 1.0  # a kernel alone
+    between = node.model_copy(update={"bytes": int(math.sqrt(cal.operation_profiles[
+        "conv2d_cold[N=1,CIN=16,COUT=16,H=16,W=16,K=3,STRIDE=1,PAD=1,GROUPS=1]/float32/cpu"].bytes * node.bytes))})
+    # halfway in log bytes: halfway in log ratio
+    assert mapper._cold_factor(between, reuse_bytes=10**9) == pytest.approx(math.sqrt(1.5 * 1.2))
+    faster, _, _ = _cold_profile(1024, cold_ms=(0.9, 0.8))  # cold measured faster: noise, not a speedup
+    assert CPUMapper(faster)._cold_factor(node, reuse_bytes=10**9) == 1.0
+
+
+def test_the_cold_ratio_takes_the_warm_call_of_the_same_rounds_over_the_warm_entry():
+    from calibration.measure.fold import Record
+    from calibration.specs.operations import Case
+
+    params = dict(N=1, CIN=64, COUT=64, H=32, W=32, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    cold = Record(Case("conv2d_cold", tuple(params.items()), "float32", "cpu"), latency(2.0), warm_ms=1.0)
+    # the warm entry was timed minutes earlier, while the machine ran 1.6x slower
+    cal = fold(ceilings() + [record("conv2d", 1.6, **params), cold], metadata(cache_sizes={"L3": 1024}))
+    assert cal.operation_profiles[cold.case.key].warm_ms == 1.0
+    part = partition(_conv_model(), torch.randn(1, 64, 32, 32))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(2.0)
+
+
+def test_a_gemm_s_cold_ratio_follows_its_rows():
+    twins = []
+    for rows, cold_ms in ((8, 2.0), (256, 1.0)):
+        twins += [record("linear", 1.0, B=rows, IN=1024, OUT=1024), record("linear_cold", cold_ms, B=rows, IN=1024,
+                                                                          OUT=1024)]
+    cal = fold(ceilings() + twins, metadata(cache_sizes={"L3": 1024}))
+    mapper = CPUMapper(cal)
+    for rows, expected in ((8, 2.0), (4, 2.0), (2048, 1.0)):  # held flat beyond the twins
+        part = partition(nn.Sequential(nn.Linear(4096, 4096)).eval(), torch.randn(rows, 4096))
+        (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+        assert mapper._cold_factor(node, reuse_bytes=10**9) == pytest.approx(expected)
+    part = partition(nn.Sequential(nn.Linear(64, 64)).eval(), torch.randn(45, 64))  # 45 rows: halfway in log rows
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert mapper._cold_factor(node, reuse_bytes=10**9) == pytest.approx(math.sqrt(2.0), rel=0.01)
+
+
+def test_a_profile_without_cold_twins_times_every_kernel_warm_and_says_so():
+    cal = fold(ceilings() + [record("conv2d", 1.0, N=1, CIN=64, COUT=64, H=32, W=32, K=3, STRIDE=1, PAD=1,
+                                    GROUPS=1)], metadata(cache_sizes={"L3": 1024}))
+    estimate = predict_latency(_conv_relus(), torch.randn(1, 64, 32, 32), cal)
+    (conv, *_) = [k for sg in estimate.subgraphs for k in sg.kernels]
+    assert conv.cold_factor == 1.0
+    assert any("no cold conv2d cases" in note for note in estimate.notes)
