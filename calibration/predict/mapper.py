@@ -166,13 +166,13 @@ class Mapper:
     # ------------------------------------------------------------------ kernels
     def kernel(self, node: NodeCost, *, reuse_bytes: int | None = None) -> KernelEstimate:
         """One kernel's time; ``reuse_bytes`` (what the rest of the forward touches between two
-        calls of it) makes a kernel whose weights it evicts from the LLC pay the cold time."""
+        of its calls) makes a conv or linear pay for the share of its weights it evicts."""
         estimate = self._kernel(node)
         factor = self._cold_factor(node, reuse_bytes)
         if factor > 1.0:
             estimate = estimate.model_copy(update={
                 "seconds": estimate.seconds * factor, "cold_factor": factor,
-                "source": f"{estimate.source}, x{factor:.2f} cold (weights evicted between forwards)"})
+                "source": f"{estimate.source}, x{factor:.2f} for the weights the forward evicts"})
         # the microbenchmarks call kernels; a model calls modules, which costs a class-dependent
         # amount more per call (a probe can measure less: never below a bare op call)
         extra = self._module_call_seconds(node.module) if node.kind == "call_module" else 0.0
@@ -188,24 +188,26 @@ class Mapper:
         return max(sizes.values()) if sizes else None
 
     def _cold_factor(self, node: NodeCost, reuse_bytes: int | None) -> float:
-        """cold / warm time of this kernel's variant at its size, from the profile's cold twins,
-        where the bytes touched between two of its calls exceed the last-level cache; else 1.
+        """How much slower this conv or linear runs with the rest of the forward (``reuse_bytes``
+        touched between two of its calls) going through the last-level cache: 1 + (cold / warm
+        - 1) x the share of its weights evicted; 1 for other kernels or a kernel alone.
 
-        Placed by what the variant's efficiency follows (a GEMM's rows: at 8 rows a cold
-        1024x1024 linear ran 1.4x warm, at 256 rows no slower) or else its bytes, in log space;
-        interpolated between the twins, held flat beyond them, twins of one place averaged;
-        never below 1 (a cold call measured faster than its warm twin is noise, not a speedup).
+        cold / warm is the profile's cold twins' at this kernel's size: placed by what the
+        variant's efficiency follows (a GEMM's rows: at 8 rows a cold 1024x1024 linear ran
+        1.2x warm, at 256 rows no slower) or, where that does not tell the twins apart (every
+        GEMV has one row), its bytes, in log space; interpolated between twins, held flat
+        beyond them, twins of one place averaged; never below 1 (a cold call measured faster
+        than its warm twin is noise). The evicted share is 1 - exp(-reuse / LLC), a line's
+        chance of being replaced after that much other traffic under random replacement: an
+        LLC shared with other tenants keeps no strict LRU order, and a forward just under the
+        LLC's size already loses part of its weights.
         """
         cold_name = COLD_TWINS.get(node.operation or "")
         llc = self._llc_bytes()
-        if cold_name is None or reuse_bytes is None or llc is None or reuse_bytes <= llc:
+        if cold_name is None or not reuse_bytes or reuse_bytes <= 0 or llc is None:
             return 1.0
         cal, dtype, spec = self.calibration, node.dtype or "float32", OPERATIONS[cold_name]
-
-        def place(params, nbytes: int) -> float:
-            return math.log(max(spec.scale(spec.complete(params)) if spec.scale else nbytes, 1))
-
-        ratios: dict[float, list[float]] = {}
+        twins = []
         for cold in lookup.candidates(cal, cold_name, dtype, self.device, node.params):
             # the warm call timed in the cold case's own rounds, else the warm entry (timed
             # minutes apart: 10-25% of drift in the ratio on a shared machine)
@@ -214,14 +216,23 @@ class Mapper:
                 warm = cal.get_operation(node.operation, dtype=dtype, device=self.device, **cold.params)
                 warm_ms = warm.latency.median_ms if warm is not None else None
             if warm_ms and cold.bytes > 0:
-                ratios.setdefault(place(cold.params, cold.bytes), []).append(
-                    math.log(cold.latency.median_ms / warm_ms))
-        if not ratios:
+                twins.append((cold, math.log(cold.latency.median_ms / warm_ms)))
+        if not twins:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
                        "from the LLC are timed warm (calibrate the 'cold' family)")
             return 1.0
+        scales = {spec.scale(spec.complete(c.params)) for c, _ in twins} if spec.scale else set()
+
+        def place(params, nbytes: int) -> float:
+            value = spec.scale(spec.complete(params)) if len(scales) > 1 else nbytes
+            return math.log(max(value, 1))
+
+        ratios: dict[float, list[float]] = {}
+        for cold, log_ratio in twins:
+            ratios.setdefault(place(cold.params, cold.bytes), []).append(log_ratio)
         points = sorted((x, statistics.fmean(logs)) for x, logs in ratios.items())
-        return max(1.0, math.exp(_interpolate(points, place(node.params, node.bytes))))
+        ratio = max(1.0, math.exp(_interpolate(points, place(node.params, node.bytes))))
+        return 1.0 + (ratio - 1.0) * (1.0 - math.exp(-reuse_bytes / llc))
 
     def _copy_seconds(self, node: NodeCost) -> float:
         """An operand the call copied before its GEMM, as the STREAM copy of its size."""
@@ -337,10 +348,11 @@ class Mapper:
         self.notes = []
         subgraphs = []
         # What one forward touches: a kernel's weights come back for the next forward after the
-        # rest of it has gone through the caches (its reuse distance).
-        forward_bytes = sum(node.bytes for sg in part.subgraphs for node in sg.nodes if node.kernel)
+        # rest of it has gone through the caches (their reuse distance)
+        footprint = part.footprint_bytes()
         for sg in part.subgraphs:
-            kernels = tuple(self.kernel(node, reuse_bytes=forward_bytes - node.bytes)
+            kernels = tuple(self.kernel(node, reuse_bytes=None if footprint is None
+                                        else footprint - weight_bytes(node))
                             for node in sg.nodes if node.kernel)
             seconds = sum(k.seconds for k in kernels)
             speedup = sg.speedup if (mode == "fused" and sg.fused and sg.pattern) else 1.0
@@ -455,3 +467,13 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float:
         if x <= x1:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
     return points[-1][1]
+
+
+def weight_bytes(node: NodeCost) -> int:
+    """The weights a conv or linear reads (0 for other kernels)."""
+    p, size = node.params, itemsize(node.dtype or "float32")
+    if node.operation == "conv2d" and {"COUT", "CIN", "GROUPS", "K"} <= p.keys():
+        return int(p["COUT"]) * (int(p["CIN"]) // int(p["GROUPS"])) * int(p["K"]) ** 2 * size
+    if node.operation == "linear" and {"IN", "OUT"} <= p.keys():
+        return int(p["IN"]) * int(p["OUT"]) * size
+    return 0

@@ -249,6 +249,7 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
         fused=Totals(subgraphs=len(subgraphs), flops=fused_flops, bytes=sum(s.external_bytes for s in subgraphs)),
         histogram=dict(histogram.most_common()), uncounted=tuple(sorted(set(g.uncounted))),
         allocations=allocations,
+        parameter_bytes=sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())),
     )
 
 

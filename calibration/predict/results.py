@@ -77,6 +77,25 @@ class Partition(FrozenModel):
     # allocates, (block, 0) frees; None where they could not be recorded. The allocator term
     # replays them (predict.allocator).
     allocations: tuple[tuple[int, int], ...] | None = None
+    # the model's parameters and buffers: with the live activations, what one forward keeps
+    # coming back to (a kernel's weights are evicted when the rest of it exceeds the LLC)
+    parameter_bytes: int = 0
+
+    def footprint_bytes(self) -> int | None:
+        """Distinct memory one forward touches: the parameters plus the most activation
+        memory live at once (a caching allocator hands freed blocks to later outputs, so the
+        activations reuse that much); None where the allocations were not recorded."""
+        if self.allocations is None:
+            return None
+        live, peak, sizes = 0, 0, {}
+        for block, nbytes in self.allocations:
+            if nbytes:
+                sizes[block] = nbytes
+                live += nbytes
+                peak = max(peak, live)
+            else:
+                live -= sizes.pop(block, 0)
+        return self.parameter_bytes + peak
 
     def report(self) -> str:
         return render_report(self)

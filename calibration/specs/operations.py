@@ -324,6 +324,11 @@ CONV2D = Operation(
         _conv(1, 384, 384, 20, 5, 1, groups=384),
         _conv(1, 768, 768, 10, 3, 1, groups=768),
         _conv(8, 96, 96, 40, 3, 1, groups=96),
+        # batch 8 on large maps: activations of 26 MiB, past the LLC, where an inverted
+        # residual's 1x1 convs and depthwise conv spend their time streaming from DRAM
+        _conv(8, 32, 128, 80, 1, 1),
+        _conv(8, 128, 32, 80, 1, 1),
+        _conv(8, 128, 128, 80, 3, 1, groups=128),
         # small kernels, where a call's fixed cost (oneDNN reorders, dispatch) is most of it
         _conv(1, 64, 64, 7, 3, 1),
         _conv(1, 256, 64, 14, 1, 1),
