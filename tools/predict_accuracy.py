@@ -10,11 +10,11 @@ Predicts each model at batch 1 and 8 from the profile (steady state plus the all
 of the allocator this process runs under), then measures it in ``--repeats`` interleaved
 rounds: in each round, for each model in turn, the profile's reference kernels are re-timed
 and then the model, in the same window. Each case's error is reported raw and corrected by
-the drift of its own window (median over rounds, with the range); a case whose window says
-the machine is not the calibrated one (a reference outside x0.67-x1.5, other processes busy)
-reports no error. Steady-state accuracy is meant to be checked under a caching allocator
-(``MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=8000000000``). Not a test: it
-times things.
+the drift of its own window (median over rounds, with the range); a round whose references
+ran outside x0.67-x1.5 of the profile is set aside, and a case with more than half its rounds
+set aside (or other processes busy) reports no error. Steady-state accuracy is meant to be
+checked under a caching allocator (``MALLOC_MMAP_THRESHOLD_=4000000000
+MALLOC_TRIM_THRESHOLD_=8000000000``). Not a test: it times things.
 """
 
 from __future__ import annotations
@@ -85,18 +85,20 @@ def main() -> int:
     busy_cpus = other_cpus_since(before)
 
     rows, raw_all, corrected_all = {}, [], []
-    print(f"| model | batch | predicted ms (steady + faults) | measured ms (median of {args.repeats}, range) "
+    print(f"| model | batch | predicted ms (steady + faults) | measured ms (median of the {args.repeats} rounds "
+          "less those set aside, range) "
           "| drift | raw error | drift-corrected error (range) |")
     print("|---|---|---|---|---|---|---|")
     for c in cases:
         estimate, m = predicted[c], Measurement(tuple(rounds[c]), busy_cpus)
-        times = [r.model_ms for r in m.rounds]
+        times = [r.model_ms for r in m.kept]
         refusal = m.refusal(cal)
         weights = estimate.time_by_class()
         raw, corrected = m.errors(estimate.total_ms, weights)
         faults = estimate.allocator.ms if estimate.allocator and estimate.allocator.ms else 0.0
-        factors = [f for r in m.rounds if (f := r.factor_for(weights)) is not None]
+        factors = [f for r in m.kept if (f := r.factor_for(weights)) is not None]
         drift = f"x{statistics.median(factors):.2f}" if factors else "-"
+        aside = f"; {len(m.rounds) - len(m.kept)} set aside" if len(m.kept) < len(m.rounds) else ""
         if refusal:
             errors = f"not reported: {refusal} | -"
         else:
@@ -109,10 +111,10 @@ def main() -> int:
             else:
                 errors += "-"
         print(f"| {c[0]} | {c[1]} | {estimate.total_ms:.3f} ({estimate.steady_ms:.3f} + {faults:.3f}) | "
-              f"{m.model_ms:.3f} ({min(times):.3f}-{max(times):.3f}) | {drift} | {errors} |")
+              f"{m.model_ms:.3f} ({min(times):.3f}-{max(times):.3f}{aside}) | {drift} | {errors} |")
         rows[f"{c[0]}/b{c[1]}"] = {
             "predicted_ms": estimate.total_ms, "steady_ms": estimate.steady_ms, "measured_ms": m.model_ms,
-            "rounds_ms": times, "drift": factors, "refused": refusal,
+            "rounds_ms": times, "set_aside": len(m.rounds) - len(m.kept), "drift": factors, "refused": refusal,
             "error_raw": None if refusal else statistics.median(raw),
             "error_corrected": None if refusal or not corrected else statistics.median(corrected)}
     print(f"\nthreads {torch.get_num_threads()}; other processes kept {busy_cpus} CPUs busy during the rounds")

@@ -115,9 +115,11 @@ def render(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, f
 
 
 def _measurement_lines(eager: LatencyEstimate, m: Measurement, refusal: str | None) -> list[str]:
-    times = [r.model_ms for r in m.rounds]
+    times = [r.model_ms for r in m.kept]
+    aside = len(m.rounds) - len(m.kept)
     lines = [f"measured {m.model_ms:.3f} ms (median of {len(times)} interleaved rounds, "
-             f"{min(times):.3f}-{max(times):.3f})"]
+             f"{min(times):.3f}-{max(times):.3f}"
+             + (f"; {aside} more set aside: their references ran outside the profile's speed)" if aside else ")")]
     factors = [r.factor for r in m.rounds if r.factor is not None]
     if factors:
         refs = ", ".join(f"{name} ({m.rounds[0].classes.get(name, 'compute')}) "
@@ -154,7 +156,8 @@ def as_json(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, 
         raw, corrected = measurement.errors(eager.total_ms, eager.time_by_class())
         out["measurement"] = {
             "rounds": [{"model_ms": r.model_ms, "drift": r.drift, "classes": r.classes, "factor": r.factor,
-                        "factor_for_prediction": r.factor_for(eager.time_by_class())} for r in measurement.rounds],
+                        "factor_for_prediction": r.factor_for(eager.time_by_class()),
+                        "set_aside": r not in measurement.kept} for r in measurement.rounds],
             "model_ms": measurement.model_ms, "busy_cpus": measurement.busy_cpus,
             "page_faults": statistics.median(faults) if faults else faults,
             "page_faults_per_forward": list(faults) if faults is not None else None, "refused": refusal,

@@ -40,7 +40,19 @@ def test_a_class_drifting_past_the_limit_refuses_and_names_its_references():
     r = Round(10.0, {"matmul": 1.0, "triad 65536": 1.7, "triad 32768": 1.6},
               classes={"matmul": "compute", "triad 65536": "small", "triad 32768": "small"})
     says = Measurement((r,), 0.0).refusal(cal())
-    assert "small references (triad 65536, triad 32768) ran x1.65" in says
+    assert "small references (triad 65536, triad 32768) at x1.65" in says
+
+
+def test_rounds_outside_the_drift_limits_are_set_aside_and_a_majority_of_them_refuses():
+    quiet, loud = {"matmul": 1.0}, {"matmul": 1.8}
+    m = Measurement((Round(10.0, quiet), Round(30.0, loud), Round(12.0, quiet)), busy_cpus=0.0)
+    assert [r.model_ms for r in m.kept] == [10.0, 12.0] and m.model_ms == 11.0
+    raw, corrected = m.errors(11.0)
+    assert raw == pytest.approx([0.1, 11 / 12 - 1])  # the 30 ms window says nothing about the model
+    assert m.refusal(cal()) is None
+    mostly_loud = Measurement((Round(10.0, quiet), Round(30.0, loud), Round(31.0, loud)), busy_cpus=0.0)
+    assert "2 of 3 rounds ran outside" in mostly_loud.refusal(cal())
+    assert len(mostly_loud.kept) == 1
 
 
 def test_errors_raw_and_corrected_by_the_drift_of_the_same_round():
@@ -58,8 +70,8 @@ def test_a_measurement_on_the_calibrated_machine_is_reported():
 
 
 @pytest.mark.parametrize(("measurement", "profile", "says"), [
-    (Measurement((Round(10.0, {"conv2d": 57.0}),), 0.0), cal(), "(conv2d) ran x57.00"),
-    (Measurement((Round(10.0, {"matmul": 1 / (DRIFT_LIMIT * 1.1)}),), 0.0), cal(), "(matmul) ran x0.61"),
+    (Measurement((Round(10.0, {"conv2d": 57.0}),), 0.0), cal(), "(conv2d) at x57.00"),
+    (Measurement((Round(10.0, {"matmul": 1 / (DRIFT_LIMIT * 1.1)}),), 0.0), cal(), "(matmul) at x0.61"),
     (Measurement((Round(10.0, {}),), 1.4), cal(), "kept 1.4 CPUs busy"),
     (Measurement((Round(10.0, {}),), 0.0), cal(cpu_model="Some Other CPU"), "'Some Other CPU'"),
     (Measurement((Round(10.0, {}),), 0.0), cal(threads=torch.get_num_threads() + 7), "this process runs"),
