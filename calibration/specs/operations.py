@@ -218,6 +218,9 @@ LINEAR = Operation(
         {"B": 64, "IN": 1024, "OUT": 1024},
         {"B": 64, "IN": 1280, "OUT": 2560},
         {"B": 1, "IN": 4096, "OUT": 4096},
+        # a GEMV over 256 MiB of weights, past STREAM's arrays: the one-row variant's only
+        # DRAM-level point (a classifier over a flattened conv map, VGG's 400 MB, is one)
+        {"B": 1, "IN": 16384, "OUT": 4096},
         {"B": 8, "IN": 8192, "OUT": 2048},  # few rows, 64 MiB of weights streamed from DRAM
         {"B": 256, "IN": 1024, "OUT": 4096},
         {"B": 256, "IN": 4096, "OUT": 1024},
