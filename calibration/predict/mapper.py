@@ -192,12 +192,12 @@ class Mapper:
         touched between two of its calls) going through the last-level cache: 1 + (cold / warm
         - 1) x the share of its weights evicted; 1 for other kernels or a kernel alone.
 
-        cold / warm is the profile's cold twins' at this kernel's size: placed by what the
-        variant's efficiency follows (a GEMM's rows: at 8 rows a cold 1024x1024 linear ran
-        1.2x warm, at 256 rows no slower) or, where that does not tell the twins apart (every
-        GEMV has one row), its bytes, in log space; interpolated between twins, held flat
-        beyond them, twins of one place averaged; never below 1 (a cold call measured faster
-        than its warm twin is noise). The evicted share is 1 - exp(-reuse / LLC), a line's
+        cold / warm is the profile's cold twins' at this kernel's size: interpolated in log
+        bytes among the twins at each scale the variant's efficiency follows (a GEMM's rows, a
+        conv's narrower channel count), then in log scale between those (at 8 rows a cold
+        256x256 linear ran 3x warm and a 1024x1024 one 1.2x; at 256 rows no slower); held flat
+        beyond the twins; never below 1 (a cold call measured faster than its warm twin is
+        noise). The evicted share is 1 - exp(-reuse / LLC), a line's
         chance of being replaced after that much other traffic under random replacement: an
         LLC shared with other tenants keeps no strict LRU order, and a forward just under the
         LLC's size already loses part of its weights.
@@ -221,17 +221,19 @@ class Mapper:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
                        "from the LLC are timed warm (calibrate the 'cold' family)")
             return 1.0
-        scales = {spec.scale(spec.complete(c.params)) for c, _ in twins} if spec.scale else set()
+        # two steps, as efficiencies are looked up: over log bytes among the twins at each
+        # scale (a GEMM's rows), then over log scale between those
+        def scale(params) -> float:
+            return float(spec.scale(spec.complete(params))) if spec.scale else 1.0
 
-        def place(params, nbytes: int) -> float:
-            value = spec.scale(spec.complete(params)) if len(scales) > 1 else nbytes
-            return math.log(max(value, 1))
-
-        ratios: dict[float, list[float]] = {}
+        groups: dict[float, dict[float, list[float]]] = {}
         for cold, log_ratio in twins:
-            ratios.setdefault(place(cold.params, cold.bytes), []).append(log_ratio)
-        points = sorted((x, statistics.fmean(logs)) for x, logs in ratios.items())
-        ratio = max(1.0, math.exp(_interpolate(points, place(node.params, node.bytes))))
+            at_bytes = groups.setdefault(math.log(max(scale(cold.params), 1.0)), {})
+            at_bytes.setdefault(math.log(cold.bytes), []).append(log_ratio)
+        here = math.log(max(node.bytes, 1))
+        by_scale = sorted((at, _interpolate(sorted((x, statistics.fmean(v)) for x, v in points.items()), here))
+                          for at, points in groups.items())
+        ratio = max(1.0, math.exp(_interpolate(by_scale, math.log(max(scale(node.params), 1.0)))))
         return 1.0 + (ratio - 1.0) * (1.0 - math.exp(-reuse_bytes / llc))
 
     def _copy_seconds(self, node: NodeCost) -> float:

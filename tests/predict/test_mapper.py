@@ -292,7 +292,7 @@ def test_the_prediction_splits_over_the_drift_classes():
 
 def _cold_profile(llc: int, *, cold_ms=(1.5, 1.2)):
     """Warm conv2d at two sizes and their cold twins at ``cold_ms``, an LLC of ``llc`` bytes."""
-    small = dict(N=1, CIN=16, COUT=16, H=16, W=16, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    small = dict(N=1, CIN=64, COUT=64, H=8, W=8, K=3, STRIDE=1, PAD=1, GROUPS=1)  # same channels, fewer bytes
     large = dict(N=1, CIN=64, COUT=64, H=32, W=32, K=3, STRIDE=1, PAD=1, GROUPS=1)
     records = [record("conv2d", 1.0, **small), record("conv2d", 1.0, **large),
                record("conv2d_cold", cold_ms[0], **small), record("conv2d_cold", cold_ms[1], **large)]
@@ -340,7 +340,7 @@ def test_the_cold_ratio_is_interpolated_in_log_bytes_and_never_below_one():
     assert mapper._cold_factor(node, reuse_bytes=None) == 1.0  # a kernel alone
     assert mapper._cold_factor(node, reuse_bytes=0) == 1.0
     between = node.model_copy(update={"bytes": int(math.sqrt(cal.operation_profiles[
-        "conv2d_cold[N=1,CIN=16,COUT=16,H=16,W=16,K=3,STRIDE=1,PAD=1,GROUPS=1]/float32/cpu"].bytes * node.bytes))})
+        "conv2d_cold[N=1,CIN=64,COUT=64,H=8,W=8,K=3,STRIDE=1,PAD=1,GROUPS=1]/float32/cpu"].bytes * node.bytes))})
     # halfway in log bytes: halfway in log ratio
     assert mapper._cold_factor(between, reuse_bytes=10**9) == pytest.approx(math.sqrt(1.5 * 1.2))
     faster, _, _ = _cold_profile(1024, cold_ms=(0.9, 0.8))  # cold measured faster: noise, not a speedup
@@ -388,6 +388,18 @@ def test_a_gemv_s_cold_ratio_follows_its_bytes_since_every_gemv_has_one_row():
         part = partition(nn.Sequential(nn.Linear(width, width)).eval(), torch.randn(1, width))
         (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
         assert mapper._cold_factor(node, reuse_bytes=10**9) == pytest.approx(expected)
+
+
+def test_a_cold_ratio_at_one_scale_follows_bytes_before_the_scales_are_interpolated():
+    # at 8 rows a small GEMM pays 3x cold and a large one 1.2x; at 256 rows neither pays
+    twins = []
+    for rows, width, cold_ms in ((8, 256, 3.0), (8, 2048, 1.2), (256, 256, 1.0), (256, 2048, 1.0)):
+        twins += [record("linear", 1.0, B=rows, IN=width, OUT=width),
+                  record("linear_cold", cold_ms, B=rows, IN=width, OUT=width)]
+    mapper = CPUMapper(fold(ceilings() + twins, metadata(cache_sizes={"L3": 1024})))
+    part = partition(nn.Sequential(nn.Linear(2048, 2048)).eval(), torch.randn(8, 2048))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert mapper._cold_factor(node, reuse_bytes=10**9) == pytest.approx(1.2, rel=0.02)  # not the rows' mean
 
 
 def test_a_profile_without_cold_twins_times_every_kernel_warm_and_says_so():
