@@ -343,11 +343,6 @@ CONV2D = Operation(
         _conv(1, 144, 144, 56, 3, 1, groups=144),  # mobilenet_v2.dw3x3
     )),
     variant=lambda p: (_conv_kind(p),),
-    # A convolution is a GEMM over its channels: its efficiency follows the narrower of the
-    # channels in and out more than its FLOPs. Placed by FLOPs alone, a 32->128 1x1 conv on an
-    # 80x80 batch-8 map (0.4 GFLOP at 111 GFLOPS here) set the efficiency of ResNet-50's
-    # 512->256 1x1 convs (1.6 GFLOP, 180 GFLOPS measured): 16 ms predicted against 9-10.
-    scale=lambda p: min(p["CIN"] // p["GROUPS"], p["COUT"]),
 )
 
 
