@@ -99,13 +99,18 @@ def _build_matmul(p: Params, dtype: str, device: torch.device) -> Kernel:
     return run
 
 
-def _build_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
+def _linear_operands(p: Params, dtype: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Kernel]:
+    """(input, output, kernel) of a linear case."""
     x = _randn((p["B"], p["IN"]), dtype, device)
     w = _randn((p["OUT"], p["IN"]), dtype, device)
     bias = _randn((p["OUT"],), dtype, device)
     y = torch.empty(p["B"], p["OUT"], dtype=DTYPES[dtype], device=device)
     wt = w.t()
-    return lambda: torch.addmm(bias, x, wt, out=y)  # the kernel F.linear dispatches to
+    return x, y, lambda: torch.addmm(bias, x, wt, out=y)  # the kernel F.linear dispatches to
+
+
+def _build_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
+    return _linear_operands(p, dtype, device)[2]
 
 
 def _build_bmm(p: Params, dtype: str, device: torch.device) -> Kernel:
@@ -155,20 +160,19 @@ class ColdKernel:
         return self.run()
 
 
-def _cold_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
+def _cpu_only_cold(device: torch.device) -> None:
     if device.type != "cpu":
         raise ValueError("cold cases evict a CPU's caches; on a GPU the weights stream from memory anyway")
-    x = _randn((p["B"], p["IN"]), dtype, device)
-    w = _randn((p["OUT"], p["IN"]), dtype, device)
-    bias = _randn((p["OUT"],), dtype, device)
-    y = torch.empty(p["B"], p["OUT"], dtype=DTYPES[dtype], device=device)
-    wt = w.t()
-    return ColdKernel(lambda: torch.addmm(bias, x, wt, out=y), x, lambda: y.fill_(0.0), device)
+
+
+def _cold_linear(p: Params, dtype: str, device: torch.device) -> Kernel:
+    _cpu_only_cold(device)
+    x, y, run = _linear_operands(p, dtype, device)
+    return ColdKernel(run, x, lambda: y.fill_(0.0), device)
 
 
 def _cold_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
-    if device.type != "cpu":
-        raise ValueError("cold cases evict a CPU's caches; on a GPU the weights stream from memory anyway")
+    _cpu_only_cold(device)
     x, run = _conv_operands(p, dtype, device)
     out_shape = run().shape
     # the conv allocates its output: the block freed just before is the one it gets

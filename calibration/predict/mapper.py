@@ -221,19 +221,16 @@ class Mapper:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
                        "from the LLC are timed warm (calibrate the 'cold' family)")
             return 1.0
-        # two steps, as efficiencies are looked up: over log bytes among the twins at each
-        # scale (a GEMM's rows), then over log scale between those
+        # two steps, as efficiencies are looked up (profile.lookup): over log bytes among the
+        # twins at each scale (a GEMM's rows), then over log scale between those
         def scale(params) -> float:
-            return float(spec.scale(spec.complete(params))) if spec.scale else 1.0
+            return max(float(spec.scale(spec.complete(params))), 1.0) if spec.scale else 1.0
 
-        groups: dict[float, dict[float, list[float]]] = {}
+        groups: dict[float, list[tuple[float, float]]] = {}
         for cold, log_ratio in twins:
-            at_bytes = groups.setdefault(math.log(max(scale(cold.params), 1.0)), {})
-            at_bytes.setdefault(math.log(cold.bytes), []).append(log_ratio)
-        here = math.log(max(node.bytes, 1))
-        by_scale = sorted((at, _interpolate(sorted((x, statistics.fmean(v)) for x, v in points.items()), here))
-                          for at, points in groups.items())
-        ratio = max(1.0, math.exp(_interpolate(by_scale, math.log(max(scale(node.params), 1.0)))))
+            groups.setdefault(scale(cold.params), []).append((cold.bytes, log_ratio))
+        by_scale = [(at, roofline.interpolate_log(node.bytes, points)) for at, points in groups.items()]
+        ratio = max(1.0, math.exp(roofline.interpolate_log(scale(node.params), by_scale)))
         return 1.0 + (ratio - 1.0) * (1.0 - math.exp(-reuse_bytes / llc))
 
     def _copy_seconds(self, node: NodeCost) -> float:
@@ -459,16 +456,6 @@ def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Seque
     check_mode(mode)
     mapper = mapper_for(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)
-
-
-def _interpolate(points: list[tuple[float, float]], x: float) -> float:
-    """Piecewise-linear through sorted (x, y) points, held flat beyond the ends."""
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
-    return points[-1][1]
 
 
 def weight_bytes(node: NodeCost) -> int:

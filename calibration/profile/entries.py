@@ -167,6 +167,15 @@ class LatencyStats(_Model):
         return [float(f"{t:.4g}") for t in samples]
 
 
+# Provenance both kinds of entry carry.
+Origin = Annotated[str | None, Field(
+    description="the models (and batches) this entry was calibrated for (--calibrate-model)")]
+OtherCpus = Annotated[NonNegativeFloat | None, Field(
+    description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
+                "all busy CPU time in /proc/stat less this process's own")]
+Busy = Annotated[bool, Field(description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")]
+
+
 class FusionCalibration(_Model):
     """One fused variant of one pattern at one shape, against its unfused twin."""
 
@@ -198,13 +207,9 @@ class FusionCalibration(_Model):
     compile_seconds: NonNegativeFloat | None = Field(
         default=None, description="first call of the compiled variant (compilation), excluded from timing"
     )
-    origin: str | None = Field(
-        default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
-    other_cpus: NonNegativeFloat | None = Field(
-        default=None,
-        description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
-                    "all busy CPU time in /proc/stat less this process's own")
-    busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
+    origin: Origin = None
+    other_cpus: OtherCpus = None
+    busy: Busy = False
     unfused_alone_ms: NonNegativeFloat | None = Field(
         default=None, description="median of the unfused case timed on its own (the twin in 'unfused' was timed "
                                   "round by round beside this variant)")
@@ -248,13 +253,9 @@ class OperationCalibration(_Model):
     bandwidth_efficiency: NonNegativeFloat | None
     bottleneck: Bottleneck
     noisy: bool = Field(description="IQR above 10% of the median")
-    origin: str | None = Field(
-        default=None, description="the models (and batches) this entry was calibrated for (--calibrate-model)")
-    other_cpus: NonNegativeFloat | None = Field(
-        default=None,
-        description="CPUs other work (other processes, the hypervisor's steal) kept busy while this entry was timed: "
-                    "all busy CPU time in /proc/stat less this process's own")
-    busy: bool = Field(default=False, description="other_cpus above BUSY_CPUS (0.5): the timing is suspect")
+    origin: Origin = None
+    other_cpus: OtherCpus = None
+    busy: Busy = False
     warm_ms: NonNegativeFloat | None = Field(
         default=None, description="cold cases (family 'cold'): the median of the same kernel called again right "
                                   "after each cold call, cache-hot, in the same rounds; cold / warm is its penalty")
