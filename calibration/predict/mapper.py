@@ -29,7 +29,7 @@ import torch
 from calibration.predict import allocator
 from calibration.predict.plan import partition
 from calibration.predict.results import NodeCost, Partition
-from calibration.profile import lookup, roofline
+from calibration.profile import lookup, roofline, shape_model
 from calibration.profile.entries import FrozenModel
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
@@ -38,6 +38,9 @@ from calibration.specs.operations import COLD_TWINS, DRIFT_CLASSES, OPERATIONS, 
 
 Mode = Literal["eager", "fused"]
 FLOATING = ("float", "bfloat", "tf32")  # dtype names of floating-point work
+# a cold case's warm call slower than this many times the warm entry was not warm (the
+# accuracy protocol's drift limits are x0.67-x1.5)
+NOT_WARM = 1.5
 
 
 class KernelEstimate(FrozenModel):
@@ -83,6 +86,8 @@ class LatencyEstimate(FrozenModel):
     mode: str
     total_ms: float  # steady_ms plus the allocator term (where priced)
     steady_ms: float  # the kernels alone: what a caching allocator gives
+    # of steady_ms: Module.__call__ of the modules the graph flattened (Partition.flattened_module_calls)
+    module_calls_ms: float = 0.0
     allocator: AllocatorTerm | None = None
     subgraphs: tuple[SubgraphEstimate, ...]
     notes: tuple[str, ...]  # fallbacks taken, stated once each
@@ -98,6 +103,7 @@ class LatencyEstimate(FrozenModel):
                         else "compute" if k.bottleneck == Bottleneck.COMPUTE else "memory")
                 split[kind] += k.seconds * 1e3 / sg.speedup
         split["memory"] += self.total_ms - self.steady_ms
+        split["small"] += self.module_calls_ms
         return split
 
     def table(self) -> str:
@@ -107,6 +113,9 @@ class LatencyEstimate(FrozenModel):
             rows.append(f"{sg.index:>3} {sg.name[:28]:<28} {len(sg.kernels):>7} {sg.flops / 1e9:8.3f} "
                         f"{sg.bytes / 1e6:8.2f} {sg.total_ms:9.3f} {share:5.1f}  {sg.bottleneck.value}")
         rows.append(f"predicted total ({self.mode}): {self.total_ms:.3f} ms")
+        if self.module_calls_ms:
+            rows.append(f"  of which {self.module_calls_ms:.3f} ms calling the modules the graph flattened "
+                        "(containers, blocks, the model)")
         if self.allocator is not None and self.allocator.ms:
             rows.append(f"  of which {self.steady_ms:.3f} ms steady state and {self.allocator.ms:.3f} ms page faults "
                         f"({self.allocator.allocator})")
@@ -209,18 +218,26 @@ class Mapper:
         cal, dtype, spec = self.calibration, node.dtype or "float32", OPERATIONS[cold_name]
         twins = []
         for cold in lookup.candidates(cal, cold_name, dtype, self.device, node.params):
-            # the warm call timed in the cold case's own rounds, else the warm entry (timed
-            # minutes apart: 10-25% of drift in the ratio on a shared machine)
+            # the warm call timed in the cold case's own rounds (the warm entry was timed
+            # minutes apart: 10-25% of drift in the ratio on a shared machine), unless that
+            # call was not warm: it follows a cold call, and a GEMV streaming 4 MiB of
+            # weights ran 2.5x its benchmarked time there, past any drift; then the entry
+            warm = cal.get_operation(node.operation, dtype=dtype, device=self.device, **cold.params)
             warm_ms = cold.warm_ms
-            if warm_ms is None:
-                warm = cal.get_operation(node.operation, dtype=dtype, device=self.device, **cold.params)
-                warm_ms = warm.latency.median_ms if warm is not None else None
+            if warm is not None and (warm_ms is None or warm_ms > NOT_WARM * warm.latency.median_ms):
+                warm_ms = warm.latency.median_ms
             if warm_ms and cold.bytes > 0:
                 twins.append((cold, math.log(cold.latency.median_ms / warm_ms)))
         if not twins:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
                        "from the LLC are timed warm (calibrate the 'cold' family)")
             return 1.0
+        # A kernel whose traffic fits the LLC reads its weights from cache when warm and from
+        # DRAM when cold; past the LLC it reads DRAM either way (cold / warm ~1). Two regimes:
+        # a kernel takes the twins on its own side, not a log-interpolation across the line
+        # (a 16 MiB GEMV between a 4 MiB twin at 2.3x and a 64 MiB one at 1.1x is not 1.6x)
+        same_side = [(cold, r) for cold, r in twins if (cold.bytes <= llc) == (node.bytes <= llc)]
+        twins = same_side or twins
         # two steps, as efficiencies are looked up (profile.lookup): over log bytes among the
         # twins at each scale (a GEMM's rows), then over log scale between those
         def scale(params) -> float:
@@ -262,7 +279,9 @@ class Mapper:
                               bottleneck=bound, source=source)
 
     def _calibrated(self, node: NodeCost, dtype: str) -> KernelEstimate | None:
-        """Time from the efficiency of the roof that bounds this kernel, at its size.
+        """The profile's time at this shape; else the variant's cost model fitted to its calibrated
+        shapes (operations that have one); else the efficiency of the roof that bounds this
+        kernel, interpolated at its size.
 
         Only that roof's efficiency is used: at a size between calibrated ones, the other
         roof's interpolated efficiency describes a different bottleneck and would only add
@@ -276,10 +295,21 @@ class Mapper:
         nbytes = spec.bytes_moved(node.params, itemsize(dtype))
         compute, bandwidth = self._compute_ceiling(dtype), self._bandwidth_ceiling(nbytes)
         bound = roofline.classify(flops, nbytes, compute, bandwidth)
+        candidates = lookup.candidates(cal, node.operation, dtype, self.device, node.params)
+        exact = cal.get_operation(node.operation, dtype=dtype, device=self.device, **node.params)
+        # A shape the grid has not timed, of an operation with a cost model: from the variant's
+        # calibrated shapes by what they spend time on (profile.shape_model), not by FLOPs alone
+        if exact is None and (fitted := shape_model.estimate(spec, candidates, spec.complete(node.params),
+                                                             itemsize(dtype), floor_seconds=self._dispatch_seconds(),
+                                                             compute_gflops=compute,
+                                                             bandwidth_gbps=self._bandwidth_ceiling)):
+            return KernelEstimate(
+                name=node.name, op=node.op, operation=node.operation, seconds=fitted.seconds, bottleneck=bound,
+                source=f"fitted to {fitted.entries} calibrated shapes of its variant, x"
+                       f"{fitted.seconds / fitted.fitted_seconds:.2f} for its nearest")
         # Where no calibrated size of this kernel variant was bound by that roof, the roof they
         # were bound by is the one it hits: an 8-row GEMM streaming 64 MiB of weights sits at
         # the ridge by FLOPs per byte, but MKL runs it at its 8-row GEMM rate, compute-bound.
-        candidates = lookup.candidates(cal, node.operation, dtype, self.device, node.params)
         seen = {entry.bottleneck for entry in candidates}
         if seen and bound not in seen:
             bound = next(iter(seen))
@@ -294,7 +324,6 @@ class Mapper:
             return None
         if efficiency <= 0:
             return None
-        exact = cal.get_operation(node.operation, dtype=dtype, device=self.device, **node.params)
         seconds, source = work / (efficiency * ceiling * 1e9), "calibrated at this size"
         if not exact:
             seconds, source = self._below_smallest(candidates, metric, flops or nbytes, flops > 0, seconds)
@@ -364,14 +393,16 @@ class Mapper:
                 speedup=speedup, total_ms=seconds / speedup * 1e3,
                 bottleneck=Bottleneck.COMPUTE if compute >= seconds / 2 and kernels else Bottleneck.MEMORY,
             ))
-        steady = sum(s.total_ms for s in subgraphs)
+        calls_ms = part.flattened_module_calls * self._module_call_seconds(None) * 1e3
+        steady = sum(s.total_ms for s in subgraphs) + calls_ms
         term = self.allocator_term(part)
         if mode == "fused" and term is not None and term.ms:
             self._note("fused mode keeps the eager forward's page faults: a fused runtime allocates fewer "
                        "intermediates, which the replay does not know")
         faults = term.ms if term is not None and term.ms is not None else 0.0
         return LatencyEstimate(model=part.model, mode=mode, total_ms=steady + faults, steady_ms=steady,
-                               allocator=term, subgraphs=tuple(subgraphs), notes=tuple(self.notes))
+                               module_calls_ms=calls_ms, allocator=term, subgraphs=tuple(subgraphs),
+                               notes=tuple(self.notes))
 
     # ------------------------------------------------------------------ allocator
     def allocator_term(self, part: Partition) -> AllocatorTerm | None:

@@ -30,7 +30,7 @@ from calibration.predict.cost import (
 from calibration.predict.match import match_pattern, pattern_shape
 from calibration.predict.models import ModelError, first_line
 from calibration.predict.results import Partition, Subgraph, Totals
-from calibration.predict.trace import Recorder, TraceFailed, record_allocations, trace
+from calibration.predict.trace import Recorder, TraceFailed, count_module_calls, record_allocations, trace
 from calibration.profile import roofline
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
@@ -183,6 +183,10 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
     with torch.no_grad():
         # the model's own forward, after those runs: what each eager call allocates and frees
         allocations = record_allocations(lambda: model(*inputs))
+        # modules the graph has no node for (containers, blocks, the model itself) still cost a
+        # Module.__call__ each in the eager forward
+        flattened = max(count_module_calls(lambda: model(*inputs))
+                        - sum(1 for n in gm.graph.nodes if n.op == "call_module"), 0)
     g = KernelGraph(gm, rec)
 
     # Greedy: the first pattern found from each kernel in execution order wins.
@@ -248,7 +252,7 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
         unfused=Totals(subgraphs=len(g.kernels), flops=total_flops, bytes=sum(g.costs[k].bytes for k in g.kernels)),
         fused=Totals(subgraphs=len(subgraphs), flops=fused_flops, bytes=sum(s.external_bytes for s in subgraphs)),
         histogram=dict(histogram.most_common()), uncounted=tuple(sorted(set(g.uncounted))),
-        allocations=allocations,
+        allocations=allocations, flattened_module_calls=flattened,
         parameter_bytes=sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())),
     )
 

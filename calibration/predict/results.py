@@ -80,6 +80,9 @@ class Partition(FrozenModel):
     # the model's parameters and buffers: with the live activations, what one forward keeps
     # coming back to (a kernel's weights are evicted when the rest of it exceeds the LLC)
     parameter_bytes: int = 0
+    # nn.Module calls of one eager forward that no node stands for: containers and blocks the
+    # trace flattened (nn.Sequential, a residual block) and the model itself
+    flattened_module_calls: int = 0
 
     def footprint_bytes(self) -> int | None:
         """Distinct memory one forward touches: the parameters plus the most activation

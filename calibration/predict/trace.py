@@ -225,6 +225,22 @@ class Recorder(ShapeProp):
 
 
 
+def count_module_calls(run: Callable[[], Any]) -> int:
+    """How many times ``run()`` calls an nn.Module (every ``Module.__call__``, nested ones too)."""
+    calls = 0
+
+    def count(module: nn.Module, args: Any) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return calls
+
+
 def record_allocations(run: Callable[[], Any]) -> tuple[tuple[int, int], ...] | None:
     """The CPU allocator's requests while ``run()`` executes, in order.
 

@@ -20,6 +20,7 @@ Counting conventions (tested in ``tests/test_ops.py``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -108,6 +109,14 @@ class Operation(Checked):
     cuda_dtypes: tuple[str, ...] = ("float32",)
     # Parameters that only exist on one device (e.g. oneDNN paths on CPU).
     cpu_only: Callable[[Params], bool] = lambda params: False
+    # A shape-aware time model for shapes the grid has not timed (``profile.shape_model``):
+    # ``cost_terms(params, itemsize)`` are the quantities a call's time is taken to be linear
+    # in (a call, bytes of each operand class, FLOPs), fitted per variant to the calibrated
+    # shapes; ``shape_features(params)`` place a shape among them (log2 of the dimensions
+    # that set how the library tiles it) to correct the fit by its nearest neighbours.
+    cost_terms: Callable[[Params, int], tuple[float, ...]] | None = None
+    cost_units: tuple[str, ...] = ()  # per term: "call", "bytes" or "flops"
+    shape_features: Callable[[Params], tuple[float, ...]] | None = None
 
     def dtypes(self, device: str) -> tuple[str, ...]:
         return self.cpu_dtypes if device == "cpu" else self.cuda_dtypes
@@ -195,8 +204,6 @@ def _linear_bytes(p: Params, size: int) -> int:
     return (B * IN + OUT * IN + OUT + B * OUT) * size
 
 
-
-
 LINEAR = Operation(
     name="linear",
     family="linear",
@@ -282,10 +289,33 @@ def _conv_bytes(p: Params, size: int) -> int:
 
 
 
+def _conv_terms(p: Params, size: int) -> tuple[float, ...]:
+    """A call; activation bytes (input read, output written); weight bytes; FLOPs."""
+    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    activations = p["N"] * (p["CIN"] * p["H"] * p["W"] + p["COUT"] * ho * wo)
+    weights = p["COUT"] * (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
+    return (1.0, float(activations * size), float(weights * size), float(_conv_flops(p)))
+
+
+def _conv_features(p: Params) -> tuple[float, ...]:
+    """The conv as the GEMM it lowers to: output pixels (rows), reduction depth per group,
+    output channels per group; and the channel count (depthwise convs differ only there)."""
+    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
+    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    per_group = p["CIN"] // p["GROUPS"]
+    return (math.log2(p["N"] * ho * wo), math.log2(per_group * p["K"] * p["K"]),
+            math.log2(p["COUT"] // p["GROUPS"]), math.log2(p["CIN"]))
+
+
 def _conv_kind(p: Params) -> str:
     if p["GROUPS"] > 1:
         return "depthwise" if p["GROUPS"] == p["CIN"] else "grouped"
-    return "pointwise" if p["K"] == 1 else "dense"
+    if p["K"] == 1:
+        # on a 1x1 map (squeeze-excitation) a pointwise conv is a matrix-vector product per
+        # image: 8 us for 512->128 where a 256->64 conv on 14x14 takes 140 us
+        return "pointwise_1x1_map" if p["H"] == p["W"] == 1 else "pointwise"
+    return "dense"
 
 
 def _conv(n: int, cin: int, cout: int, hw: int, k: int, s: int, groups: int = 1) -> Params:
@@ -332,6 +362,14 @@ CONV2D = Operation(
         _conv(8, 32, 128, 80, 1, 1),
         _conv(8, 128, 32, 80, 1, 1),
         _conv(8, 128, 128, 80, 3, 1, groups=128),
+        # where mobile and residual architectures spend their late layers: 1x1 convs that
+        # expand or project on 14x14 and 7x7 maps, a 5x5 depthwise, a strided 3x3 at batch 8
+        # (positions of a typical network, no layer of the models the predictions are checked on)
+        _conv(1, 128, 512, 14, 1, 1),
+        _conv(1, 640, 160, 7, 1, 1),
+        _conv(8, 256, 64, 14, 1, 1),
+        _conv(1, 320, 320, 14, 5, 1, groups=320),
+        _conv(8, 96, 192, 40, 3, 2),
         # small kernels, where a call's fixed cost (oneDNN reorders, dispatch) is most of it
         _conv(1, 64, 64, 7, 3, 1),
         _conv(1, 256, 64, 14, 1, 1),
@@ -343,6 +381,9 @@ CONV2D = Operation(
         _conv(1, 144, 144, 56, 3, 1, groups=144),  # mobilenet_v2.dw3x3
     )),
     variant=lambda p: (_conv_kind(p),),
+    cost_terms=_conv_terms,
+    cost_units=("call", "bytes", "bytes", "flops"),
+    shape_features=_conv_features,
 )
 
 

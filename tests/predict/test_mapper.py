@@ -133,7 +133,9 @@ def test_module_calls_add_what_their_class_costs_over_its_kernel():
     cal = fold(records, metadata(cache_sizes={}))
     assert cal.measured.module_overhead_us == pytest.approx({"Linear": 6.0, "ReLU": 3.5})
     estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
-    assert estimate.total_ms == pytest.approx(0.010 + 0.006 + 0.002 + 0.0035, rel=1e-9)
+    # and the nn.Sequential holding them, which the graph flattens: a bare module call (5 - 2 us)
+    assert estimate.module_calls_ms == pytest.approx(0.003)
+    assert estimate.total_ms == pytest.approx(0.010 + 0.006 + 0.002 + 0.0035 + 0.003, rel=1e-9)
 
 
 def test_a_module_class_without_a_probe_pays_a_bare_module_call():
@@ -141,7 +143,35 @@ def test_a_module_class_without_a_probe_pays_a_bare_module_call():
     records = ceilings() + module_probe("ReLU", 0.005, 0.0015) + [
         record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128)]
     estimate = predict_latency(linear_relu(), torch.randn(4, 64), fold(records, metadata(cache_sizes={})))
-    assert estimate.total_ms == pytest.approx(0.010 + 0.003 + 0.002 + 0.0035, rel=1e-9)
+    assert estimate.total_ms == pytest.approx(0.010 + 0.003 + 0.002 + 0.0035 + 0.003, rel=1e-9)
+
+
+class _Block(nn.Module):
+    """A residual block of a Sequential: the trace inlines both, the eager forward calls both."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def test_the_modules_the_graph_flattens_cost_a_bare_module_call_each():
+    torch.manual_seed(0)
+    model = nn.Sequential(_Block(), _Block()).eval()
+    x = torch.randn(2, 16)
+    part = partition(model, x)
+    # the outer Sequential, two blocks and their two inner Sequentials; the Linears and ReLUs
+    # are graph nodes and pay their own class's cost
+    assert part.flattened_module_calls == 5
+    records = ceilings() + module_probe("ReLU", 0.005, 0.0015) + [
+        record("linear", 0.010, B=2, IN=16, OUT=16), record("relu", 0.002, n=32), record("add", 0.002, n=32)]
+    estimate = CPUMapper(fold(records, metadata(cache_sizes={}))).estimate(part)
+    assert estimate.module_calls_ms == pytest.approx(5 * 0.003)
+    assert estimate.time_by_class()["small"] >= estimate.module_calls_ms
+    assert sum(estimate.time_by_class().values()) == pytest.approx(estimate.total_ms)
+    assert "calling the modules the graph flattened" in estimate.table()
 
 
 def test_a_module_faster_than_its_benchmarked_kernel_call_never_drops_below_a_bare_call():
@@ -361,6 +391,34 @@ def test_the_cold_ratio_takes_the_warm_call_of_the_same_rounds_over_the_warm_ent
     assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(2.0)
 
 
+def test_a_warm_call_of_the_cold_rounds_far_slower_than_the_warm_entry_was_not_warm():
+    from calibration.measure.fold import Record
+    from calibration.specs.operations import Case
+
+    params = dict(B=1, IN=1024, OUT=1024)
+    # the call after a cold GEMV ran at DRAM speed too: 2.5x the benchmarked warm time
+    cold = Record(Case("linear_cold", tuple(params.items()), "float32", "cpu"), latency(0.225), warm_ms=0.19)
+    cal = fold(ceilings() + [record("linear", 0.075, **params), cold], metadata(cache_sizes={"L3": 1024}))
+    part = partition(nn.Sequential(nn.Linear(1024, 1024)).eval(), torch.randn(1, 1024))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(0.225 / 0.075)
+
+
+def test_a_cold_ratio_comes_from_twins_on_the_kernel_s_side_of_the_llc():
+    llc = 32 << 20
+    twins = []
+    for width, cold_ms in ((256, 6.0), (1024, 2.5), (4096, 1.05)):  # 0.25 and 4 MiB of weights, then 64 MiB
+        twins += [record("linear", 1.0, B=1, IN=width, OUT=width),
+                  record("linear_cold", cold_ms, B=1, IN=width, OUT=width)]
+    mapper = CPUMapper(fold(ceilings() + twins, metadata(cache_sizes={"L3": llc})))
+    # 16 MiB fits the LLC: warm it reads cache, cold DRAM, as the 4 MiB twin (not 1.6x, the
+    # log-interpolation across the line); 256 MiB streams from DRAM either way
+    for width, expected in ((2048, 2.5), (8192, 1.05)):
+        part = partition(nn.Sequential(nn.Linear(width, width)).eval(), torch.randn(1, width))
+        (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+        assert mapper._cold_factor(node, reuse_bytes=10**12) == pytest.approx(expected, rel=1e-3)
+
+
 def test_a_gemm_s_cold_ratio_follows_its_rows():
     twins = []
     for rows, cold_ms in ((8, 2.0), (256, 1.0)):
@@ -409,3 +467,27 @@ def test_a_profile_without_cold_twins_times_every_kernel_warm_and_says_so():
     (conv, *_) = [k for sg in estimate.subgraphs for k in sg.kernels]
     assert conv.cold_factor == 1.0
     assert any("no cold conv2d cases" in note for note in estimate.notes)
+
+
+def _conv(n, cin, cout, hw, k=3, s=1):
+    return dict(N=n, CIN=cin, COUT=cout, H=hw, W=hw, K=k, STRIDE=s, PAD=k // 2, GROUPS=1)
+
+
+def test_a_conv_shape_the_grid_lacks_is_fitted_to_its_variant_s_calibrated_shapes():
+    grid = [_conv(1, 16, 16, 32), _conv(1, 32, 32, 16), _conv(1, 64, 64, 8), _conv(2, 16, 32, 16),
+            _conv(1, 32, 64, 32, s=2), _conv(4, 8, 8, 16)]
+
+    def made(p):  # 4 us a call plus 1 ns per kFLOP: what the fit should find again
+        flops = 2 * p["N"] * p["COUT"] * (p["H"] // p["STRIDE"]) ** 2 * p["CIN"] * 9
+        return 0.004 + flops * 1e-9
+
+    cal = fold(ceilings() + [record("conv2d", made(p), **p) for p in grid], metadata(cache_sizes={}))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, bias=False)).eval()
+    (conv,) = [k for sg in predict_latency(model, torch.randn(1, 24, 24, 24), cal).subgraphs for k in sg.kernels]
+    assert conv.source.startswith("fitted to 6 calibrated shapes of its variant")
+    assert conv.seconds == pytest.approx(made(_conv(1, 24, 24, 24)) / 1e3, rel=0.02)
+    # a calibrated shape takes its own time
+    exact = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False)).eval()
+    (conv,) = [k for sg in predict_latency(exact, torch.randn(1, 16, 32, 32), cal).subgraphs for k in sg.kernels]
+    assert conv.source == "calibrated at this size" and conv.seconds == pytest.approx(made(grid[0]) / 1e3)
