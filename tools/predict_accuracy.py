@@ -49,6 +49,17 @@ def _without_exact(cal, built):
 
 
 
+def summarize(label: str, errors: list[float]) -> None:
+    if errors:
+        print(f"{label}: median |error| {100 * statistics.median(abs(e) for e in errors):.1f}%, "
+              f"max {100 * max(abs(e) for e in errors):.1f}% over {len(errors)} cases")
+
+
+def write_rows(path: str, rows: dict) -> None:
+    with open(path, "w") as out:
+        json.dump(rows, out, indent=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("profile")
@@ -119,12 +130,9 @@ def main() -> int:
             "error_corrected": None if refusal or not corrected else statistics.median(corrected)}
     print(f"\nthreads {torch.get_num_threads()}; other processes kept {busy_cpus} CPUs busy during the rounds")
     for label, errors in (("raw", raw_all), ("drift-corrected", corrected_all)):
-        if errors:
-            print(f"{label}: median |error| {100 * statistics.median(abs(e) for e in errors):.1f}%, "
-                  f"max {100 * max(abs(e) for e in errors):.1f}% over {len(errors)} cases")
+        summarize(label, errors)
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(rows, out, indent=1)
+        write_rows(args.json, rows)
     if args.compare:
         with open(args.compare) as earlier_file:
             earlier = json.load(earlier_file)
