@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from calibration.measure import harness, machine, options
+from calibration.measure import harness, heap, machine, options
 from calibration.measure.fold import FusionRecord, Record, fold, unpaired
 from calibration.measure.kernels import dtype_unsupported_reason
 from calibration.profile.schema import Peak, PeakSource
@@ -94,6 +94,7 @@ class CalibrationState:
     compare_problem: str | None = None  # why no comparison was made
     workload: object | None = None  # the --calibrate-model cases (calibration.workload.WorkloadCases)
     tables_hidden: bool = False  # pytest-benchmark's per-case tables quieted for the summary to end the run
+    heap: str | None = None  # the C heap cases were timed on (measure.heap), once the first case ran
 
     def other_cpus_since(self, before: host.CpuTimes | None) -> float | None:
         """CPUs other work kept busy since ``before`` (a case's start); adds the interval to
@@ -398,10 +399,17 @@ def calibrate(request: pytest.FixtureRequest, benchmark):
         reason = dtype_unsupported_reason(case.dtype, case.device)
         if reason:
             pytest.skip(reason)
+        if state.heap is None:
+            state.heap = ("steady: mmap and trimming off (the alloc family maps blocks above 32 MiB fresh)"
+                          if heap.set_steady() else "as the process found it (no glibc mallopt here)")
         if isinstance(case, fusion.FusionCase):
             return _calibrate_fusion(state, benchmark, case, budget)
         before = host.cpu_times()
-        record = harness.measure(benchmark, case, budget)
+        if case.spec.family == "alloc":  # the price of a fresh page: glibc maps these fresh
+            with heap.mapping_fresh():
+                record = harness.measure(benchmark, case, budget)
+        else:
+            record = harness.measure(benchmark, case, budget)
         if record is not None:
             record = replace(record, other_cpus=state.other_cpus_since(before))
             state.records.append(record)
@@ -449,6 +457,8 @@ def _peaks(state: CalibrationState) -> tuple[dict[str, Peak], Peak | None]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
+    if state is not None and state.heap is not None:
+        heap.set_mapping()  # a caller that predicts in this process next replays a mapping heap
     if state is None or not (state.records or state.fusion_records) or os.environ.get("PYTEST_XDIST_WORKER"):
         if state is not None and state.out is not None and state.not_written is None:
             state.not_written = "no calibration case ran (deselected, skipped or failed)."
@@ -459,6 +469,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         device=state.device, hardware_name=state.hardware, quick=state.quick,
         command=list(session.config.invocation_params.args), load_before=state.load_before,
         busy_before=state.busy_before, busy_during=state.timed.other_cpus() if state.timed else None,
+        heap=state.heap,
     )
     peak_gflops, peak_bandwidth = _peaks(state)
     origins = {key: ", ".join(labels) for key, labels in state.workload.origin.items()} if state.workload else {}

@@ -26,7 +26,7 @@ from calibration.specs.host import (
 
 def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str],
              load_before: float | None = None, busy_before: float | None = None,
-             busy_during: float | None = None):
+             busy_during: float | None = None, heap: str | None = None):
     """The profile's metadata for a run on ``device`` in this process."""
     cuda = None
     if device == "cuda":
@@ -65,7 +65,8 @@ def describe(*, device: str, hardware_name: str | None, quick: bool, command: li
         date=datetime.now(timezone.utc),
         git_commit=commit,
         git_dirty=dirty,
-        allocator=allocator_settings(),
+        # and the C heap the cases were timed on (measure.heap), where the run set it
+        allocator={**allocator_settings(), **({"heap while timing": heap} if heap else {})},
         thread_env=thread_settings(),
         cuda=cuda,
         quick=quick,

@@ -52,6 +52,8 @@ def test_calibrate_out_writes_a_loadable_profile(bench):
     # sampled around the timed case from /proc/stat (Linux): how busy other work kept the machine
     assert entry.other_cpus is not None and entry.busy == (entry.other_cpus > 0.5)
     assert profile.metadata.busy_cpus_during is not None
+    # timed on a steady C heap (glibc here): the profile says so
+    assert profile.metadata.allocator["heap while timing"].startswith("steady: mmap and trimming off")
 
 
 def test_help_lists_every_calibration_option(pytester, monkeypatch):

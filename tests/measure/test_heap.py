@@ -1,0 +1,48 @@
+"""The steady heap cases are timed on, and the mapping heap the alloc family prices pages on.
+
+Each check runs in a child process: mallopt settings last for the life of a process, and this
+one replays allocations in forks of itself.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from calibration.measure import heap
+
+CHILD = """
+import resource, torch
+from calibration.measure import heap
+
+def faults_per_call(calls=5):
+    for _ in range(20):  # an 8 MiB output glibc's defaults may map fresh; the heap settles in a few calls
+        torch.empty(8 << 18).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        torch.empty(8 << 18).fill_(1.0)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+print(heap.set_steady(), round(faults_per_call()))
+with heap.mapping_fresh() as took:
+    print(took, round(faults_per_call()))
+print(round(faults_per_call()))  # steady again after
+"""
+
+
+@pytest.mark.skipif(heap._mallopt() is None, reason="glibc's mallopt only")
+def test_a_steady_heap_reuses_a_freed_block_and_the_mapping_one_faults_it_in_again():
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True).stdout.split()
+    steady_took, steady, mapping_took, mapping, again = out
+    assert steady_took == "True" and mapping_took == "True"
+    pages = (8 << 20) // 4096
+    assert int(steady) < pages // 100  # the freed block came back: next to no faults
+    assert int(mapping) > pages // 2  # mapped fresh each call: every page faulted in again
+    assert int(again) < pages // 100
+
+
+def test_without_glibc_nothing_is_changed_and_it_says_so(monkeypatch):
+    monkeypatch.setattr(heap, "_mallopt", lambda: None)
+    assert heap.set_steady() is False and heap.set_mapping() is False
+    with heap.mapping_fresh() as took:
+        assert took is False
