@@ -9,7 +9,8 @@ are timed with mmap and trimming off (every block from the heap, freed blocks re
 the ``alloc`` family, which prices a fresh page, with blocks above 32 MiB mapped fresh.
 
 glibc only (``mallopt``); elsewhere, or under a preloaded allocator, nothing changes and
-:func:`set_steady` says so. After a run the process keeps glibc's default thresholds, fixed.
+:func:`set_steady` says so. After a run the process keeps glibc's thresholds at their
+dynamic maximum, fixed.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # mallopt takes an int
-# glibc's own defaults, fixed (mallopt turns off the dynamic threshold): blocks above 32 MiB,
-# the most the dynamic threshold ever reaches, are mapped fresh either way
-MAPPING = ((M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, 128 * 1024), (M_TRIM_THRESHOLD, 128 * 1024))
-STEADY = ((M_MMAP_MAX, 0), (M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, NEVER_TRIM))
+# glibc's defaults once their dynamic threshold has risen as far as it goes (mallopt fixes
+# it there): blocks above 32 MiB mapped fresh on every call, smaller ones reused from a heap
+# trimmed above twice that, as the dynamic trim threshold follows
+MMAP_THRESHOLD_MAX = 32 << 20
+MAPPING = ((M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX))
+STEADY = ((M_MMAP_MAX, 0), (M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, NEVER_TRIM))
 
 
 @functools.cache
@@ -59,15 +62,16 @@ def set_steady() -> bool:
 
 
 def set_mapping() -> bool:
-    """glibc's default thresholds, fixed: blocks above 128 KiB mapped, the heap top trimmed."""
+    """glibc's thresholds at their dynamic maximum, fixed: blocks above 32 MiB mapped fresh."""
     return _apply(MAPPING)
 
 
 @contextmanager
 def mapping_fresh() -> Iterator[bool]:
-    """Within: glibc maps blocks above its threshold fresh (its defaults, fixed; the free
-    memory a steady heap kept is returned first, or requests would be carved from it); the
-    heap is steady again after. Yields whether the settings took."""
+    """Within: glibc maps blocks above 32 MiB fresh, as its defaults do at most; the heap is
+    steady again after. Yields whether the settings took. A free chunk of a grown steady heap
+    still serves a request that fits it (its pages returned to the OS first, so they fault in
+    once, not every call): a calibration run times the alloc family first, on a young heap."""
     took = set_mapping()
     if took:
         _glibc().malloc_trim(0)
