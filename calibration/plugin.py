@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -405,10 +406,8 @@ def calibrate(request: pytest.FixtureRequest, benchmark):
         if isinstance(case, fusion.FusionCase):
             return _calibrate_fusion(state, benchmark, case, budget)
         before = host.cpu_times()
-        if case.spec.family == "alloc":  # the price of a fresh page: glibc maps these fresh
-            with heap.mapping_fresh():
-                record = harness.measure(benchmark, case, budget)
-        else:
+        # the alloc family prices a fresh page: glibc maps its blocks fresh
+        with heap.mapping_fresh() if case.spec.family == "alloc" else nullcontext():
             record = harness.measure(benchmark, case, budget)
         if record is not None:
             record = replace(record, other_cpus=state.other_cpus_since(before))

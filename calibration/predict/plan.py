@@ -168,7 +168,7 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
         raise ModelError("partition() models inference: call model.eval() first "
                          "(train-mode BatchNorm and Dropout do different work)")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    run_example(model, inputs)
+    module_calls = count_module_calls(lambda: run_example(model, inputs))
     try:
         gm, traced_with = trace(model, inputs)
     except TraceFailed as exc:
@@ -183,10 +183,9 @@ def partition(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Te
     with torch.no_grad():
         # the model's own forward, after those runs: what each eager call allocates and frees
         allocations = record_allocations(lambda: model(*inputs))
-        # modules the graph has no node for (containers, blocks, the model itself) still cost a
-        # Module.__call__ each in the eager forward
-        flattened = max(count_module_calls(lambda: model(*inputs))
-                        - sum(1 for n in gm.graph.nodes if n.op == "call_module"), 0)
+    # modules the graph has no node for (containers, blocks, the model itself) still cost a
+    # Module.__call__ each in the eager forward
+    flattened = max(module_calls - sum(1 for n in gm.graph.nodes if n.op == "call_module"), 0)
     g = KernelGraph(gm, rec)
 
     # Greedy: the first pattern found from each kernel in execution order wins.

@@ -120,8 +120,6 @@ def estimate(
         return max(floor + float(np.dot(prices, row)), 1e-9)
 
     fitted = model(roofline_terms(spec, params, size, compute_gflops, bandwidth_gbps))
-    if not fitted > 0:
-        return None
     at = spec.shape_features(params)
     nearest = sorted(((math.dist(at, spec.shape_features(e.params)), i) for i, e in enumerate(timed)))[:NEIGHBOURS]
     weights = [1.0 / max(distance, 1e-6) ** 2 for distance, _ in nearest]

@@ -271,40 +271,39 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _conv_output_pixels(p: Params) -> int:
+    """Output height x width of one image."""
+    return conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"]) * conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+
+
+def _conv_elements(p: Params) -> tuple[int, int, int]:
+    """Elements of the input, the weights and the output."""
+    return (p["N"] * p["CIN"] * p["H"] * p["W"], p["COUT"] * (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"],
+            p["N"] * p["COUT"] * _conv_output_pixels(p))
+
+
 def _conv_flops(p: Params) -> int:
-    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
-    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
     per_output = (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
-    return 2 * p["N"] * p["COUT"] * ho * wo * per_output
+    return 2 * p["N"] * p["COUT"] * _conv_output_pixels(p) * per_output
 
 
 def _conv_bytes(p: Params, size: int) -> int:
-    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
-    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
-    inputs = p["N"] * p["CIN"] * p["H"] * p["W"]
-    weights = p["COUT"] * (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
-    outputs = p["N"] * p["COUT"] * ho * wo
-    return (inputs + weights + outputs) * size
+    return sum(_conv_elements(p)) * size
 
 
 
 
 def _conv_terms(p: Params, size: int) -> tuple[float, ...]:
     """A call; activation bytes (input read, output written); weight bytes; FLOPs."""
-    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
-    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
-    activations = p["N"] * (p["CIN"] * p["H"] * p["W"] + p["COUT"] * ho * wo)
-    weights = p["COUT"] * (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
-    return (1.0, float(activations * size), float(weights * size), float(_conv_flops(p)))
+    inputs, weights, outputs = _conv_elements(p)
+    return (1.0, float((inputs + outputs) * size), float(weights * size), float(_conv_flops(p)))
 
 
 def _conv_features(p: Params) -> tuple[float, ...]:
     """The conv as the GEMM it lowers to: output pixels (rows), reduction depth per group,
     output channels per group; and the channel count (depthwise convs differ only there)."""
-    ho = conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"])
-    wo = conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
     per_group = p["CIN"] // p["GROUPS"]
-    return (math.log2(p["N"] * ho * wo), math.log2(per_group * p["K"] * p["K"]),
+    return (math.log2(p["N"] * _conv_output_pixels(p)), math.log2(per_group * p["K"] * p["K"]),
             math.log2(p["COUT"] // p["GROUPS"]), math.log2(p["CIN"]))
 
 
