@@ -281,9 +281,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _measure_predicted(args, model, inputs, calibration, part, eager) -> dict:
     """The interleaved measurement rounds, the page faults and, with --by-op, the attribution."""
-    from calibration.measure.model_timing import measure_rounds, page_faults_per_forward
+    from calibration.measure.model_timing import measure_rounds, page_faults_per_forward, reference_kernels
+    from calibration.predict.references import own_references
 
-    measurement = measure_rounds(model, inputs, calibration, rounds=args.rounds)
+    kernels = reference_kernels(calibration, own_references(part, eager, calibration))
+    measurement = measure_rounds(model, inputs, calibration, rounds=args.rounds, kernels=kernels)
     out = {"measurement": measurement, "refusal": measurement.refusal(calibration),
            "faults": page_faults_per_forward(model, inputs)}
     if args.by_op:

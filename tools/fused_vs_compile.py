@@ -26,6 +26,7 @@ from calibration.measure.model_timing import Measurement, measure_rounds, other_
 from calibration.predict import models
 from calibration.predict.mapper import CPUMapper
 from calibration.predict.plan import partition
+from calibration.predict.references import own_references
 from calibration.specs import host
 
 
@@ -55,25 +56,25 @@ def main() -> int:
     names = args.models.split(",") if args.models else list(models.MODELS)
     cases = [(name, int(b)) for name in names for b in args.batches.split(",")]
     mapper = CPUMapper(cal)
-    built, predicted = {}, {}
+    built, predicted, kernels = {}, {}, {}
     for case in cases:
         torch.manual_seed(0)
         model, x = models.MODELS[case[0]]().eval(), models.example_input(case[0], case[1])
         part = partition(model, x, cal)
         predicted[case] = (mapper.estimate(part, "eager"), mapper.estimate(part, "fused"))
+        kernels[case] = reference_kernels(cal, own_references(part, predicted[case][0], cal))
         compiled, seconds = compiled_model(model, x)
         built[case] = (model, compiled, x)
         print(f"compiled {case[0]} b{case[1]} in {seconds:.0f} s", file=sys.stderr)
 
-    kernels = reference_kernels(cal)
     eager_rounds = {c: [] for c in cases}
     compiled_rounds = {c: [] for c in cases}
     before = host.cpu_times()
     for _ in range(args.repeats):
         for c in cases:
             model, compiled, x = built[c]
-            eager_rounds[c] += measure_rounds(model, x, cal, rounds=1, kernels=kernels).rounds
-            compiled_rounds[c] += measure_rounds(compiled, x, cal, rounds=1, kernels=kernels).rounds
+            eager_rounds[c] += measure_rounds(model, x, cal, rounds=1, kernels=kernels[c]).rounds
+            compiled_rounds[c] += measure_rounds(compiled, x, cal, rounds=1, kernels=kernels[c]).rounds
     busy = other_cpus_since(before)
 
     print("| model | batch | eager predicted / measured ms | fused predicted ms | compiled measured ms "

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.utils import benchmark
@@ -70,8 +71,24 @@ def _triad_references(calibration, device: str) -> list[tuple[str, int]]:
     return list(dict.fromkeys(chosen))
 
 
-def reference_kernels(calibration) -> dict[str, tuple]:
-    """The profile's reference cases, built once: label -> (kernel, profile ms, class).
+class Reference(NamedTuple):
+    """A profile entry re-timed in each measurement window."""
+
+    kernel: Callable[[], object]
+    profile_ms: float  # the entry's fastest round
+    kind: str  # its drift class (specs.operations.DRIFT_CLASSES)
+    # > 0: one of the measured model's own kernels, standing for this many ms of its prediction
+    weight_ms: float = 0.0
+
+
+def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) -> dict[str, Reference]:
+    """The profile's reference cases, built once: label -> :class:`Reference`.
+
+    The generic references (a GEMM, a conv, triads by cache level) are the same for every
+    model. ``own`` adds the measured model's own kernels the profile has exact entries for, as
+    (case, predicted ms it stands for, drift class): a 128-row linear and a 1024-cube matmul
+    did not drift alike here (x1.2-1.4 against x1.0 in one window), so a class with any of
+    the model's own kernels is corrected by those alone, weighted by their predicted time.
 
     The profile's time is its fastest round, compared with the fastest block now: a burst
     from a neighbour during a few of either's rounds moves a median (the profile's small
@@ -79,19 +96,28 @@ def reference_kernels(calibration) -> dict[str, tuple]:
     slower throughout moves both.
     """
     device = calibration.metadata.device_type
-    wanted = [("compute", operation, params) for operation, params in COMPUTE_REFERENCES]
-    wanted += [(kind, "stream_triad", {"n": n}) for kind, n in _triad_references(calibration, device)]
-    built = {}
-    for kind, operation, params in wanted:
-        case = Case(operation, tuple(params.items()), "float32", device)
+    wanted = [("compute", Case(operation, tuple(params.items()), "float32", device), 0.0)
+              for operation, params in COMPUTE_REFERENCES]
+    wanted += [(kind, Case("stream_triad", (("n", n),), "float32", device), 0.0)
+               for kind, n in _triad_references(calibration, device)]
+    wanted += [(kind, case, ms) for case, ms, kind in own if ms > 0]
+    built: dict[str, Reference] = {}
+    for kind, case, weight in wanted:
         entry = calibration.operation_profiles.get(case.key)
-        if entry is not None and not entry.busy:
-            label = operation if operation != "stream_triad" else f"triad {params['n']}"
-            built[label] = (build(case), entry.latency.min_ms or entry.latency.median_ms, kind)
+        if entry is None or entry.busy:
+            continue
+        if weight:
+            label = "model's " + case.key.rsplit("/", 2)[0] + ("" if case.dtype == "float32" else f" {case.dtype}")
+        else:
+            label = case.operation if case.operation != "stream_triad" else f"triad {case.param_dict['n']}"
+        if label in built and not weight:
+            continue
+        built[label] = Reference(build(case), entry.latency.min_ms or entry.latency.median_ms, kind, weight)
     return built
 
 
-def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, tuple] | None = None) -> dict[str, float]:
+def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, Reference] | None = None
+          ) -> dict[str, float]:
     """Now / then of the reference cases the profile has, fastest round to fastest block (1.0:
     as fast as when calibrated).
 
@@ -102,7 +128,7 @@ def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, tuple] | N
     """
     kernels = reference_kernels(calibration) if kernels is None else kernels
     ratios = {}
-    for label, (kernel, profile_ms, _) in kernels.items():
+    for label, (kernel, profile_ms, _, _) in kernels.items():
         timer = benchmark.Timer("kernel()", globals={"kernel": kernel}, num_threads=torch.get_num_threads())
         ratios[label] = min(timer.blocked_autorange(min_run_time=min_run_time).times) * 1e3 / profile_ms
     return ratios
@@ -156,6 +182,8 @@ class Round:
     model_ms: float
     drift: dict[str, float]  # reference label -> now / profile median
     classes: dict[str, str] = field(default_factory=dict)  # reference label -> its drift class
+    # reference label -> the model's predicted ms it stands for (its own kernels only)
+    weights: dict[str, float] = field(default_factory=dict)
 
     @property
     def factor(self) -> float | None:
@@ -163,11 +191,21 @@ class Round:
         return _geomean(self.drift.values()) if self.drift else None
 
     def class_factors(self) -> dict[str, float]:
-        """Drift class -> the geometric mean of its references' ratios."""
-        by_class: dict[str, list[float]] = {}
+        """Drift class -> the geometric mean of its references' ratios: of the model's own
+        kernels alone, weighted by their predicted time, where the class has any."""
+        generic: dict[str, list[float]] = {}
+        own: dict[str, list[tuple[float, float]]] = {}
         for label, ratio in self.drift.items():
-            by_class.setdefault(self.classes.get(label, "compute"), []).append(ratio)
-        return {kind: _geomean(ratios) for kind, ratios in by_class.items()}
+            kind, weight = self.classes.get(label, "compute"), self.weights.get(label, 0.0)
+            if weight > 0:
+                own.setdefault(kind, []).append((ratio, weight))
+            else:
+                generic.setdefault(kind, []).append(ratio)
+        factors = {kind: _geomean(ratios) for kind, ratios in generic.items()}
+        for kind, pairs in own.items():
+            total = sum(w for _, w in pairs)
+            factors[kind] = math.exp(sum(w * math.log(r) for r, w in pairs) / total)
+        return factors
 
     def outside_limits(self) -> tuple[str, float] | None:
         """The first drift class whose references ran outside x1/DRIFT_LIMIT-xDRIFT_LIMIT of the
@@ -242,15 +280,17 @@ class Measurement:
 
 
 def measure_rounds(model, example, calibration, *, rounds: int = 5, min_run_time: float = 0.4,
-                   drift_run_time: float = 0.15, kernels: dict[str, tuple] | None = None) -> Measurement:
+                   drift_run_time: float = 0.15, kernels: dict[str, Reference] | None = None) -> Measurement:
     """``rounds`` windows, each re-timing the reference kernels and then the model."""
     before = host.cpu_times()
     kernels = reference_kernels(calibration) if kernels is None else kernels
-    classes = {label: kind for label, (_, _, kind) in kernels.items()}
+    classes = {label: ref.kind for label, ref in kernels.items()}
+    weights = {label: ref.weight_ms for label, ref in kernels.items() if ref.weight_ms > 0}
     done = []
     for _ in range(rounds):
         ratios = drift(calibration, min_run_time=drift_run_time, kernels=kernels)
-        done.append(Round(model_ms=measure_latency_ms(model, example, min_run_time), drift=ratios, classes=classes))
+        done.append(Round(model_ms=measure_latency_ms(model, example, min_run_time), drift=ratios, classes=classes,
+                          weights=weights))
     return Measurement(tuple(done), other_cpus_since(before))
 
 

@@ -53,6 +53,13 @@ class KernelEstimate(FrozenModel):
     copy_seconds: float = 0.0  # an operand copied before the kernel (NodeCost.copy_bytes), included in seconds
     cold_factor: float = 1.0  # cold / warm: its weights evicted between forwards, included in seconds
 
+    @property
+    def drift_class(self) -> str:
+        """The class of kernel whose drift this one's time follows (specs.operations.DRIFT_CLASSES)."""
+        if self.seconds < SMALL_KERNEL_S:
+            return "small"
+        return "compute" if self.bottleneck == Bottleneck.COMPUTE else "memory"
+
 
 class SubgraphEstimate(FrozenModel):
     index: int
@@ -99,9 +106,7 @@ class LatencyEstimate(FrozenModel):
         split = dict.fromkeys(DRIFT_CLASSES, 0.0)
         for sg in self.subgraphs:
             for k in sg.kernels:
-                kind = ("small" if k.seconds < SMALL_KERNEL_S
-                        else "compute" if k.bottleneck == Bottleneck.COMPUTE else "memory")
-                split[kind] += k.seconds * 1e3 / sg.speedup
+                split[k.drift_class] += k.seconds * 1e3 / sg.speedup
         split["memory"] += self.total_ms - self.steady_ms
         split["small"] += self.module_calls_ms
         return split

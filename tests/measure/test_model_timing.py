@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from factories import metadata, record
@@ -9,6 +11,7 @@ from factories import metadata, record
 from calibration.measure.fold import fold
 from calibration.measure.model_timing import DRIFT_LIMIT, Measurement, Round, reference_kernels
 from calibration.specs import host
+from calibration.specs.operations import Case
 
 
 def cal(**overrides):
@@ -89,7 +92,7 @@ def test_the_memory_and_small_references_are_the_profile_s_own_triad_sizes():
     sweep = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 33554432)
     profile = fold([record("stream_triad", 1.0, n=n) for n in sweep]
                    + [record("matmul", 1.0, M=1024, K=1024, N=1024, path="aten")], metadata())
-    kinds = {label: kind for label, (_, _, kind) in reference_kernels(profile).items()}
+    kinds = {label: ref.kind for label, ref in reference_kernels(profile).items()}
     # the smallest triad that runs on every thread (ATen's 32 Ki grain) and stays in L2; the one
     # nearest an LLC-resident 1 Mi elements; the largest (DRAM)
     assert kinds == {"matmul": "compute", "triad 65536": "small", "triad 1048576": "memory",
@@ -97,3 +100,31 @@ def test_the_memory_and_small_references_are_the_profile_s_own_triad_sizes():
     quick = fold([record("stream_triad", 1.0, n=n) for n in (1024, 32768, 1048576, 33554432)], metadata())
     assert set(reference_kernels(quick)) == {"triad 32768", "triad 1048576", "triad 33554432"}
     assert reference_kernels(fold([], metadata())) == {}
+
+
+def test_the_model_s_own_kernels_alone_correct_their_class_weighted_by_predicted_time():
+    classes = {"matmul": "compute", "triad 1048576": "memory", "model's linear[B=128]": "compute",
+               "model's linear[B=8]": "compute"}
+    r = Round(10.0, {"matmul": 1.0, "triad 1048576": 1.5, "model's linear[B=128]": 1.3, "model's linear[B=8]": 1.1},
+              classes=classes, weights={"model's linear[B=128]": 3.0, "model's linear[B=8]": 1.0})
+    factors = r.class_factors()
+    # the generic GEMM (x1.0) is left out of a class the model's own kernels cover
+    assert factors["compute"] == pytest.approx(math.exp((3 * math.log(1.3) + math.log(1.1)) / 4))
+    assert factors["memory"] == pytest.approx(1.5)  # no own kernel there: the generic triad
+    unweighted = Round(10.0, r.drift, classes=classes)
+    assert unweighted.class_factors()["compute"] == pytest.approx((1.0 * 1.3 * 1.1) ** (1 / 3))
+
+
+def test_own_references_are_built_from_the_profile_with_their_weight_and_class():
+    own_case = Case("linear", (("B", 4), ("IN", 64), ("OUT", 32)), "float32", "cpu")
+    missing = Case("linear", (("B", 4), ("IN", 64), ("OUT", 99)), "float32", "cpu")
+    busy = Case("linear", (("B", 8), ("IN", 64), ("OUT", 32)), "float32", "cpu")
+    profile = fold([record("matmul", 1.0, M=1024, K=1024, N=1024, path="aten"),
+                    record("linear", 0.5, B=4, IN=64, OUT=32), record("linear", 0.7, B=8, IN=64, OUT=32)], metadata())
+    profile.operation_profiles[busy.key] = profile.operation_profiles[busy.key].model_copy(update={"busy": True})
+    refs = reference_kernels(profile, [(own_case, 2.5, "small"), (missing, 1.0, "compute"), (busy, 1.0, "compute")])
+    assert set(refs) == {"matmul", "model's linear[B=4,IN=64,OUT=32]"}
+    ref = refs["model's linear[B=4,IN=64,OUT=32]"]
+    assert (ref.profile_ms, ref.kind, ref.weight_ms) == (0.5, "small", 2.5)
+    assert refs["matmul"].weight_ms == 0.0
+    assert ref.kernel() is not None  # a built kernel: the entry's own operands
