@@ -11,6 +11,7 @@ from calibration.measure.fold import FusionRecord, fold
 from calibration.predict import allocator
 from calibration.predict.mapper import CPUMapper, predict_latency
 from calibration.predict.plan import partition
+from calibration.specs.operations import OPERATIONS
 from calibration.specs.patterns import FusionCase
 
 CEILING_GFLOPS = 100.0
@@ -491,3 +492,26 @@ def test_a_conv_shape_the_grid_lacks_is_fitted_to_its_variant_s_calibrated_shape
     exact = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False)).eval()
     (conv,) = [k for sg in predict_latency(exact, torch.randn(1, 16, 32, 32), cal).subgraphs for k in sg.kernels]
     assert conv.source == "calibrated at this size" and conv.seconds == pytest.approx(made(grid[0]) / 1e3)
+
+
+def test_a_pool_is_priced_by_its_window_not_its_bytes():
+    # a 2x2 and a 3x3 max pool moving similar bytes: ATen's NCHW kernel pays per window element
+    def pool(n, c, hw, k, s, pad):
+        return dict(N=n, C=c, H=hw, W=hw, K=k, STRIDE=s, PAD=pad)
+
+    grid = [pool(1, 32, 128, 3, 2, 1), pool(8, 32, 128, 3, 2, 1), pool(1, 128, 32, 2, 2, 0),
+            pool(8, 64, 48, 2, 2, 0), pool(1, 192, 28, 3, 1, 1)]
+
+    def made(p):  # ms: 3 us a call, 0.1 ns a byte in or out, 0.75 ns a window element
+        _, nbytes, window = OPERATIONS["maxpool"].cost_terms(p, 4)
+        return 0.003 + nbytes * 1e-10 * 1e3 + window * 0.75e-9 * 1e3
+
+    cal = fold(ceilings() + [record("maxpool", made(p), **p) for p in grid], metadata(cache_sizes={}))
+    model = nn.Sequential(nn.MaxPool2d(2, 2)).eval()
+    (k,) = [k for sg in predict_latency(model, torch.randn(8, 64, 112, 112), cal).subgraphs for k in sg.kernels]
+    assert k.source.startswith("fitted to 5 calibrated shapes of its variant")
+    assert k.seconds == pytest.approx(made(pool(8, 64, 112, 2, 2, 0)) / 1e3, rel=0.03)
+    # with fewer shapes than terms + 1 (the quick grid) the bytes interpolation stays
+    few = fold(ceilings() + [record("maxpool", made(p), **p) for p in grid[:3]], metadata(cache_sizes={}))
+    (k,) = [k for sg in predict_latency(model, torch.randn(8, 64, 112, 112), few).subgraphs for k in sg.kernels]
+    assert not k.source.startswith("fitted")
