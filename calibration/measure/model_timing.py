@@ -77,7 +77,7 @@ class Reference(NamedTuple):
     kernel: Callable[[], object]
     profile_ms: float  # the entry's fastest round
     kind: str  # its drift class (specs.operations.DRIFT_CLASSES)
-    # > 0: one of the measured model's own kernels, standing for this many ms of its prediction
+    # > 0: an entry the measured model's prediction stands on, for this many ms of it
     weight_ms: float = 0.0
 
 
@@ -85,10 +85,11 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
     """The profile's reference cases, built once: label -> :class:`Reference`.
 
     The generic references (a GEMM, a conv, triads by cache level) are the same for every
-    model. ``own`` adds the measured model's own kernels the profile has exact entries for, as
-    (case, predicted ms it stands for, drift class): a 128-row linear and a 1024-cube matmul
-    did not drift alike here (x1.2-1.4 against x1.0 in one window), so a class with any of
-    the model's own kernels is corrected by those alone, weighted by their predicted time.
+    model. ``own`` adds the entries the measured model's prediction stands on (its exact
+    shapes, or the nearest calibrated ones; ``predict.references.own_references``) as (case,
+    predicted ms it stands for, drift class): a 128-row linear and a 1024-cube matmul did not
+    drift alike here (x1.2-1.4 against x1.0 in one window), so a class with any of those is
+    corrected by them alone, weighted by the time they stand for.
 
     The profile's time is its fastest round, compared with the fastest block now: a burst
     from a neighbour during a few of either's rounds moves a median (the profile's small
@@ -107,7 +108,8 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
         if entry is None or entry.busy:
             continue
         if weight:
-            label = "model's " + case.key.rsplit("/", 2)[0] + ("" if case.dtype == "float32" else f" {case.dtype}")
+            dtype = "" if case.dtype == "float32" else f" {case.dtype}"
+            label = "for the model: " + case.key.rsplit("/", 2)[0] + dtype
         else:
             label = case.operation if case.operation != "stream_triad" else f"triad {case.param_dict['n']}"
         if label in built and not weight:
@@ -182,7 +184,7 @@ class Round:
     model_ms: float
     drift: dict[str, float]  # reference label -> now / profile median
     classes: dict[str, str] = field(default_factory=dict)  # reference label -> its drift class
-    # reference label -> the model's predicted ms it stands for (its own kernels only)
+    # reference label -> the model's predicted ms it stands for (the entries its prediction stands on)
     weights: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -191,8 +193,9 @@ class Round:
         return _geomean(self.drift.values()) if self.drift else None
 
     def class_factors(self) -> dict[str, float]:
-        """Drift class -> the geometric mean of its references' ratios: of the model's own
-        kernels alone, weighted by their predicted time, where the class has any."""
+        """Drift class -> the geometric mean of its references' ratios: of the entries the
+        model's prediction stands on alone, weighted by the time they stand for, where the
+        class has any."""
         generic: dict[str, list[float]] = {}
         own: dict[str, list[tuple[float, float]]] = {}
         for label, ratio in self.drift.items():

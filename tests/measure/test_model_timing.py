@@ -103,10 +103,10 @@ def test_the_memory_and_small_references_are_the_profile_s_own_triad_sizes():
 
 
 def test_the_model_s_own_kernels_alone_correct_their_class_weighted_by_predicted_time():
-    classes = {"matmul": "compute", "triad 1048576": "memory", "model's linear[B=128]": "compute",
-               "model's linear[B=8]": "compute"}
-    r = Round(10.0, {"matmul": 1.0, "triad 1048576": 1.5, "model's linear[B=128]": 1.3, "model's linear[B=8]": 1.1},
-              classes=classes, weights={"model's linear[B=128]": 3.0, "model's linear[B=8]": 1.0})
+    big, few = "for the model: linear[B=128]", "for the model: linear[B=8]"
+    classes = {"matmul": "compute", "triad 1048576": "memory", big: "compute", few: "compute"}
+    r = Round(10.0, {"matmul": 1.0, "triad 1048576": 1.5, big: 1.3, few: 1.1},
+              classes=classes, weights={big: 3.0, few: 1.0})
     factors = r.class_factors()
     # the generic GEMM (x1.0) is left out of a class the model's own kernels cover
     assert factors["compute"] == pytest.approx(math.exp((3 * math.log(1.3) + math.log(1.1)) / 4))
@@ -123,8 +123,8 @@ def test_own_references_are_built_from_the_profile_with_their_weight_and_class()
                     record("linear", 0.5, B=4, IN=64, OUT=32), record("linear", 0.7, B=8, IN=64, OUT=32)], metadata())
     profile.operation_profiles[busy.key] = profile.operation_profiles[busy.key].model_copy(update={"busy": True})
     refs = reference_kernels(profile, [(own_case, 2.5, "small"), (missing, 1.0, "compute"), (busy, 1.0, "compute")])
-    assert set(refs) == {"matmul", "model's linear[B=4,IN=64,OUT=32]"}
-    ref = refs["model's linear[B=4,IN=64,OUT=32]"]
+    assert set(refs) == {"matmul", "for the model: linear[B=4,IN=64,OUT=32]"}
+    ref = refs["for the model: linear[B=4,IN=64,OUT=32]"]
     assert (ref.profile_ms, ref.kind, ref.weight_ms) == (0.5, "small", 2.5)
     assert refs["matmul"].weight_ms == 0.0
     assert ref.kernel() is not None  # a built kernel: the entry's own operands
