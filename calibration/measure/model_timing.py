@@ -75,7 +75,7 @@ class Reference(NamedTuple):
     """A profile entry re-timed in each measurement window."""
 
     kernel: Callable[[], object]
-    profile_ms: float  # the entry's fastest round
+    profile_ms: float  # the entry's fastest round (generic) or its median (the model's: what the mapper used)
     kind: str  # its drift class (specs.operations.DRIFT_CLASSES)
     # > 0: an entry the measured model's prediction stands on, for this many ms of it
     weight_ms: float = 0.0
@@ -91,10 +91,14 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
     drift alike here (x1.2-1.4 against x1.0 in one window), so a class with any of those is
     corrected by them alone, weighted by the time they stand for.
 
-    The profile's time is its fastest round, compared with the fastest block now: a burst
-    from a neighbour during a few of either's rounds moves a median (the profile's small
-    triads have IQRs of 10-30% on a VM) but not the best round, while a machine that runs
-    slower throughout moves both.
+    A generic reference's profile time is its fastest round, compared with the fastest block
+    now: a burst from a neighbour during a few of either's rounds moves a median (the
+    profile's small triads have IQRs of 10-30% on a VM) but not the best round, while a
+    machine that runs slower throughout moves both. The model's entries are compared median
+    to median instead: the mapper predicted from their medians, and an entry timed through a
+    noisy stretch (one full profile's 8-row linears ran medians 1.3-1.4x their best rounds,
+    the profile before 1.1-1.2x) predicts the model that much slower, which best rounds
+    would not show.
     """
     device = calibration.metadata.device_type
     wanted = [("compute", Case(operation, tuple(params.items()), "float32", device), 0.0)
@@ -114,14 +118,16 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
             label = case.operation if case.operation != "stream_triad" else f"triad {case.param_dict['n']}"
         if label in built and not weight:
             continue
-        built[label] = Reference(build(case), entry.latency.min_ms or entry.latency.median_ms, kind, weight)
+        then = entry.latency.median_ms if weight else (entry.latency.min_ms or entry.latency.median_ms)
+        built[label] = Reference(build(case), then, kind, weight)
     return built
 
 
 def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, Reference] | None = None
           ) -> dict[str, float]:
-    """Now / then of the reference cases the profile has, fastest round to fastest block (1.0:
-    as fast as when calibrated).
+    """Now / then of the reference cases the profile has (1.0: as fast as when calibrated):
+    fastest round to fastest block for the generic ones, median to median for the entries a
+    model's prediction stands on (see :func:`reference_kernels`).
 
     On a shared machine these move 0.85-1.5x within minutes; a prediction error smaller than
     that spread says nothing either way. ``kernels`` (from :func:`reference_kernels`) reuses
@@ -130,9 +136,10 @@ def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, Reference]
     """
     kernels = reference_kernels(calibration) if kernels is None else kernels
     ratios = {}
-    for label, (kernel, profile_ms, _, _) in kernels.items():
+    for label, (kernel, profile_ms, _, weight) in kernels.items():
         timer = benchmark.Timer("kernel()", globals={"kernel": kernel}, num_threads=torch.get_num_threads())
-        ratios[label] = min(timer.blocked_autorange(min_run_time=min_run_time).times) * 1e3 / profile_ms
+        blocks = timer.blocked_autorange(min_run_time=min_run_time)
+        ratios[label] = (blocks.median if weight else min(blocks.times)) * 1e3 / profile_ms
     return ratios
 
 
