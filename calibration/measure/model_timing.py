@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch.utils import benchmark
 
+from calibration.measure.harness import Plan, time_rounds
 from calibration.measure.kernels import build
 from calibration.specs import host
 from calibration.specs.operations import Case
@@ -79,6 +80,7 @@ class Reference(NamedTuple):
     kind: str  # its drift class (specs.operations.DRIFT_CLASSES)
     # > 0: an entry the measured model's prediction stands on, for this many ms of it
     weight_ms: float = 0.0
+    iterations: int = 1  # calls per timed round in the profile (the model's entries are re-timed alike)
 
 
 def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) -> dict[str, Reference]:
@@ -95,10 +97,13 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
     now: a burst from a neighbour during a few of either's rounds moves a median (the
     profile's small triads have IQRs of 10-30% on a VM) but not the best round, while a
     machine that runs slower throughout moves both. The model's entries are compared median
-    to median instead: the mapper predicted from their medians, and an entry timed through a
-    noisy stretch (one full profile's 8-row linears ran medians 1.3-1.4x their best rounds,
-    the profile before 1.1-1.2x) predicts the model that much slower, which best rounds
-    would not show.
+    to median instead, re-timed the way the calibration timed them (rounds of the entry's
+    calls per round, ``harness.time_rounds``): the mapper predicted from their medians, and
+    an entry timed through a noisy stretch (one full profile's 8-row linears ran medians
+    1.3-1.4x their best rounds, the profile before 1.1-1.2x) predicts the model that much
+    slower, which best rounds would not show. (torch.utils.benchmark's blocks, back-to-back
+    calls, ran those linears below the profile's best round: a median of blocks is not a
+    median of rounds.)
     """
     device = calibration.metadata.device_type
     wanted = [("compute", Case(operation, tuple(params.items()), "float32", device), 0.0)
@@ -119,7 +124,7 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
         if label in built and not weight:
             continue
         then = entry.latency.median_ms if weight else (entry.latency.min_ms or entry.latency.median_ms)
-        built[label] = Reference(build(case), then, kind, weight)
+        built[label] = Reference(build(case), then, kind, weight, max(1, entry.latency.iterations or 1))
     return built
 
 
@@ -136,10 +141,14 @@ def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, Reference]
     """
     kernels = reference_kernels(calibration) if kernels is None else kernels
     ratios = {}
-    for label, (kernel, profile_ms, _, weight) in kernels.items():
-        timer = benchmark.Timer("kernel()", globals={"kernel": kernel}, num_threads=torch.get_num_threads())
-        blocks = timer.blocked_autorange(min_run_time=min_run_time)
-        ratios[label] = (blocks.median if weight else min(blocks.times)) * 1e3 / profile_ms
+    for label, ref in kernels.items():
+        if ref.weight_ms:
+            rounds = max(5, math.ceil(min_run_time / (ref.iterations * ref.profile_ms / 1e3)))
+            samples = time_rounds(ref.kernel, lambda: None, Plan(iterations=ref.iterations, rounds=rounds))
+            ratios[label] = statistics.median(samples) * 1e3 / ref.profile_ms
+            continue
+        timer = benchmark.Timer("kernel()", globals={"kernel": ref.kernel}, num_threads=torch.get_num_threads())
+        ratios[label] = min(timer.blocked_autorange(min_run_time=min_run_time).times) * 1e3 / ref.profile_ms
     return ratios
 
 

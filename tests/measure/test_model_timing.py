@@ -134,3 +134,19 @@ def test_own_references_are_built_from_the_profile_with_their_weight_and_class()
     assert (ref.profile_ms, ref.kind, ref.weight_ms) == (0.5, "small", 2.5)
     assert (refs["matmul"].profile_ms, refs["matmul"].weight_ms) == (pytest.approx(0.8), 0.0)
     assert ref.kernel() is not None  # a built kernel: the entry's own operands
+
+
+def test_the_model_s_entries_are_re_timed_in_rounds_like_the_calibration_median_to_median(monkeypatch):
+    import calibration.measure.model_timing as mt
+
+    seen = []
+
+    def rounds(kernel, sync, plan):
+        seen.append(plan)
+        return [0.9e-3, 1.2e-3, 1.0e-3]  # seconds per call: median 1.0 ms
+
+    monkeypatch.setattr(mt, "time_rounds", rounds)
+    refs = {"for the model: x": mt.Reference(lambda: None, 0.8, "compute", weight_ms=3.0, iterations=4)}
+    assert mt.drift(cal(), min_run_time=0.1, kernels=refs) == {"for the model: x": pytest.approx(1.0 / 0.8)}
+    # the entry's calls per round, and rounds enough for the window (0.1 s at 4 x 0.8 ms a round)
+    assert seen[0].iterations == 4 and seen[0].rounds == 32
