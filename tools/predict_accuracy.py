@@ -89,7 +89,8 @@ def main() -> int:
         cal, dropped = _without_exact(cal, built)
         print(f"dropped {len(dropped)} exactly matching entries: {', '.join(dropped) or 'none'}\n")
     parts = {c: partition(m, x, cal) for c, (m, x, _) in built.items()}
-    predicted = {c: mapper_for(cal).estimate(parts[c]) for c in cases}
+    mapper = mapper_for(cal)
+    predicted = {c: mapper.estimate(parts[c]) for c in cases}
     kernels = {c: reference_kernels(full, own_references(parts[c], predicted[c], full)) for c in cases}
 
     rounds: dict[tuple[str, int], list] = {c: [] for c in cases}

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch.utils import benchmark
 
-from calibration.measure.harness import Plan, time_rounds
+from calibration.measure.harness import Plan, synchronizer, time_rounds
 from calibration.measure.kernels import build
 from calibration.specs import host
 from calibration.specs.operations import Case
@@ -140,11 +140,12 @@ def drift(calibration, min_run_time: float = 0.15, kernels: dict[str, Reference]
     the model's forwards and change which of its blocks glibc hands back to the OS.
     """
     kernels = reference_kernels(calibration) if kernels is None else kernels
+    sync = synchronizer(calibration.metadata.device_type)
     ratios = {}
     for label, ref in kernels.items():
         if ref.weight_ms:
             rounds = max(5, math.ceil(min_run_time / (ref.iterations * ref.profile_ms / 1e3)))
-            samples = time_rounds(ref.kernel, lambda: None, Plan(iterations=ref.iterations, rounds=rounds))
+            samples = time_rounds(ref.kernel, sync, Plan(iterations=ref.iterations, rounds=rounds))
             ratios[label] = statistics.median(samples) * 1e3 / ref.profile_ms
             continue
         timer = benchmark.Timer("kernel()", globals={"kernel": ref.kernel}, num_threads=torch.get_num_threads())

@@ -12,6 +12,7 @@ nearest calibrated shapes of its variant that its time was derived from.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from calibration.predict.mapper import LatencyEstimate
 from calibration.predict.results import NodeCost, Partition
@@ -59,6 +60,16 @@ def nearest_entries(calibration: HardwareCalibration, node: NodeCost, *, count: 
     return [e for _, _, e in sorted(placed, key=lambda t: (t[0], t[1]))[:count]]
 
 
+@dataclass
+class _Standing:
+    """One profile entry and the predicted time of the model's kernels standing on it."""
+
+    case: Case
+    ms: float = 0.0
+    kind: str = ""  # the drift class of the largest kernel's share
+    largest_ms: float = 0.0
+
+
 def own_references(part: Partition, estimate: LatencyEstimate, calibration: HardwareCalibration, *,
                    limit: int = OWN_REFERENCES, min_share: float = MIN_SHARE) -> list[tuple[Case, float, str]]:
     """The profile entries that stand for the most of the model's predicted time: (case,
@@ -71,22 +82,22 @@ def own_references(part: Partition, estimate: LatencyEstimate, calibration: Hard
     (``--without-exact`` still re-times the model's shapes, for their drift only)."""
     if estimate.mode != "eager":
         raise ValueError(f"own_references needs the eager estimate (one kernel per node), got mode {estimate.mode!r}")
-    by_key: dict[str, list] = {}
+    by_key: dict[str, _Standing] = {}
     device = calibration.metadata.device_type
     for sg, sg_estimate in zip(part.subgraphs, estimate.subgraphs, strict=True):
         for node, kernel in zip((n for n in sg.nodes if n.kernel), sg_estimate.kernels, strict=True):
             if not node.operation:
                 continue
-            entry = calibration.get_operation(node.operation, dtype=node.dtype or "float32", device=device,
+            exact = calibration.get_operation(node.operation, dtype=node.dtype or "float32", device=device,
                                               **node.params)
-            standing = [entry] if entry is not None and not entry.busy else nearest_entries(calibration, node)
+            standing = [exact] if exact is not None and not exact.busy else nearest_entries(calibration, node)
             for entry in standing:
                 ms = kernel.seconds * 1e3 / len(standing)
-                held = by_key.setdefault(entry.key, [Case(entry.operation, tuple(entry.params.items()), entry.dtype,
-                                                          entry.device), 0.0, kernel.drift_class, 0.0])
-                held[1] += ms
-                if ms > held[3]:
-                    held[2], held[3] = kernel.drift_class, ms
-    chosen = sorted(by_key.values(), key=lambda held: -held[1])
+                held = by_key.setdefault(entry.key, _Standing(
+                    Case(entry.operation, tuple(entry.params.items()), entry.dtype, entry.device)))
+                held.ms += ms
+                if ms > held.largest_ms:
+                    held.kind, held.largest_ms = kernel.drift_class, ms
+    chosen = sorted(by_key.values(), key=lambda held: -held.ms)
     floor = min_share * estimate.steady_ms
-    return [(case, ms, kind) for case, ms, kind, _ in chosen[:limit] if ms >= floor]
+    return [(held.case, held.ms, held.kind) for held in chosen[:limit] if held.ms >= floor]

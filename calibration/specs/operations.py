@@ -534,6 +534,11 @@ def _pool_features(p: Params) -> tuple[float, ...]:
     return (math.log2(_pool_out(p)), math.log2(p["K"] * p["K"]), math.log2(p["H"] * p["W"]))
 
 
+# max and average pooling share one cost model (profile.shape_model fits it per operation)
+_POOL_COST_MODEL = {"cost_terms": _pool_terms, "cost_units": ("call", "bytes", "flops"),
+                    "shape_features": _pool_features}
+
+
 MAXPOOL = Operation(
     name="maxpool",
     family="pool",
@@ -543,9 +548,7 @@ MAXPOOL = Operation(
     shapes=fixed(full=(_pool(1, 32, 128, 3, 2, 1), _pool(8, 32, 128, 3, 2, 1), _pool(1, 128, 32, 2, 2, 0),
                        _pool(8, 64, 48, 2, 2, 0), _pool(1, 192, 28, 3, 1, 1)),
                  quick=(_pool(1, 32, 128, 3, 2, 1),)),
-    cost_terms=_pool_terms,
-    cost_units=("call", "bytes", "flops"),
-    shape_features=_pool_features,
+    **_POOL_COST_MODEL,
 )
 
 AVGPOOL = Operation(
@@ -557,9 +560,7 @@ AVGPOOL = Operation(
     shapes=fixed(full=(_pool(1, 96, 40, 3, 2, 1), _pool(1, 32, 64, 2, 2, 0), _pool(8, 128, 32, 2, 2, 0),
                        _pool(8, 48, 64, 3, 2, 1), _pool(1, 320, 14, 3, 1, 1)),
                  quick=(_pool(1, 32, 64, 2, 2, 0),)),
-    cost_terms=_pool_terms,
-    cost_units=("call", "bytes", "flops"),
-    shape_features=_pool_features,
+    **_POOL_COST_MODEL,
 )
 
 
