@@ -154,15 +154,40 @@ def efficiency_at(
     if not pool:
         raise NotCalibrated(f"no {operation} entry in the profile has a {metric} efficiency")
     query = flops if flops > 0 else nbytes
+    # A bandwidth efficiency divides by the ceiling of its entry's cache level, and neighbours
+    # often sit at different levels from each other and from the query. Between two entries
+    # what is interpolated is the rate they reached (GB/s), which the query's own ceiling then
+    # divides: two 1-row GEMVs, one in L2 at 58% of its 56 GB/s and one in L3 at 29% of
+    # 114 GB/s, both ran at 32 GB/s, and their efficiencies interpolated and multiplied by the
+    # L3 ceiling put a GEMV between them at 55 GB/s. Beyond the last entry the efficiency is
+    # held instead: a batch norm four times the largest one's size goes to DRAM, and its rate
+    # held would keep the LLC's. The result can exceed 1 for a working set partly cached.
+    ceiling = cal.bandwidth_ceiling(nbytes) if metric == "bandwidth" else None
+    by_rate = bool(ceiling) and all(e.bandwidth_ceiling_gbps for e in pool)
+
+    def at_query(entries: list[OperationCalibration]) -> float:
+        """The efficiency (or, by rate, the GB/s) of these entries' variant at the query's size."""
+        if not by_rate:
+            return roofline.interpolate_log(query, [(size(e), _value(e, metric)) for e in entries])  # type: ignore[misc]
+        sizes = [size(e) for e in entries]
+        if not min(sizes) < query < max(sizes):  # an end's efficiency, at the query's ceiling
+            end = min(sizes) if query <= min(sizes) else max(sizes)
+            held = [_value(e, metric) for e, at in zip(entries, sizes, strict=True) if at == end]
+            return sum(held) / len(held) * ceiling  # type: ignore[operator,arg-type]
+        return roofline.interpolate_log(query, [(size(e), _value(e, metric) * e.bandwidth_ceiling_gbps)
+                                                for e in entries])  # type: ignore[operator]
+
     if spec.scale is None:
-        return roofline.interpolate_log(query, [(size(e), _value(e, metric)) for e in pool])  # type: ignore[misc]
-    # Two steps: over size among the entries at each calibrated scale (GEMM rows), then over
-    # the scale between those.
-    groups: dict[float, list[tuple[float, float]]] = {}
-    for entry in pool:
-        groups.setdefault(float(spec.scale(entry.params)), []).append((size(entry), _value(entry, metric)))
-    return roofline.interpolate_log(float(spec.scale(params)), [
-        (at, roofline.interpolate_log(query, points)) for at, points in groups.items()])  # type: ignore[arg-type]
+        found = at_query(pool)
+    else:
+        # Two steps: over size among the entries at each calibrated scale (GEMM rows), then
+        # over the scale between those.
+        groups: dict[float, list[OperationCalibration]] = {}
+        for entry in pool:
+            groups.setdefault(float(spec.scale(entry.params)), []).append(entry)
+        found = roofline.interpolate_log(float(spec.scale(params)),
+                                         [(at, at_query(entries)) for at, entries in groups.items()])
+    return found / ceiling if by_rate else found  # type: ignore[operator]
 
 
 # --------------------------------------------------------------------------- fusion

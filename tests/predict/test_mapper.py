@@ -73,6 +73,32 @@ def test_sizes_between_calibrated_ones_interpolate_the_efficiency():
     assert linear.bottleneck.value == ("compute" if compute_time >= memory_time else "memory")
 
 
+def test_a_memory_bound_size_between_cache_levels_takes_the_rate_its_neighbours_reached():
+    # GEMVs in L2 and in L3 both at 30 GB/s: 50% of L2's 60 GB/s and 25% of L3's 120 GB/s.
+    # One between them (in L3) runs at 30 GB/s, not at its neighbours' efficiencies
+    # interpolated (~37%) times the L3 ceiling (~45 GB/s).
+    linear = OPERATIONS["linear"]
+
+    def gemv(n):
+        params = dict(B=1, IN=n, OUT=n)
+        return record("linear", linear.bytes_moved(params, 4) / 30e9 * 1e3, **params)
+
+    triads = [record("stream_triad", 3 * 4 * n / (gbps * 1e9) * 1e3, n=n)
+              for n, gbps in ((1 << 14, 60.0), (1 << 19, 120.0))]
+    cal = fold(ceilings() + triads + [gemv(128), gemv(1024)], metadata())
+    entries = sorted((e for e in cal.operation_profiles.values() if e.operation == "linear"), key=lambda e: e.bytes)
+    assert [e.memory_level for e in entries] == ["L2", "L3"]
+    assert [round(e.bandwidth_efficiency, 3) for e in entries] == [0.5, 0.25]
+    query = dict(B=1, IN=512, OUT=512)
+    nbytes = linear.bytes_moved(query, 4)
+    assert cal.bandwidth_ceiling(nbytes) == pytest.approx(120.0)
+    assert cal.get_efficiency("linear", metric="bandwidth", **query) == pytest.approx(0.25)
+    torch.manual_seed(0)
+    kernel = predict_latency(nn.Linear(512, 512).eval(), torch.randn(1, 512), cal).subgraphs[0].kernels[0]
+    assert kernel.source == "interpolated between calibrated sizes"
+    assert kernel.seconds == pytest.approx(nbytes / 30e9, rel=1e-6)
+
+
 def test_uncalibrated_operations_use_the_roofline_plus_dispatch_and_say_so():
     cal = fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32)], metadata(cache_sizes={}))
     estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
