@@ -182,7 +182,7 @@ class Mapper:
         """One kernel's time; ``reuse_bytes`` (what the rest of the forward touches between two
         of its calls) makes a conv or linear pay for the share of its weights it evicts."""
         estimate = self._kernel(node)
-        factor = self._cold_factor(node, reuse_bytes)
+        factor = self._cold_factor(node, reuse_bytes, estimate.seconds)
         if factor > 1.0:
             estimate = estimate.model_copy(update={
                 "seconds": estimate.seconds * factor, "cold_factor": factor,
@@ -201,59 +201,67 @@ class Mapper:
         sizes = self.calibration.metadata.cache_sizes if self.calibration else None
         return max(sizes.values()) if sizes else None
 
-    def _cold_factor(self, node: NodeCost, reuse_bytes: int | None) -> float:
+    def _cold_factor(self, node: NodeCost, reuse_bytes: int | None, warm_seconds: float | None = None) -> float:
         """How much slower this conv or linear runs with the rest of the forward (``reuse_bytes``
-        touched between two of its calls) going through the last-level cache: 1 + (cold / warm
-        - 1) x the share of its weights evicted; 1 for other kernels or a kernel alone.
+        touched between two of its calls) going through the last-level cache: 1 + what fetching
+        the share evicted of its weights and output adds, over its warm time (``warm_seconds``,
+        else its estimate alone); 1 for other kernels or a kernel alone.
 
-        cold / warm is the profile's cold twins' at this kernel's size: interpolated in log
-        bytes among the twins at each scale the variant's efficiency follows (a GEMM's rows, a
-        conv's narrower channel count), then in log scale between those (at 8 rows a cold
-        256x256 linear ran 3x warm and a 1024x1024 one 1.2x; at 256 rows no slower); held flat
-        beyond the twins; never below 1 (a cold call measured faster than its warm twin is
-        noise). The evicted share is 1 - exp(-reuse / LLC), a line's
-        chance of being replaced after that much other traffic under random replacement: an
-        LLC shared with other tenants keeps no strict LRU order, and a forward just under the
-        LLC's size already loses part of its weights.
+        What an evicted byte adds is the profile's cold twins' (cold less warm, over the bytes
+        they evict: weights and output): interpolated in log bytes among the twins at each
+        scale the variant's efficiency follows (a GEMM's rows, a conv's narrower channel count),
+        then in log scale between those; held flat beyond the twins; never below 0 (a cold call
+        measured faster than its warm twin is noise). A time added per byte, not the twins'
+        cold / warm ratio, because a kernel's warm time is not its twins' at other sizes: a warm
+        16 MiB GEMV ran at 17 GB/s, half the 4 MiB one's 32, and that twin's x2.6 made a
+        forward's 16 MiB GEMVs 1.7x what they took; past the LLC a weight streams from DRAM warm
+        or cold (the 64 MiB twin adds nothing), so a GEMV between the two adds part of the
+        smaller one's cost per byte. Per byte of weights alone, the depthwise convs' twins (9
+        weights a channel, their cold cost the output's) put EfficientNet-B0's 1x1 convs at 3.9x.
+        The evicted share is 1 - exp(-reuse / LLC), a line's chance of being replaced after that
+        much other traffic under random replacement: an LLC shared with other tenants keeps no
+        strict LRU order, and a forward just under the LLC's size already loses part of its
+        weights.
         """
         cold_name = COLD_TWINS.get(node.operation or "")
-        llc = self._llc_bytes()
-        if cold_name is None or not reuse_bytes or reuse_bytes <= 0 or llc is None:
+        llc, dtype = self._llc_bytes(), node.dtype or "float32"
+        evicted = evicted_bytes(node.operation, node.params, dtype)
+        if cold_name is None or not reuse_bytes or reuse_bytes <= 0 or llc is None or evicted <= 0:
             return 1.0
-        cal, dtype, spec = self.calibration, node.dtype or "float32", OPERATIONS[cold_name]
-        twins = []
+        cal, spec = self.calibration, OPERATIONS[cold_name]
+
+        def scale(params) -> float:
+            return max(float(spec.scale(spec.complete(params))), 1.0) if spec.scale else 1.0
+
+        groups: dict[float, list[tuple[float, float]]] = {}  # scale -> (evicted bytes, added ms per byte)
         for cold in lookup.candidates(cal, cold_name, dtype, self.device, node.params):
-            # the warm call timed in the cold case's own rounds (the warm entry was timed
-            # minutes apart: 10-25% of drift in the ratio on a shared machine), unless that
-            # call was not warm: it follows a cold call, and a GEMV streaming 4 MiB of
-            # weights ran 2.5x its benchmarked time there, past any drift; then the entry
+            # cold / warm from the warm call timed in the cold case's own rounds (the warm entry
+            # was timed minutes apart: 10-25% of drift in the ratio on a shared machine), unless
+            # that call was not warm: it follows a cold call, and a GEMV streaming 4 MiB of
+            # weights ran 2.5x its benchmarked time there, past any drift; then the entry's.
+            # That ratio less 1, times the warm entry, is what the cold fetch added.
             warm = cal.get_operation(node.operation, dtype=dtype, device=self.device, **cold.params)
             warm_ms = cold.warm_ms
             if warm is not None and (warm_ms is None or warm_ms > NOT_WARM * warm.latency.median_ms):
                 warm_ms = warm.latency.median_ms
-            if warm_ms and cold.bytes > 0:
-                twins.append((cold, math.log(cold.latency.median_ms / warm_ms)))
-        if not twins:
+            twin_evicted = evicted_bytes(node.operation, cold.params, dtype)
+            if warm_ms and twin_evicted > 0:
+                entry_ms = warm.latency.median_ms if warm is not None else warm_ms
+                added = (cold.latency.median_ms / warm_ms - 1.0) * entry_ms
+                groups.setdefault(scale(cold.params), []).append((twin_evicted, added / twin_evicted))
+        if not groups:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
                        "from the LLC are timed warm (calibrate the 'cold' family)")
             return 1.0
-        # A kernel whose traffic fits the LLC reads its weights from cache when warm and from
-        # DRAM when cold; past the LLC it reads DRAM either way (cold / warm ~1). Two regimes:
-        # a kernel takes the twins on its own side, not a log-interpolation across the line
-        # (a 16 MiB GEMV between a 4 MiB twin at 2.3x and a 64 MiB one at 1.1x is not 1.6x)
-        same_side = [(cold, r) for cold, r in twins if (cold.bytes <= llc) == (node.bytes <= llc)]
-        twins = same_side or twins
-        # two steps, as efficiencies are looked up (profile.lookup): over log bytes among the
-        # twins at each scale (a GEMM's rows), then over log scale between those
-        def scale(params) -> float:
-            return max(float(spec.scale(spec.complete(params))), 1.0) if spec.scale else 1.0
-
-        groups: dict[float, list[tuple[float, float]]] = {}
-        for cold, log_ratio in twins:
-            groups.setdefault(scale(cold.params), []).append((cold.bytes, log_ratio))
-        by_scale = [(at, roofline.interpolate_log(node.bytes, points)) for at, points in groups.items()]
-        ratio = max(1.0, math.exp(roofline.interpolate_log(scale(node.params), by_scale)))
-        return 1.0 + (ratio - 1.0) * (1.0 - math.exp(-reuse_bytes / llc))
+        # two steps, as efficiencies are looked up (profile.lookup): over log evicted bytes among
+        # the twins at each scale (a GEMM's rows), then over log scale between those
+        by_scale = [(at, roofline.interpolate_log(evicted, points)) for at, points in groups.items()]
+        per_byte_ms = max(0.0, roofline.interpolate_log(scale(node.params), by_scale))
+        warm_seconds = self._kernel(node).seconds if warm_seconds is None else warm_seconds
+        if warm_seconds <= 0:
+            return 1.0
+        added = per_byte_ms * evicted / 1e3 * (1.0 - math.exp(-reuse_bytes / llc))
+        return 1.0 + added / warm_seconds
 
     def _copy_seconds(self, node: NodeCost) -> float:
         """An operand the call copied before its GEMM, as the STREAM copy of its size."""
@@ -502,3 +510,15 @@ def weight_bytes(node: NodeCost) -> int:
     if node.operation == "linear" and {"IN", "OUT"} <= p.keys():
         return int(p["IN"]) * int(p["OUT"]) * size
     return 0
+
+
+def evicted_bytes(operation: str | None, params, dtype: str) -> int:
+    """What a cold twin evicts of a conv or linear of these parameters: its weights and its
+    output, all it moves but the input (0 for other operations)."""
+    if operation not in ("conv2d", "linear") or operation not in OPERATIONS:
+        return 0
+    spec = OPERATIONS[operation]
+    p = spec.complete(params)
+    size = itemsize(dtype)
+    inputs = p["N"] * p["CIN"] * p["H"] * p["W"] if operation == "conv2d" else p["B"] * p["IN"]
+    return spec.bytes_moved(p, size) - inputs * size

@@ -9,7 +9,7 @@ from torch import nn
 
 from calibration.measure.fold import FusionRecord, fold
 from calibration.predict import allocator
-from calibration.predict.mapper import CPUMapper, predict_latency
+from calibration.predict.mapper import CPUMapper, evicted_bytes, predict_latency
 from calibration.predict.plan import partition
 from calibration.specs.operations import OPERATIONS
 from calibration.specs.patterns import FusionCase
@@ -386,7 +386,7 @@ def test_a_kernel_pays_for_the_share_of_its_weights_the_forward_evicts():
     assert conv.cold_factor < 1.002
 
 
-def test_the_cold_ratio_is_interpolated_in_log_bytes_and_never_below_one():
+def test_the_cold_cost_per_evicted_byte_is_interpolated_in_log_bytes_and_never_below_zero():
     cal, small, large = _cold_profile(1024)
     mapper = CPUMapper(cal)
     part = partition(_conv_model(), torch.randn(1, 64, 32, 32))
@@ -396,13 +396,22 @@ def test_the_cold_ratio_is_interpolated_in_log_bytes_and_never_below_one():
     assert mapper._cold_factor(node, reuse_bytes=512) == pytest.approx(1 + 0.2 * (1 - math.exp(-0.5)))
     assert mapper._cold_factor(node, reuse_bytes=None) == 1.0  # a kernel alone
     assert mapper._cold_factor(node, reuse_bytes=0) == 1.0
-    between = node.model_copy(update={"bytes": int(math.sqrt(cal.operation_profiles[
-        "conv2d_cold[N=1,CIN=64,COUT=64,H=8,W=8,K=3,STRIDE=1,PAD=1,GROUPS=1]/float32/cpu"].bytes * node.bytes))})
-    # halfway in log bytes: halfway in log ratio
-    assert mapper._cold_factor(between, reuse_bytes=10**9) == pytest.approx(math.sqrt(1.5 * 1.2))
+    # weights and output, what the twins evict: 8x8 adds 0.5 ms over its bytes, 32x32 0.2 ms
+    weights = 64 * 64 * 9 * 4
+
+    def evicted(hw):
+        return weights + 64 * hw * hw * 4
+
+    assert evicted_bytes("conv2d", large, "float32") == evicted(32)
+    between = partition(_conv_model(), torch.randn(1, 64, 16, 16))
+    (node,) = [n for sg in between.subgraphs for n in sg.nodes if n.kernel]
+    t = math.log(evicted(16) / evicted(8)) / math.log(evicted(32) / evicted(8))
+    per_byte = 0.5 / evicted(8) + t * (0.2 / evicted(32) - 0.5 / evicted(8))
+    # the added time is over this kernel's warm time, whatever the twins' warm times were
+    assert mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=2e-3) == pytest.approx(
+        1 + per_byte * evicted(16) / 2.0, rel=1e-6)
     faster, _, _ = _cold_profile(1024, cold_ms=(0.9, 0.8))  # cold measured faster: noise, not a speedup
     assert CPUMapper(faster)._cold_factor(node, reuse_bytes=10**9) == 1.0
-
 
 def test_the_cold_ratio_takes_the_warm_call_of_the_same_rounds_over_the_warm_entry():
     from calibration.measure.fold import Record
@@ -431,36 +440,42 @@ def test_a_warm_call_of_the_cold_rounds_far_slower_than_the_warm_entry_was_not_w
     assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(0.225 / 0.075)
 
 
-def test_a_cold_ratio_comes_from_twins_on_the_kernel_s_side_of_the_llc():
+def _gemv_evicted(width, rows=1):
+    return (width * width + width + rows * width) * 4  # weights, bias, output
+
+
+def test_a_gemv_past_the_llc_adds_little_cold_and_one_between_adds_part_of_the_smaller_s_cost():
     llc = 32 << 20
     twins = []
     for width, cold_ms in ((256, 6.0), (1024, 2.5), (4096, 1.05)):  # 0.25 and 4 MiB of weights, then 64 MiB
         twins += [record("linear", 1.0, B=1, IN=width, OUT=width),
                   record("linear_cold", cold_ms, B=1, IN=width, OUT=width)]
     mapper = CPUMapper(fold(ceilings() + twins, metadata(cache_sizes={"L3": llc})))
-    # 16 MiB fits the LLC: warm it reads cache, cold DRAM, as the 4 MiB twin (not 1.6x, the
-    # log-interpolation across the line); 256 MiB streams from DRAM either way
-    for width, expected in ((2048, 2.5), (8192, 1.05)):
+    share = 1 - math.exp(-1e12 / llc)
+    per_byte = {w: added / _gemv_evicted(w) for w, added in ((1024, 1.5), (4096, 0.05))}
+    t = math.log(_gemv_evicted(2048) / _gemv_evicted(1024)) / math.log(_gemv_evicted(4096) / _gemv_evicted(1024))
+    between = per_byte[1024] + t * (per_byte[4096] - per_byte[1024])
+    for width, warm_ms, added_ms in ((2048, 3.0, between * _gemv_evicted(2048)),
+                                     (8192, 16.0, per_byte[4096] * _gemv_evicted(8192))):  # held flat past them
         part = partition(nn.Sequential(nn.Linear(width, width)).eval(), torch.randn(1, width))
         (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
-        assert mapper._cold_factor(node, reuse_bytes=10**12) == pytest.approx(expected, rel=1e-3)
+        factor = mapper._cold_factor(node, reuse_bytes=10**12, warm_seconds=warm_ms / 1e3)
+        assert factor == pytest.approx(1 + added_ms * share / warm_ms, rel=1e-6)
 
-
-def test_a_gemm_s_cold_ratio_follows_its_rows():
+def test_a_gemm_s_cold_cost_follows_its_rows():
     twins = []
     for rows, cold_ms in ((8, 2.0), (256, 1.0)):
         twins += [record("linear", 1.0, B=rows, IN=1024, OUT=1024), record("linear_cold", cold_ms, B=rows, IN=1024,
                                                                           OUT=1024)]
     cal = fold(ceilings() + twins, metadata(cache_sizes={"L3": 1024}))
     mapper = CPUMapper(cal)
-    for rows, expected in ((8, 2.0), (4, 2.0), (2048, 1.0)):  # held flat beyond the twins
-        part = partition(nn.Sequential(nn.Linear(4096, 4096)).eval(), torch.randn(rows, 4096))
+    per_byte_8 = 1.0 / _gemv_evicted(1024, rows=8)  # 8 rows add 1 ms, 256 rows nothing
+    for rows, expected_ms in ((8, 1.0), (4, per_byte_8 * _gemv_evicted(1024, rows=4)), (2048, 0.0),
+                              # 45 rows: about halfway in log rows
+                              (45, (1 - math.log(45 / 8) / math.log(256 / 8)) * per_byte_8 * _gemv_evicted(1024, 45))):
+        part = partition(nn.Sequential(nn.Linear(1024, 1024)).eval(), torch.randn(rows, 1024))
         (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
-        assert mapper._cold_factor(node, reuse_bytes=10**9) == pytest.approx(expected)
-    part = partition(nn.Sequential(nn.Linear(64, 64)).eval(), torch.randn(45, 64))  # 45 rows: halfway in log rows
-    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
-    assert mapper._cold_factor(node, reuse_bytes=10**9) == pytest.approx(math.sqrt(2.0), rel=0.01)
-
+        assert mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=1e-3) == pytest.approx(1 + expected_ms)
 
 def test_a_gemv_s_cold_ratio_follows_its_bytes_since_every_gemv_has_one_row():
     twins = []
