@@ -515,7 +515,7 @@ def weight_bytes(node: NodeCost) -> int:
 def evicted_bytes(operation: str | None, params, dtype: str) -> int:
     """What a cold twin evicts of a conv or linear of these parameters: its weights and its
     output, all it moves but the input (0 for other operations)."""
-    if operation not in ("conv2d", "linear") or operation not in OPERATIONS:
+    if operation not in ("conv2d", "linear"):
         return 0
     spec = OPERATIONS[operation]
     p = spec.complete(params)

@@ -413,6 +413,7 @@ def test_the_cold_cost_per_evicted_byte_is_interpolated_in_log_bytes_and_never_b
     faster, _, _ = _cold_profile(1024, cold_ms=(0.9, 0.8))  # cold measured faster: noise, not a speedup
     assert CPUMapper(faster)._cold_factor(node, reuse_bytes=10**9) == 1.0
 
+
 def test_the_cold_ratio_takes_the_warm_call_of_the_same_rounds_over_the_warm_entry():
     from calibration.measure.fold import Record
     from calibration.specs.operations import Case
@@ -462,6 +463,7 @@ def test_a_gemv_past_the_llc_adds_little_cold_and_one_between_adds_part_of_the_s
         factor = mapper._cold_factor(node, reuse_bytes=10**12, warm_seconds=warm_ms / 1e3)
         assert factor == pytest.approx(1 + added_ms * share / warm_ms, rel=1e-6)
 
+
 def test_a_gemm_s_cold_cost_follows_its_rows():
     twins = []
     for rows, cold_ms in ((8, 2.0), (256, 1.0)):
@@ -476,6 +478,7 @@ def test_a_gemm_s_cold_cost_follows_its_rows():
         part = partition(nn.Sequential(nn.Linear(1024, 1024)).eval(), torch.randn(rows, 1024))
         (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
         assert mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=1e-3) == pytest.approx(1 + expected_ms)
+
 
 def test_a_gemv_s_cold_ratio_follows_its_bytes_since_every_gemv_has_one_row():
     twins = []
