@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from calibration.measure import harness, heap, machine, options
+from calibration.measure import harness, heap, machine, options, windows
 from calibration.measure.fold import FusionRecord, Record, fold, unpaired
 from calibration.measure.kernels import dtype_unsupported_reason
 from calibration.profile.schema import Peak, PeakSource
@@ -57,6 +57,11 @@ HELP_MODEL = (
 )
 HELP_MODEL_BATCH = "Batch sizes for --calibrate-model, comma-separated. Default: 1."
 HELP_MODEL_SHAPE = "Input shape without the batch for a --calibrate-model MODULE:FACTORY, e.g. 3,224,224."
+HELP_WINDOWS = (
+    "1: time each case in one window. 2: time each operation case again for 0.1 s at the end of the run and, "
+    "where the two medians differ by more than x1.2, a third time, keeping the middle window: one window is one "
+    "state of a shared host. Default: 2, 1 with --quick."
+)
 HELP_TABLES = (
     "Also print pytest-benchmark's per-case tables (250 columns, about one line per case), which a run with "
     "calibration cases hides so that it ends on the calibration summary. Default: %(default)r."
@@ -96,6 +101,8 @@ class CalibrationState:
     workload: object | None = None  # the --calibrate-model cases (calibration.workload.WorkloadCases)
     tables_hidden: bool = False  # pytest-benchmark's per-case tables quieted for the summary to end the run
     heap: str | None = None  # the C heap cases were timed on (measure.heap), once the first case ran
+    windows: int = 2  # windows an operation case is timed in (measure.windows)
+    rechecked: object | None = None  # the later windows' outcome (measure.windows.Outcome)
 
     def other_cpus_since(self, before: host.CpuTimes | None) -> float | None:
         """CPUs other work kept busy since ``before`` (a case's start); adds the interval to
@@ -122,6 +129,7 @@ OPTIONS: dict[str, dict] = {
     "peak-gflops": dict(metavar="GFLOPS", type=options.parse_peak_gflops, default=None, help=HELP_PEAK_GFLOPS),
     "peak-bandwidth": dict(metavar="GBPS", type=options.parse_peak_bandwidth, default=None, help=HELP_PEAK_BW),
     "device": dict(metavar="DEVICE", type=options.parse_device, default=None, help=HELP_DEVICE),
+    "windows": dict(metavar="N", type=options.parse_windows, default=None, help=HELP_WINDOWS),
     "threads": dict(metavar="N", type=options.parse_threads, default=None, help=HELP_THREADS),
     "operations": dict(metavar="LIST", type=options.parse_operations, default=None, help=HELP_OPERATIONS),
     "fusion-patterns": dict(metavar="LIST", type=options.parse_fusion_patterns, default=None, help=HELP_FUSION),
@@ -195,6 +203,7 @@ def pytest_configure(config: pytest.Config) -> None:
         peak_bandwidth=config.getoption("calibrate_peak_bandwidth"),
         selection=config.getoption("calibrate_operations"),
         fusion_selection=config.getoption("calibrate_fusion_patterns"),
+        windows=config.getoption("calibrate_windows") or (1 if config.getoption("calibrate_quick") else 2),
     )
     config.stash[STATE] = state
     _load_compare_base(config, state)
@@ -454,8 +463,20 @@ def _peaks(state: CalibrationState) -> tuple[dict[str, Peak], Peak | None]:
     return gflops, bandwidth
 
 
+def _recheck(state: CalibrationState) -> None:
+    """Time each operation case in a later window (measure.windows) before the profile is folded."""
+    def context(case):
+        return heap.mapping_fresh() if case.spec.family == "alloc" else nullcontext()
+
+    state.rechecked = windows.recheck(state.records, context=context)
+    state.records = state.rechecked.records
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
+    if (state is not None and state.windows > 1 and state.records and exitstatus != pytest.ExitCode.INTERRUPTED
+            and not os.environ.get("PYTEST_XDIST_WORKER")):
+        _recheck(state)
     if state is not None and state.heap is not None:
         heap.set_mapping()  # a caller that predicts in this process next replays a mapping heap
     if state is None or not (state.records or state.fusion_records) or os.environ.get("PYTEST_XDIST_WORKER"):
@@ -543,6 +564,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(TABLES_HIDDEN)
         for line in state.calibration.summary().splitlines():
             terminalreporter.write_line(line)
+    if state.rechecked is not None and state.rechecked.checked:
+        r = state.rechecked
+        terminalreporter.write_line(
+            f"later windows: {r.checked} operation cases timed again at the end of the run ({r.seconds:.0f} s); "
+            f"{r.disputed} differed from their first window by more than x{windows.DISAGREE} and got a third, "
+            f"{r.replaced} now keep a later window (their entries' latency.windows_ms has every window's median)")
     for key in state.unpaired:
         terminalreporter.write_line(f"no speedup for {key}: its unfused twin did not run (deselected?)", yellow=True)
     if state.written is not None:

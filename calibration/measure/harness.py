@@ -92,14 +92,14 @@ def estimate_call_seconds(kernel: Kernel, sync: Callable[[], None]) -> float:
             return elapsed / calls
 
 
-def _rounds(round_seconds: float, budget: Budget) -> int:
+def rounds_for(round_seconds: float, budget: Budget) -> int:
     """Rounds that fill the budget, at least budget.min_rounds and at most MAX_ROUNDS."""
     return min(MAX_ROUNDS, max(budget.min_rounds, int(budget.seconds / max(round_seconds, 1e-9))))
 
 
 def plan(call_seconds: float, budget: Budget) -> Plan:
     iterations = max(1, math.ceil(MIN_ROUND_SECONDS / call_seconds)) if call_seconds > 0 else 1000
-    return Plan(iterations=iterations, rounds=_rounds(iterations * call_seconds, budget))
+    return Plan(iterations=iterations, rounds=rounds_for(iterations * call_seconds, budget))
 
 
 def latency_from_pytest_benchmark(bench_stats, iterations: int) -> LatencyStats:
@@ -200,7 +200,7 @@ def time_interleaved(
         return None
     sync = synchronizer(device)
     call = estimate_call_seconds(kernel, sync) + estimate_call_seconds(baseline, sync)
-    rounds = _rounds(call, budget)
+    rounds = rounds_for(call, budget)
     samples: list[float] = []
 
     def time_baseline() -> None:
@@ -230,7 +230,7 @@ def time_cold(benchmark, kernel: ColdKernel, *, budget: Budget) -> tuple[Latency
         benchmark(kernel)
         return None
     call = estimate_call_seconds(kernel, lambda: None)
-    rounds = min(MAX_COLD_ROUNDS, _rounds(call, budget))
+    rounds = min(MAX_COLD_ROUNDS, rounds_for(call, budget))
     warm: list[float] = []
 
     def setup() -> None:

@@ -109,6 +109,18 @@ def parse_rounds(text: str) -> int:
     return parse_positive_int(text, "--rounds")
 
 
+WINDOWS = ("1", "2")
+
+
+def parse_windows(text: str) -> int:
+    """How many windows a case is timed in: 1, or 2 (a third where those two disagree)."""
+    if text.strip() not in WINDOWS:
+        raise argparse.ArgumentTypeError(
+            f"Invalid --windows {text!r}; allowed: 1 (one window a case) or 2 (a second window at the end of the "
+            "run, a third where the two disagree)")
+    return int(text)
+
+
 def parse_device(text: str) -> str:
     if text not in DEVICES:
         raise argparse.ArgumentTypeError(f"--device must be one of {', '.join(DEVICES)}, got {text!r}")

@@ -159,8 +159,13 @@ class LatencyStats(_Model):
         default="pytest-benchmark",
         description="who computed these; a converted profile may only have had a mean",
     )
+    windows_ms: list[NonNegativeFloat] = Field(
+        default_factory=list,
+        description="medians of the windows the case was timed in, first the run's and then the later ones at its "
+                    "end (empty: one window); where they disagreed the statistics are those of the middle window",
+    )
 
-    @field_validator("samples_ms")
+    @field_validator("samples_ms", "windows_ms")
     @classmethod
     def _four_significant_digits(cls, samples: list[float]) -> list[float]:
         # Run-to-run noise is percent-level; 4 digits keep a full profile a few times smaller.

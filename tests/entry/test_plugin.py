@@ -56,6 +56,24 @@ def test_calibrate_out_writes_a_loadable_profile(bench):
     assert profile.metadata.allocator["heap while timing"].startswith("steady: mmap and trimming off")
 
 
+@pytest.mark.times_kernels
+def test_a_second_window_times_each_operation_case_again_at_the_end_of_the_run(bench):
+    quick = run(bench, "--calibrate-out=one.json")
+    twice = run(bench, "--calibrate-out=two.json", "--calibrate-windows=2")
+
+    assert quick.ret == twice.ret == pytest.ExitCode.OK
+    # --quick times a case in one window unless asked for more
+    assert load_calibration(bench.path / "one.json").operation_profiles[KEY].latency.windows_ms == []
+    assert "later windows" not in quick.stdout.str()
+    entry = load_calibration(bench.path / "two.json").operation_profiles[KEY]
+    windows = entry.latency.windows_ms
+    # the run's window first, then one later; a third only where those two disagree
+    assert len(windows) in (2, 3)
+    assert (len(windows) == 3) == (max(windows[:2]) > 1.2 * min(windows[:2]))
+    assert entry.latency.median_ms == pytest.approx(sorted(windows)[1] if len(windows) == 3 else windows[0], rel=1e-3)
+    twice.stdout.fnmatch_lines(["later windows: 1 operation cases timed again at the end of the run*"])
+
+
 def test_help_lists_every_calibration_option(pytester, monkeypatch):
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--help")

@@ -1,0 +1,103 @@
+"""Later windows: a case timed again at the end of the run, settled by the middle of three
+windows where the first two disagree. The timer is replaced: no assertion reads a timing."""
+
+from __future__ import annotations
+
+import pytest
+from factories import record
+
+from calibration.measure import windows
+from calibration.measure.fold import Record
+from calibration.measure.kernels import ColdKernel
+from calibration.profile.schema import LatencyStats
+
+
+def _latency(median_ms: float, iterations: int = 2) -> LatencyStats:
+    return LatencyStats(median_ms=median_ms, iqr_ms=0.01 * median_ms, min_ms=0.9 * median_ms, mean_ms=median_ms,
+                        stddev_ms=0.0, rounds=40, iterations=iterations)
+
+
+def _windows(*medians_ms: float):
+    """A timer whose successive windows have these medians (seconds per call, every round alike)."""
+    plans = []
+    queue = list(medians_ms)
+
+    def time_window(kernel, plan):
+        plans.append(plan)
+        return [queue.pop(0) / 1e3] * plan.rounds
+
+    return time_window, plans
+
+
+def test_a_later_window_that_agrees_keeps_the_first_windows_statistics():
+    first = _latency(1.0)
+    timer, plans = _windows(1.1)  # within x1.2
+
+    kept = windows.settle(first, lambda: None, timer)
+
+    assert kept.median_ms == 1.0 and kept.rounds == 40 and kept.source == "pytest-benchmark"
+    assert kept.windows_ms == [1.0, 1.1]
+    assert len(plans) == 1
+    # as many calls a round as the first window; rounds filling 0.1 s of 2-call rounds of 1 ms
+    assert plans[0].iterations == 2 and plans[0].rounds == 50
+
+
+@pytest.mark.parametrize(("second", "third", "kept_ms"), [
+    (2.0, 1.05, 1.05),  # the first window was right: the third agrees with it, the middle of three is near it
+    (2.0, 2.1, 2.0),  # the first window caught a fast state the machine left: two later windows agree
+    (0.5, 0.55, 0.55),  # the first was slow
+])
+def test_windows_that_disagree_keep_the_middle_of_three(second, third, kept_ms):
+    first = _latency(1.0)
+    timer, plans = _windows(second, third)
+
+    kept = windows.settle(first, lambda: None, timer)
+
+    assert len(plans) == 2
+    assert kept.windows_ms == [1.0, second, third]
+    assert kept.median_ms == pytest.approx(kept_ms)
+    if kept.median_ms != 1.0:
+        assert "disagreed" in kept.source and "middle of three" in kept.source
+        assert kept.rounds == plans[-1].rounds and kept.iterations == 2  # that window's own statistics
+
+
+def test_disagree_is_a_ratio_beyond_the_limit_either_way():
+    assert not windows.disagree(1.0, 1.19)
+    assert windows.disagree(1.0, 1.21) and windows.disagree(1.21, 1.0)
+    assert windows.disagree(0.0, 1.0)
+
+
+def test_recheck_times_operation_cases_latest_first_and_leaves_cold_ones_alone():
+    cold = Record(record("conv2d_cold", 2.0, N=1, CIN=8, COUT=8, H=8, W=8, K=3, STRIDE=1, PAD=1,
+                         GROUPS=1).case, _latency(2.0), warm_ms=1.5)
+    first = record("relu", 1.0, n=1024)
+    second = record("relu", 3.0, n=4096)
+    built = []
+
+    def build_kernel(case):
+        built.append(case.key)
+        return lambda: None
+
+    timer, _ = _windows(3.0, 5.0, 2.0)  # 4096: agrees; 1024: 5.0 disagrees with 1.0, a third at 2.0
+
+    out = windows.recheck([first, cold, second], time_window=timer, build_kernel=build_kernel)
+
+    assert built == [second.case.key, first.case.key]  # the last case timed first; the cold one never rebuilt
+    assert out.records[1] is cold
+    assert out.records[2].latency.windows_ms == [3.0, 3.0]
+    assert out.records[0].latency.windows_ms == [1.0, 5.0, 2.0]
+    assert out.records[0].latency.median_ms == 2.0
+    assert (out.checked, out.disputed, out.replaced) == (2, 1, 1)
+
+
+def test_recheck_skips_a_kernel_that_is_a_cold_one(monkeypatch):
+    rec = record("relu", 1.0, n=1024)
+    cold_kernel = ColdKernel.__new__(ColdKernel)
+    out = windows.recheck([rec], time_window=_windows()[0], build_kernel=lambda case: cold_kernel)
+    assert out.records == [rec] and out.checked == 0
+
+
+def test_an_old_profile_without_windows_loads_with_none_recorded():
+    data = _latency(1.0).model_dump()
+    del data["windows_ms"]
+    assert LatencyStats.model_validate(data).windows_ms == []
