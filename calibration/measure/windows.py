@@ -17,13 +17,15 @@ statistics, not a blend of states). The medians of every window are kept in the 
 (``LatencyStats.windows_ms``) so that a reader sees how far the host moved. Cold cases keep
 their one window: their cold / warm ratio is timed within the same rounds and holds in any
 state. Fusion cases time the fused kernel interleaved with its unfused twin for the same
-reason.
+reason. The alloc, dispatch and module families keep their one window too
+(``SKIPPED_FAMILIES``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 from calibration.measure import harness
@@ -34,6 +36,11 @@ from calibration.profile.schema import LatencyStats
 # Two medians of one kernel timed in the same state agree within a few percent (rounds of a
 # 0.1 s window: within 5% here); states of a shared host differ by 1.2-2.2x
 DISAGREE = 1.2
+# cold cases time their cold / warm ratio in their own rounds; the alloc family prices the
+# young heap of the run's start; the dispatch and module families are read by their fastest
+# rounds, module form less kernel form (measure.fold.summarize), which a window taken from
+# another state for one of the pair would skew
+SKIPPED_FAMILIES = ("cold", "alloc", "dispatch", "module")
 # a later window's timed work: enough rounds for a median, short enough that re-timing the
 # full grid's operation cases costs well under a minute
 WINDOW_SECONDS = 0.1
@@ -60,24 +67,25 @@ def disagree(a_ms: float, b_ms: float, limit: float = DISAGREE) -> bool:
     return low <= 0 or high > limit * low
 
 
-def settle(latency: LatencyStats, kernel: Kernel, time_window: TimeWindow) -> LatencyStats:
-    """``latency`` (the case's first window) with its later windows' medians, or the later
-    window that two of three agree around."""
-    plan = window_plan(latency)
-    second = harness.latency_from_samples(time_window(kernel, plan), plan.iterations,
-                                          source="a later window at the end of the run")
-    if not disagree(latency.median_ms, second.median_ms):
-        return latency.model_copy(update={"windows_ms": [latency.median_ms, second.median_ms]})
-    third = harness.latency_from_samples(time_window(kernel, plan), plan.iterations,
-                                         source="a third window at the end of the run")
-    windows = [latency, second, third]
-    medians = [w.median_ms for w in windows]
+def later_window(first: LatencyStats, kernel: Kernel, time_window: TimeWindow, source: str) -> LatencyStats:
+    """The kernel timed for one short window planned from its first window (``window_plan``)."""
+    plan = window_plan(first)
+    return harness.latency_from_samples(time_window(kernel, plan), plan.iterations, source=source)
+
+
+def settle(first: LatencyStats, second: LatencyStats, third: LatencyStats | None = None) -> LatencyStats:
+    """The statistics a case keeps: its first window's where a later one agrees (or no third
+    was timed), else those of the window whose median is the middle of the three; with every
+    window's median in ``windows_ms``."""
+    if third is None or not disagree(first.median_ms, second.median_ms):
+        return first.model_copy(update={"windows_ms": [first.median_ms, second.median_ms]})
+    windows = [first, second, third]
     kept = sorted(windows, key=lambda w: w.median_ms)[1]
-    if kept is not latency:
+    if kept is not first:
         kept = kept.model_copy(update={"source": (
-            f"{kept.source}: the first window's median {latency.median_ms:.4g} ms disagreed with a later "
+            f"{kept.source}: the first window's median {first.median_ms:.4g} ms disagreed with a later "
             f"one's {second.median_ms:.4g} ms by more than x{DISAGREE}; the middle of three windows kept")})
-    return kept.model_copy(update={"windows_ms": medians})
+    return kept.model_copy(update={"windows_ms": [w.median_ms for w in windows]})
 
 
 @dataclass(frozen=True)
@@ -90,35 +98,45 @@ class Outcome:
 
 
 def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
-            build_kernel: Callable = build, context: Callable = None) -> Outcome:
-    """Each operation record but the cold ones, timed again (latest first, so that every case
-    is at least the rest of the run away from its first window) and settled.
+            build_kernel: Callable = build, context: Callable | None = None) -> Outcome:
+    """Each operation record but those of ``SKIPPED_FAMILIES``, timed again and settled.
 
-    ``context(case)`` is entered around a case's windows (the plugin's heap settings for the
-    alloc family); ``time_window`` and ``build_kernel`` are replaceable for tests.
+    Two passes, each latest case first: every case's second window is at least the rest of
+    the run away from its first, and the third window of a disputed case comes a pass after
+    its second, not straight after it (back to back, two windows share one state of the host
+    and would outvote the first by that alone). The alloc family is left alone: it prices page
+    faults on the young heap it ran on at the start of the run, which the end of a run does
+    not have (a 34 MiB fill_fresh timed 8.8 ms there and 1.3 ms at the end).
+
+    ``context(case)`` is entered around a case's windows; ``time_window`` and
+    ``build_kernel`` are replaceable for tests.
     """
     start = time.perf_counter()
-    settled: dict[int, Record] = {}
-    checked = disputed = replaced = 0
-    for index in reversed(range(len(records))):
-        record = records[index]
-        if record.warm_ms is not None:
-            continue  # a cold case: its ratio to its warm twin was timed in its own rounds
+
+    def timed(record: Record, source: str) -> LatencyStats | None:
         kernel = build_kernel(record.case)
         if isinstance(kernel, ColdKernel):
-            continue
+            return None
         timer = time_window or (lambda k, p, device=record.case.device: _time_window(k, p, device))
-        if context is None:
-            latency = settle(record.latency, kernel, timer)
-        else:
-            with context(record.case):
-                latency = settle(record.latency, kernel, timer)
-        del kernel
-        checked += 1
-        windows = latency.windows_ms
-        disputed += len(windows) > 2
-        replaced += latency.median_ms != record.latency.median_ms
-        settled[index] = replace(record, latency=latency)
-    out = [settled.get(i, r) for i, r in enumerate(records)]
-    return Outcome(records=out, checked=checked, disputed=disputed, replaced=replaced,
+        with context(record.case) if context is not None else nullcontext():
+            return later_window(record.latency, kernel, timer, source)
+
+    order = [i for i in reversed(range(len(records)))
+             if records[i].warm_ms is None and records[i].case.spec.family not in SKIPPED_FAMILIES]
+    second: dict[int, LatencyStats] = {}
+    for i in order:
+        window = timed(records[i], "a second window at the end of the run")
+        if window is not None:
+            second[i] = window
+    third: dict[int, LatencyStats] = {}
+    for i in order:
+        if i in second and disagree(records[i].latency.median_ms, second[i].median_ms):
+            window = timed(records[i], "a third window at the end of the run")
+            if window is not None:
+                third[i] = window
+    out = list(records)
+    for i, window in second.items():
+        out[i] = replace(records[i], latency=settle(records[i].latency, window, third.get(i)))
+    replaced = sum(out[i].latency.median_ms != records[i].latency.median_ms for i in second)
+    return Outcome(records=out, checked=len(second), disputed=len(third), replaced=replaced,
                    seconds=time.perf_counter() - start)

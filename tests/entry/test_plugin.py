@@ -58,14 +58,22 @@ def test_calibrate_out_writes_a_loadable_profile(bench):
 
 @pytest.mark.times_kernels
 def test_a_second_window_times_each_operation_case_again_at_the_end_of_the_run(bench):
+    # the smallest triad (4 KiB a vector): milliseconds of work
+    bench.makepyfile(test_bench="""
+        from calibration.specs.operations import Case
+
+        def test_triad(calibrate):
+            calibrate(Case("stream_triad", (("n", 1024),), "float32", "cpu"))
+    """)
     quick = run(bench, "--calibrate-out=one.json")
     twice = run(bench, "--calibrate-out=two.json", "--calibrate-windows=2")
 
     assert quick.ret == twice.ret == pytest.ExitCode.OK
+    key = "stream_triad[n=1024]/float32/cpu"
     # --quick times a case in one window unless asked for more
-    assert load_calibration(bench.path / "one.json").operation_profiles[KEY].latency.windows_ms == []
+    assert load_calibration(bench.path / "one.json").operation_profiles[key].latency.windows_ms == []
     assert "later windows" not in quick.stdout.str()
-    entry = load_calibration(bench.path / "two.json").operation_profiles[KEY]
+    entry = load_calibration(bench.path / "two.json").operation_profiles[key]
     windows = entry.latency.windows_ms
     # the run's window first, then one later; a third only where those two disagree
     assert len(windows) in (2, 3)

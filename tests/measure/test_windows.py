@@ -33,11 +33,11 @@ def test_a_later_window_that_agrees_keeps_the_first_windows_statistics():
     first = _latency(1.0)
     timer, plans = _windows(1.1)  # within x1.2
 
-    kept = windows.settle(first, lambda: None, timer)
+    second = windows.later_window(first, lambda: None, timer, "a second window")
+    kept = windows.settle(first, second)
 
     assert kept.median_ms == 1.0 and kept.rounds == 40 and kept.source == "pytest-benchmark"
     assert kept.windows_ms == [1.0, 1.1]
-    assert len(plans) == 1
     # as many calls a round as the first window; rounds filling 0.1 s of 2-call rounds of 1 ms
     assert plans[0].iterations == 2 and plans[0].rounds == 50
 
@@ -50,15 +50,21 @@ def test_a_later_window_that_agrees_keeps_the_first_windows_statistics():
 def test_windows_that_disagree_keep_the_middle_of_three(second, third, kept_ms):
     first = _latency(1.0)
     timer, plans = _windows(second, third)
+    later = [windows.later_window(first, lambda: None, timer, name) for name in ("second", "third")]
 
-    kept = windows.settle(first, lambda: None, timer)
+    kept = windows.settle(first, *later)
 
-    assert len(plans) == 2
     assert kept.windows_ms == [1.0, second, third]
     assert kept.median_ms == pytest.approx(kept_ms)
     if kept.median_ms != 1.0:
         assert "disagreed" in kept.source and "middle of three" in kept.source
         assert kept.rounds == plans[-1].rounds and kept.iterations == 2  # that window's own statistics
+
+
+def test_a_third_window_where_the_first_two_agree_changes_nothing():
+    first = _latency(1.0)
+    kept = windows.settle(first, _latency(1.1), _latency(3.0))
+    assert kept.median_ms == 1.0 and kept.windows_ms == [1.0, 1.1]
 
 
 def test_disagree_is_a_ratio_beyond_the_limit_either_way():
@@ -67,27 +73,31 @@ def test_disagree_is_a_ratio_beyond_the_limit_either_way():
     assert windows.disagree(0.0, 1.0)
 
 
-def test_recheck_times_operation_cases_latest_first_and_leaves_cold_ones_alone():
+def test_recheck_times_cases_latest_first_in_two_passes_and_leaves_cold_and_alloc_ones_alone():
     cold = Record(record("conv2d_cold", 2.0, N=1, CIN=8, COUT=8, H=8, W=8, K=3, STRIDE=1, PAD=1,
                          GROUPS=1).case, _latency(2.0), warm_ms=1.5)
+    fresh = record("fill_fresh", 9.0, n=1 << 23)
+    dispatch = record("dispatch", 0.002, n=1)
     first = record("relu", 1.0, n=1024)
     second = record("relu", 3.0, n=4096)
+    third = record("relu", 2.0, n=16384)
     built = []
 
     def build_kernel(case):
-        built.append(case.key)
+        built.append(case.param_dict["n"])
         return lambda: None
 
-    timer, _ = _windows(3.0, 5.0, 2.0)  # 4096: agrees; 1024: 5.0 disagrees with 1.0, a third at 2.0
+    # pass 1, latest first: 16384 (agrees), 4096 (disagrees), 1024 (disagrees); pass 2: 4096, 1024
+    timer, _ = _windows(2.1, 9.0, 5.0, 8.0, 2.0)
 
-    out = windows.recheck([first, cold, second], time_window=timer, build_kernel=build_kernel)
+    out = windows.recheck([fresh, dispatch, first, cold, second, third], time_window=timer, build_kernel=build_kernel)
 
-    assert built == [second.case.key, first.case.key]  # the last case timed first; the cold one never rebuilt
-    assert out.records[1] is cold
-    assert out.records[2].latency.windows_ms == [3.0, 3.0]
-    assert out.records[0].latency.windows_ms == [1.0, 5.0, 2.0]
-    assert out.records[0].latency.median_ms == 2.0
-    assert (out.checked, out.disputed, out.replaced) == (2, 1, 1)
+    assert built == [16384, 4096, 1024, 4096, 1024]  # a third window a pass after the second, not straight after
+    assert out.records[:2] == [fresh, dispatch] and out.records[3] is cold
+    assert out.records[5].latency.windows_ms == [2.0, 2.1]
+    assert out.records[4].latency.windows_ms == [3.0, 9.0, 8.0] and out.records[4].latency.median_ms == 8.0
+    assert out.records[2].latency.windows_ms == [1.0, 5.0, 2.0] and out.records[2].latency.median_ms == 2.0
+    assert (out.checked, out.disputed, out.replaced) == (3, 2, 2)
 
 
 def test_recheck_skips_a_kernel_that_is_a_cold_one(monkeypatch):
