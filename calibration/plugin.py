@@ -465,10 +465,7 @@ def _peaks(state: CalibrationState) -> tuple[dict[str, Peak], Peak | None]:
 
 def _recheck(state: CalibrationState) -> None:
     """Time each operation case in a later window (measure.windows) before the profile is folded."""
-    def context(case):
-        return heap.mapping_fresh() if case.spec.family == "alloc" else nullcontext()
-
-    state.rechecked = windows.recheck(state.records, context=context)
+    state.rechecked = windows.recheck(state.records)
     state.records = state.rechecked.records
 
 

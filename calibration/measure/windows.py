@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 from calibration.measure import harness
@@ -98,7 +97,7 @@ class Outcome:
 
 
 def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
-            build_kernel: Callable = build, context: Callable | None = None) -> Outcome:
+            build_kernel: Callable = build) -> Outcome:
     """Each operation record but those of ``SKIPPED_FAMILIES``, timed again and settled.
 
     Two passes, each latest case first: every case's second window is at least the rest of
@@ -108,8 +107,7 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
     faults on the young heap it ran on at the start of the run, which the end of a run does
     not have (a 34 MiB fill_fresh timed 8.8 ms there and 1.3 ms at the end).
 
-    ``context(case)`` is entered around a case's windows; ``time_window`` and
-    ``build_kernel`` are replaceable for tests.
+    ``time_window`` and ``build_kernel`` are replaceable for tests.
     """
     start = time.perf_counter()
 
@@ -118,8 +116,7 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
         if isinstance(kernel, ColdKernel):
             return None
         timer = time_window or (lambda k, p, device=record.case.device: _time_window(k, p, device))
-        with context(record.case) if context is not None else nullcontext():
-            return later_window(record.latency, kernel, timer, source)
+        return later_window(record.latency, kernel, timer, source)
 
     order = [i for i in reversed(range(len(records)))
              if records[i].warm_ms is None and records[i].case.spec.family not in SKIPPED_FAMILIES]
