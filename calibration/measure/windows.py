@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from calibration.measure import harness
 from calibration.measure.fold import Record
-from calibration.measure.kernels import ColdKernel, Kernel, build
+from calibration.measure.kernels import Kernel, build
 from calibration.profile.schema import LatencyStats
 
 # Two medians of one kernel timed in the same state agree within a few percent (rounds of a
@@ -111,26 +111,15 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
     """
     start = time.perf_counter()
 
-    def timed(record: Record, source: str) -> LatencyStats | None:
-        kernel = build_kernel(record.case)
-        if isinstance(kernel, ColdKernel):
-            return None
+    def timed(record: Record, source: str) -> LatencyStats:
         timer = time_window or (lambda k, p, device=record.case.device: _time_window(k, p, device))
-        return later_window(record.latency, kernel, timer, source)
+        return later_window(record.latency, build_kernel(record.case), timer, source)
 
-    order = [i for i in reversed(range(len(records)))
-             if records[i].warm_ms is None and records[i].case.spec.family not in SKIPPED_FAMILIES]
-    second: dict[int, LatencyStats] = {}
-    for i in order:
-        window = timed(records[i], "a second window at the end of the run")
-        if window is not None:
-            second[i] = window
-    third: dict[int, LatencyStats] = {}
-    for i in order:
-        if i in second and disagree(records[i].latency.median_ms, second[i].median_ms):
-            window = timed(records[i], "a third window at the end of the run")
-            if window is not None:
-                third[i] = window
+    # cold cases (the only ones built as ColdKernel) are among the skipped families
+    order = [i for i in reversed(range(len(records))) if records[i].case.spec.family not in SKIPPED_FAMILIES]
+    second = {i: timed(records[i], "a second window at the end of the run") for i in order}
+    third = {i: timed(records[i], "a third window at the end of the run") for i in order
+             if disagree(records[i].latency.median_ms, second[i].median_ms)}
     out = list(records)
     for i, window in second.items():
         out[i] = replace(records[i], latency=settle(records[i].latency, window, third.get(i)))

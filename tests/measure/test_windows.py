@@ -8,7 +8,6 @@ from factories import record
 
 from calibration.measure import windows
 from calibration.measure.fold import Record
-from calibration.measure.kernels import ColdKernel
 from calibration.profile.schema import LatencyStats
 
 
@@ -100,10 +99,10 @@ def test_recheck_times_cases_latest_first_in_two_passes_and_leaves_cold_and_allo
     assert (out.checked, out.disputed, out.replaced) == (3, 2, 2)
 
 
-def test_recheck_skips_a_kernel_that_is_a_cold_one(monkeypatch):
-    rec = record("relu", 1.0, n=1024)
-    cold_kernel = ColdKernel.__new__(ColdKernel)
-    out = windows.recheck([rec], time_window=_windows()[0], build_kernel=lambda case: cold_kernel)
+def test_recheck_leaves_a_cold_case_alone_by_its_family():
+    # a cold case without its warm twin's time is still a cold kernel: never rebuilt, never re-timed
+    rec = record("linear_cold", 1.0, B=1, IN=1024, OUT=1024)
+    out = windows.recheck([rec], time_window=_windows()[0], build_kernel=lambda case: pytest.fail("built"))
     assert out.records == [rec] and out.checked == 0
 
 
