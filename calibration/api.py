@@ -117,6 +117,7 @@ def pytest_args(
     quick: bool = False,
     device: str | None = None,
     threads: int | None = None,
+    windows: int | None = None,
     extra: Iterable[str] = (),
 ) -> list[str]:
     """The pytest command line that runs ``bench`` and writes the profile to ``output``.
@@ -143,6 +144,8 @@ def pytest_args(
         args += ["--calibrate-device", device]
     if threads is not None:
         args += ["--calibrate-threads", str(threads)]
+    if windows is not None:
+        args += ["--calibrate-windows", str(windows)]
     return args + list(extra)
 
 
@@ -157,14 +160,17 @@ def calibrate_hardware(
     *,
     device: str | None = None,
     threads: int | None = None,
+    windows: int | None = None,
     bench_dir: str | Path | None = None,
 ) -> HardwareCalibration:
     """Run the benchmark suite in this process and return the profile it wrote.
 
     Same arguments as the predecessor's ``calibrate_hardware``; the work is done by
     ``pytest --calibrate-out=...`` over the cases installed with the package (or
-    ``bench_dir``), exactly as on the command line. ``fusion_patterns`` run on top of the
-    base operations, as in the predecessor; ``operations=[]`` runs the fusion cases alone.
+    ``bench_dir``), exactly as on the command line. ``windows`` (1 or 2) is how many windows
+    an operation case is timed in, as ``--calibrate-windows`` (default: 2, 1 with ``quick``).
+    ``fusion_patterns`` run on top of the base operations, as in the predecessor;
+    ``operations=[]`` runs the fusion cases alone.
     The predecessor's pattern names (``FullAttention_SDPA``...) resolve with a
     DeprecationWarning. Raises ValueError or ProfileError (a ValueError) for a bad argument
     before any benchmark runs, CalibrationRunError when the run fails.
@@ -194,6 +200,10 @@ def calibrate_hardware(
         if isinstance(threads, bool) or not isinstance(threads, int):
             raise ValueError(f"Invalid threads {threads!r}; allowed: a positive integer")
         _parsed(options.parse_threads, str(threads))
+    if windows is not None:
+        if isinstance(windows, bool) or not isinstance(windows, int):
+            raise ValueError(f"Invalid windows {windows!r}; allowed: 1 or 2")
+        _parsed(options.parse_windows, str(windows))
     bench = find_bench_dir(bench_dir)
     if output_path is not None:
         if isinstance(output_path, str) and not output_path:
@@ -203,7 +213,7 @@ def calibrate_hardware(
         output = Path(output_path) if output_path is not None else Path(scratch) / "profile.json"
         args = pytest_args(
             bench=bench, output=output, hardware_name=hardware_name, peak_gflops=peak, peak_bandwidth=bandwidth,
-            select=select, quick=quick, device=device, threads=threads,
+            select=select, quick=quick, device=device, threads=threads, windows=windows,
         )
         before = output.stat().st_mtime_ns if output.exists() else None
         code = pytest.main(args)

@@ -109,7 +109,7 @@ FILTER_HELP = ("keep the entries whose key matches EXPR, as pytest -k does: case
 # Options `run` sets itself; given again after `--` they would silently override its own.
 RUN_OPTIONS = ("--calibrate-out", "--rootdir", "--confcutdir", "-c") + tuple(
     form for name in ("quick", "hardware", "peak-gflops", "peak-bandwidth", "operations", "fusion-patterns", "device",
-                      "threads") for form in (f"--{name}", f"--calibrate-{name}"))
+                      "threads", "windows") for form in (f"--{name}", f"--calibrate-{name}"))
 
 
 def _check_passthrough(extra: Sequence[str], output: Path) -> None:
@@ -150,7 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     argv = pytest_args(
         bench=bench, output=args.output, hardware_name=args.hardware, peak_gflops=peaks,
         peak_bandwidth=args.peak_bandwidth, select=Selection(args.operations, args.fusion_patterns or None),
-        quick=args.quick, device=args.device, threads=args.threads, extra=args.pytest_args,
+        quick=args.quick, device=args.device, threads=args.threads, windows=args.windows, extra=args.pytest_args,
     )
     before = _mtime(args.output)
     status = int(pytest.main(argv))
@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="one or two sizes per operation")
     run.add_argument("--device", type=options.parse_device, help="cpu or cuda (default: cuda if available)")
     run.add_argument("--threads", type=options.parse_threads, metavar="N", help="torch threads")
+    run.add_argument("--windows", type=options.parse_windows, metavar="N",
+                     help="windows an operation case is timed in: 1, or 2 (a second at the end of the run, a third "
+                          "where the two disagree); default 2, 1 with --quick")
     run.add_argument("--bench-dir", metavar="DIR",
                      help="a folder of benchmark cases to run instead (default: the cases installed with the "
                           "package, calibration/bench)")

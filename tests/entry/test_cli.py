@@ -271,3 +271,16 @@ def test_run_that_writes_no_profile_says_so_and_fails(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.splitlines()[-1] == "error: no profile was written to p.json (the summary above says why)"
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [([], None), (["--windows", "1"], "1"), (["--windows", "2"], "2")])
+def test_run_passes_windows_on_to_the_plugin(tmp_path, monkeypatch, args, expected):
+    seen = []
+    monkeypatch.setattr(pytest, "main", lambda argv: seen.append(list(argv)) or pytest.ExitCode.OK)
+    # pytest.main wrote nothing: run says so and exits 1
+    assert main(["run", "--output", str(tmp_path / "p.json"), "--operations", "dispatch", *args]) == 1
+    argv = seen[0]
+    if expected is None:  # the plugin's default: 2 windows, 1 with --quick
+        assert "--calibrate-windows" not in argv
+    else:
+        assert argv[argv.index("--calibrate-windows") + 1] == expected
