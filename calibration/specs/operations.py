@@ -103,6 +103,11 @@ class Operation(Checked):
     # FLOPs). A small-batch GEMM's rate follows its row count, not its size: at 8 rows MKL
     # runs 35-46 GFLOPS for 256x256 and 4096x4096 weights alike, 150 at 128 rows.
     scale: Callable[[Params], float] | None = None
+    # The parameter counting a GEMM's rows, whose one-row form is a GEMV (another variant).
+    # Below the fewest rows calibrated, a mapper takes the lesser of a GEMV per row and those
+    # rows' time (predict.mapper), not the FLOPs-scaled time of the fewest rows: MKL runs 2-4
+    # rows as that many GEMVs, 2-7x what 8 rows' rate scaled down to them gives.
+    rows: str | None = None
     # Values a query may leave out (e.g. the matmul path eager PyTorch takes).
     defaults: Mapping[str, ParamValue] = field(default_factory=dict)
     cpu_dtypes: tuple[str, ...] = ("float32",)
@@ -175,11 +180,13 @@ MATMUL = Operation(
             _mm(n, n, n, path) for n in (256, 512, 1024, 2048, 4096) for path in MATMUL_PATHS
             if not (n == 4096 and path != "aten")
         )
-        + (_mm(1, 4096, 4096), _mm(64, 4096, 1024), _mm(128, 1024, 4096)),
+        # the GEMV, the fewest rows (8: a batch's decode step) and skinny GEMMs, 64 MiB of weights or 16
+        + (_mm(1, 4096, 4096), _mm(8, 4096, 4096), _mm(64, 4096, 1024), _mm(128, 1024, 4096)),
         quick=tuple(_mm(1024, 1024, 1024, path) for path in MATMUL_PATHS) + (_mm(64, 4096, 1024),),
     ),
     variant=lambda p: (p["path"], _gemm_kind(p["M"])),
     scale=lambda p: p["M"],
+    rows="M",
     defaults={"path": "aten"},
     cpu_dtypes=("float32", "bfloat16"),
     cuda_dtypes=("float32", "tf32", "float16", "bfloat16"),
@@ -236,6 +243,7 @@ LINEAR = Operation(
     quick=({"B": 256, "IN": 1024, "OUT": 4096},)),
     variant=lambda p: (_gemm_kind(p["B"]),),
     scale=lambda p: p["B"],
+    rows="B",
 )
 
 

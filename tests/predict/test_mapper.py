@@ -11,6 +11,7 @@ from calibration.measure.fold import FusionRecord, fold
 from calibration.predict import allocator
 from calibration.predict.mapper import CPUMapper, evicted_bytes, predict_latency
 from calibration.predict.plan import partition
+from calibration.predict.results import NodeCost
 from calibration.specs.operations import OPERATIONS
 from calibration.specs.patterns import FusionCase
 
@@ -97,6 +98,63 @@ def test_a_memory_bound_size_between_cache_levels_takes_the_rate_its_neighbours_
     kernel = predict_latency(nn.Linear(512, 512).eval(), torch.randn(1, 512), cal).subgraphs[0].kernels[0]
     assert kernel.source == "interpolated between calibrated sizes"
     assert kernel.seconds == pytest.approx(nbytes / 30e9, rel=1e-6)
+
+
+def _linear_kernel(mapper, rows, width=1024):
+    torch.manual_seed(0)
+    part = partition(nn.Sequential(nn.Linear(width, width)).eval(), torch.randn(rows, width))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    return mapper.kernel(node)
+
+
+def test_fewer_rows_than_any_calibrated_gemm_take_a_gemv_a_row_or_the_fewest_rows_whichever_is_less():
+    # a GEMV at 0.1 ms, 8 rows at 0.5 ms, 64 rows at 1.6 ms, all over 1024x1024 weights
+    cal = fold(ceilings() + [record("linear", ms, B=rows, IN=1024, OUT=1024)
+                             for rows, ms in ((1, 0.1), (8, 0.5), (64, 1.6))], metadata(cache_sizes={}))
+    mapper = CPUMapper(cal)
+    for rows, expected_ms, how in ((2, 0.2, "2 x its one-row time"), (4, 0.4, "4 x its one-row time"),
+                                   (6, 0.5, "its 8-row time"), (7, 0.5, "its 8-row time")):
+        kernel = _linear_kernel(mapper, rows)
+        assert kernel.seconds == pytest.approx(expected_ms / 1e3, rel=1e-9), rows
+        assert how in kernel.source and "fewer than any calibrated GEMM" in kernel.source
+    # calibrated row counts and those between two of them are not few rows
+    assert _linear_kernel(mapper, 1).source == _linear_kernel(mapper, 8).source == "calibrated at this size"
+    assert _linear_kernel(mapper, 16).source == "interpolated between calibrated sizes"
+
+
+def test_a_few_row_gemm_s_one_row_time_is_interpolated_at_its_own_weights():
+    # GEMVs over 256x256 and 4096x4096 weights, 8 rows over 2048x2048: a 2-row 1024x1024 GEMM
+    # takes twice the GEMV the profile gives for 1024x1024, whatever that is
+    linear = OPERATIONS["linear"]
+    entries = [record("linear", linear.bytes_moved(dict(B=1, IN=w, OUT=w), 4) / 30e9 * 1e3, B=1, IN=w, OUT=w)
+               for w in (256, 4096)] + [record("linear", 50.0, B=8, IN=2048, OUT=2048)]
+    mapper = CPUMapper(fold(ceilings() + entries, metadata(cache_sizes={})))
+    gemv = _linear_kernel(mapper, 1)
+    assert gemv.source == "interpolated between calibrated sizes"
+    two = _linear_kernel(mapper, 2)
+    assert two.seconds == pytest.approx(2 * gemv.seconds, rel=1e-9)
+    assert "2 x its one-row time" in two.source
+
+
+def test_without_a_one_row_time_few_rows_keep_the_fewest_rows_rate():
+    cal = fold(ceilings() + [record("linear", 0.5, B=8, IN=1024, OUT=1024),
+                             record("linear", 1.6, B=64, IN=1024, OUT=1024)], metadata(cache_sizes={}))
+    kernel = _linear_kernel(CPUMapper(cal), 2)
+    assert "fewer than any" not in kernel.source
+    assert kernel.seconds < 0.5e-3 / 2  # the 8-row rate at a quarter of the FLOPs
+
+
+def test_few_row_matmuls_take_a_gemv_a_row_too():
+    spec = OPERATIONS["matmul"]
+    cal = fold(ceilings() + [record("matmul", 3.0, M=1, K=4096, N=4096, path="aten"),
+                             record("matmul", 9.0, M=8, K=4096, N=4096, path="aten")], metadata(cache_sizes={}))
+    mapper = CPUMapper(cal)
+    for rows, expected_ms in ((2, 6.0), (4, 9.0)):
+        p = dict(M=rows, K=4096, N=4096, path="aten")
+        node = NodeCost(name="mm", kind="call_function", target="mm", op="matmul", shape=(rows, 4096),
+                        dtype="float32", kernel=True, flops=spec.flops(p), bytes=spec.bytes_moved(p, 4),
+                        operation="matmul", params=p)
+        assert mapper.kernel(node).seconds == pytest.approx(expected_ms / 1e3, rel=1e-9)
 
 
 def test_uncalibrated_operations_use_the_roofline_plus_dispatch_and_say_so():
