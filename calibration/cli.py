@@ -208,6 +208,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 1 if comparison.regressed else 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from calibration.measure.merge import MergeError, merge_profiles
+    from calibration.profile.storage import ProfileError, check_output
+
+    try:
+        check_output(args.output)
+    except (ProfileError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    profiles = [_load(path) for path in args.profiles]
+    try:
+        merged, summary = merge_profiles(profiles, names=args.profiles)
+    except MergeError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        written = merged.save(args.output)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot write {args.output}: {exc}") from None
+    supplied = ", ".join(f"{path}: {n}" for path, n in zip(args.profiles, summary.kept_per_profile, strict=True))
+    OUT.write(f"merged {summary.profiles} calibrations of {merged.metadata.hardware_name}: "
+              f"{summary.operation_entries} operation cases ({summary.in_every_profile} in every one), each at the "
+              f"run with the median time (runs kept per profile: {supplied}); {summary.fusion_entries} fusion "
+              f"entries at their median speedup; ceilings derived again from the merged entries\nwrote {written}")
+    return 0
+
+
 COMPARE_EPILOG = """\
 exit status: 0 nothing regressed, 1 at least one entry regressed, 2 bad input (a profile
 that cannot be read, another schema version, nothing in common, a bad option value).
@@ -357,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="passed on to pytest")
     run.set_defaults(func=_cmd_run)
 
+    merge = sub.add_parser("merge", help="merge calibrations of one machine run at different times: each case at "
+                                         "the median of its runs (three or more profiles)")
+    merge.add_argument("profiles", nargs="+", metavar="PROFILE", help="profiles of the same machine and software")
+    merge.add_argument("--output", "-o", required=True, metavar="PATH",
+                       type=lambda t: options.parse_path(t, "--output"),
+                       help="profile to write (may be one of the inputs; an existing file must be a profile)")
+    merge.set_defaults(func=_cmd_merge)
+
     plot = sub.add_parser("plot", help="draw a profile's roofline (needs the 'plot' extra: matplotlib)")
     plot.add_argument("profile", metavar="PROFILE")
     plot.add_argument("--output", "-o", required=True, metavar="PATH",
@@ -390,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     _add_compare(sub)
-    parser.description = ("Calibrate this machine, read, compare and draw its profiles, and partition or predict "
-                          f"models with them. Commands: {', '.join(sub.choices)}.")
+    parser.description = ("Calibrate this machine, read, compare, merge and draw its profiles, and partition or "
+                          f"predict models with them. Commands: {', '.join(sub.choices)}.")
     return parser
 
 

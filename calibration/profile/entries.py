@@ -122,6 +122,9 @@ class Metadata(_Model):
     upgraded_from: str | None = Field(
         default=None, description="set when the profile was converted from another layout"
     )
+    merged_from: list[datetime] = Field(
+        default_factory=list, description="dates of the calibrations this profile is the per-case median of "
+                                          "(python -m calibration merge); empty for one run")
 
     def busy_warning(self) -> str | None:
         """Why this run's timings are suspect because other work competed, or None."""
