@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "ProfileError": "calibration.profile.storage",
     "load_calibration": "calibration.profile.storage",
     "calibrate_hardware": "calibration.api",
+    "merge_profiles": "calibration.measure.merge",
     "CPUMapper": "calibration.predict.mapper",
     "GPUMapper": "calibration.predict.mapper",
     "LatencyEstimate": "calibration.predict.mapper",
@@ -59,6 +60,7 @@ __all__ = [
     "calibrate_hardware",
     "fusion_benefit",
     "load_calibration",
+    "merge_profiles",
     "models",
     "partition",
     "predict_latency",
@@ -87,6 +89,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from calibration.api import calibrate_hardware
+    from calibration.measure.merge import merge_profiles
     from calibration.predict.mapper import (
         CPUMapper,
         GPUMapper,

@@ -177,6 +177,14 @@ CASES = [
     ("compare-format-unknown", ["compare", "p.json", "p.json", "--format", "xml"], ["'xml'"]),
     ("compare-missing", ["compare", "p.json", "nope.json"], ["nope.json"]),
     ("compare-nothing-in-common", ["compare", "p.json", "dispatch_only.json", "--metric", "speedup"], ["common"]),
+    # merge
+    ("merge-no-output", ["merge", "p.json", "p.json", "p.json"], ["--output"]),
+    ("merge-two-profiles", ["merge", "-o", "m.json", "p.json", "dispatch_only.json"], ["at least 3", "got 2"]),
+    ("merge-missing", ["merge", "-o", "m.json", "p.json", "p.json", "nope.json"], ["nope.json"]),
+    ("merge-not-a-profile", ["merge", "-o", "m.json", "p.json", "p.json", "notes.txt"], ["notes.txt"]),
+    ("merge-output-not-a-profile", ["merge", "-o", "notes.txt", "p.json", "p.json", "p.json"],
+     ["notes.txt", "not a calibration profile"]),
+    ("merge-output-directory", ["merge", "-o", "outdir", "p.json", "p.json", "p.json"], ["outdir", "directory"]),
     # partition and predict: the model
     ("model-unknown", ["partition", "--model", "nosuch"], ["'nosuch'"]),
     ("model-module-missing", ["partition", "--model", "nosuchmodule:f", "--input-shape", "4"], ["nosuchmodule"]),
@@ -232,6 +240,7 @@ READERS = {
     "plot-compare": lambda f: ["plot", "p.json", "-o", "r.png", "--compare", f],
     "partition": lambda f: ["partition", "--model", "mlp", "--profile", f],
     "predict": lambda f: ["predict", "--model", "mlp", "--profile", f],
+    "merge": lambda f: ["merge", "-o", "m.json", "p.json", "p.json", f],
 }
 PROFILE_CASES = [pytest.param(["show", f"{bad.id}.json"], bad.names, id=f"show-{bad.id}") for bad in BAD_PROFILES] + [
     pytest.param(argv(f"{bad.id}.json"), bad.names, id=f"{reader}-{bad.id}")
