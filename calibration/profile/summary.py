@@ -222,6 +222,8 @@ def render_summary(cal: ProfileSummary, *, select: Predicate | None = None, sort
         f"  {md.device_type}: {md.device_name} | {threads} | torch {md.torch_version or 'unknown'} | "
         f"{md.date:%Y-%m-%d %H:%M} UTC{' | quick' if md.quick else ''}",
         *([f"  upgraded from {md.upgraded_from}"] if md.upgraded_from else []),
+        *([f"  each case at its median run of {len(md.merged_from)} merged calibrations ("
+           + ", ".join(f"{d:%Y-%m-%d %H:%M}" for d in md.merged_from) + " UTC)"] if md.merged_from else []),
         *_busy(cal),
         "=" * WIDTH,
         *_peaks(cal),

@@ -82,7 +82,11 @@ def test_the_merge_command_writes_a_profile_that_loads(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "merged 3 calibrations of test-machine: 3 operation cases (3 in every one)" in said
     assert f"wrote {out}" in said
-    assert load_calibration(out).operation_profiles[MATMUL_KEY].latency.median_ms == 20.0
+    merged = load_calibration(out)
+    assert merged.operation_profiles[MATMUL_KEY].latency.median_ms == 20.0
+    assert ("each case at its median run of 3 merged calibrations (2026-11-01 00:00, 2026-11-02 00:00, "
+            "2026-11-03 00:00 UTC)") in merged.summary()
+    assert "merged calibrations" not in run(1, 20.0).summary()
 
 
 def test_the_merge_command_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
