@@ -19,7 +19,7 @@ from the same machine and software (device, CPU model, threads, vector ISA, torc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from calibration.measure.fold import Record, fold
 from calibration.profile.entries import LEGACY_FAMILY, FusionCalibration, OperationCalibration
@@ -95,23 +95,23 @@ def merge_profiles(profiles: Sequence[HardwareCalibration],
     if len(names) != len(profiles):
         raise MergeError(f"{len(names)} names for {len(profiles)} profiles")
     _check_same_machine(profiles, names)
-    runs: dict[str, list[tuple[int, OperationCalibration]]] = {}
+    # every entry must be one the registry can re-fold, whichever run the merge keeps
+    runs: dict[str, list[tuple[int, Record, str | None]]] = {}
     for i, (profile, name) in enumerate(zip(profiles, names, strict=True)):
         for key, entry in profile.operation_profiles.items():
-            _record(entry, name)  # every entry must be one the registry can re-fold
-            runs.setdefault(key, []).append((i, entry))
+            runs.setdefault(key, []).append((i, _record(entry, name), entry.origin))
     kept = [0] * len(profiles)
     records, origins = [], {}
     for key, found in runs.items():
-        index, entry = _median_low(found, lambda pair: pair[1].latency.median_ms)  # type: ignore[misc]
+        index, record, origin = _median_low(found, lambda run: run[1].latency.median_ms)  # type: ignore[misc]
         kept[index] += 1
         if len(found) > 1:
-            entry = entry.model_copy(update={"latency": entry.latency.model_copy(update={
-                "source": _provenance(entry.latency.source, [e.latency.median_ms for _, e in found],
-                                      len(profiles))})})
-        records.append(_record(entry, names[index]))
-        if entry.origin:
-            origins[key] = entry.origin
+            record = replace(record, latency=record.latency.model_copy(update={
+                "source": _provenance(record.latency.source, [r.latency.median_ms for _, r, _ in found],
+                                      len(profiles))}))
+        records.append(record)
+        if origin:
+            origins[key] = origin
     first = profiles[0]
     dates = sorted(p.metadata.date for p in profiles)
     metadata = first.metadata.model_copy(update={"date": dates[-1], "merged_from": dates})
