@@ -370,7 +370,7 @@ class Mapper:
         if fewest is None or rows >= fewest:
             return None
         one, many = (self._calibrated(self._with_rows(node, spec, n, dtype), dtype) for n in (1, fewest))
-        if one is None or many is None or one.operation is None:
+        if one is None or many is None:
             return None
         if rows * one.seconds <= many.seconds:
             seconds, bound, how = rows * one.seconds, one.bottleneck, f"{rows} x its one-row time"
