@@ -58,8 +58,8 @@ HELP_MODEL = (
 HELP_MODEL_BATCH = "Batch sizes for --calibrate-model, comma-separated. Default: 1."
 HELP_MODEL_SHAPE = "Input shape without the batch for a --calibrate-model MODULE:FACTORY, e.g. 3,224,224."
 HELP_WINDOWS = (
-    "1: time each case in one window. 2: time each operation case (not cold, alloc, dispatch or module ones) "
-    "again for 0.1 s at the end of the run and, where the two medians differ by more than x1.2, a third time a "
+    "1: time each case in one window. 2: time each operation case (not cold, alloc, dispatch, module or sequence "
+    "ones) again for 0.1 s at the end of the run and, where the two medians differ by more than x1.2, a third time a "
     "pass later, keeping the middle window: one window is one state of a shared host. Default: 2, 1 with --quick."
 )
 HELP_TABLES = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from calibration.profile import roofline, verdict
 from calibration.profile.fusion import PatternEntries
 from calibration.profile.schema import (
     BUSY_CPUS,
+    AfterBusyPoint,
     FusionCalibration,
     HardwareCalibration,
     LatencyStats,
@@ -19,7 +21,7 @@ from calibration.profile.schema import (
     Peak,
 )
 from calibration.specs.dtypes import itemsize
-from calibration.specs.operations import OPERATIONS, Case
+from calibration.specs.operations import AFTER_BUSY_PROBES, OPERATIONS, Case
 from calibration.specs.patterns import FusionCase
 
 STREAM_KERNELS = ("stream_copy", "stream_scale", "stream_add", "stream_triad")
@@ -35,6 +37,8 @@ class Record:
     other_cpus: float | None = None
     # a cold case: its warm twin's median ms, timed in the same rounds
     warm_ms: float | None = None
+    # an after_busy case: the median time of the kernel that ran right before each timed call
+    preceding_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ def _seconds(record: Record) -> float:
 def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> MeasuredSummary:
     summary = MeasuredSummary()
     module_calls: dict[tuple[str, str], LatencyStats] = {}  # (module class, form) -> latency
+    after_busy: dict[int, list[Record]] = {}  # matmul size -> its probes' records
 
     def best(table: dict, key: str, value: float) -> None:
         table[key] = max(table.get(key, 0.0), value)
@@ -68,6 +73,10 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
         case, seconds = record.case, _seconds(record)
         rate, bandwidth = roofline.gflops(case.flops, seconds), roofline.gbps(case.bytes, seconds)
         level = roofline.level_for_working_set(case.bytes, cache_sizes)
+        if case.spec.family == "sequence":
+            if record.warm_ms is not None and record.preceding_ms is not None:
+                after_busy.setdefault(int(case.param_dict["N"]), []).append(record)
+            continue
         if case.flops:
             best(summary.compute_ceiling_gflops, case.dtype, rate)
         # The alloc family times the allocator, and write-only fills are no ceiling; the
@@ -94,6 +103,7 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
             summary.module_overhead_us[module] = (latency.min_ms - module_calls[(module, "kernel")].min_ms) * 1e3
     if ("ReLU", "module") in module_calls:
         summary.module_call_overhead_us = module_calls[("ReLU", "module")].median_ms * 1e3
+    summary.after_busy = after_busy_points(after_busy)
     # A ceiling exists only where its reference ran (matmul for a dtype, the triad sweep or
     # STREAM for a level): a run of conv cases alone must not score conv against itself.
     summary.compute_ceiling_gflops = {
@@ -104,6 +114,20 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
         level: v for level, v in summary.bandwidth_by_level_gbps.items() if level in referenced
     }
     return summary
+
+
+def after_busy_points(by_size: Mapping[int, list[Record]]) -> list[AfterBusyPoint]:
+    """Per busy kernel: its median time over the probes' rounds, and what a probe's call took
+    over the same call right after itself, averaged over the probes (a point only where every
+    probe ran: one probe alone is not what an average call pays)."""
+    points = []
+    for records in by_size.values():
+        if {r.case.param_dict["probe"] for r in records} != set(AFTER_BUSY_PROBES):
+            continue
+        extra = [(r.latency.median_ms - r.warm_ms) * 1e3 for r in records]
+        points.append(AfterBusyPoint(preceding_ms=statistics.median(r.preceding_ms for r in records),
+                                     extra_us=sum(extra) / len(extra)))
+    return sorted(points, key=lambda p: p.preceding_ms)
 
 
 def unpaired(records: Iterable[FusionRecord]) -> list[str]:
@@ -220,6 +244,7 @@ def fold(
             other_cpus=record.other_cpus,
             busy=is_busy(record.other_cpus),
             warm_ms=record.warm_ms,
+            preceding_ms=record.preceding_ms,
         )
     fusion_records = list(fusion_records)
     unfused = {r.case.shape_key: r for r in fusion_records if r.case.variant == "unfused"}

@@ -234,15 +234,12 @@ def time_cold(benchmark, kernel: ColdKernel, *, budget: Budget) -> tuple[Latency
     warm: list[float] = []
 
     def setup() -> None:
-        start = time.perf_counter()
-        kernel()
-        warm.append(time.perf_counter() - start)
+        warm.append(kernel.time_warm())
         kernel.prepare()
 
     benchmark.pedantic(kernel, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
     latency = latency_from_pytest_benchmark(benchmark.stats.stats, 1)
-    latency = latency.model_copy(update={"source": "cold: caches evicted, input and output block touched, "
-                                                   "before each call"})
+    latency = latency.model_copy(update={"source": kernel.context})
     return latency, statistics.median(warm[2:] or warm) * 1e3  # the first follow the warmup
 
 
@@ -255,6 +252,7 @@ def measure(benchmark, case: Case, budget: Budget) -> Record | None:
     )
     if isinstance(kernel, ColdKernel):
         timed = time_cold(benchmark, kernel, budget=budget)
-        return None if timed is None else Record(case=case, latency=timed[0], warm_ms=timed[1])
+        return None if timed is None else Record(case=case, latency=timed[0], warm_ms=timed[1],
+                                                 preceding_ms=kernel.preceding_ms())
     latency = time_kernel(benchmark, kernel, device=case.device, budget=budget)
     return None if latency is None else Record(case=case, latency=latency)

@@ -9,12 +9,16 @@ runs them.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 
 from calibration.specs import host
 from calibration.specs.operations import (
+    AFTER_BUSY_PROBES,
+    AFTER_BUSY_SHAPE,
     MATMUL_PATHS,
     MODULE_CALL_FORMS,
     OPERATIONS,
@@ -151,6 +155,9 @@ class ColdKernel:
         llc = host.last_level_cache() or UNKNOWN_LLC_BYTES
         self.flush = torch.zeros(COLD_FLUSH_LLC_MULTIPLE * llc // 4, device=device)
 
+    # what each timed call followed (LatencyStats.source of the entry)
+    context = "cold: caches evicted, input and output block touched, before each call"
+
     def prepare(self) -> None:
         self.flush.add_(1.0)
         self.activation.sum()
@@ -158,6 +165,68 @@ class ColdKernel:
 
     def __call__(self) -> object:
         return self.run()
+
+    def time_warm(self) -> float:
+        """Seconds of the warm twin's call: the kernel again, right after its cold call."""
+        start = time.perf_counter()
+        self.run()
+        return time.perf_counter() - start
+
+    def preceding_ms(self) -> float | None:
+        """The median time of what ``prepare`` ran before each call, where that is the point."""
+        return None
+
+
+class AfterBusyKernel(ColdKernel):
+    """A probe timed as a forward calls it: ``prepare()`` runs an NxN matmul (timed: its
+    median is the busy time) right before each call."""
+
+    context = "after a busy kernel: an NxN matmul right before each call"
+
+    def __init__(self, run: Kernel, n: int, device: torch.device):
+        self.run = run
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        out = torch.empty(n, n, device=device)
+        self.busy = lambda: torch.mm(a, b, out=out)
+        self.busy_seconds: list[float] = []
+
+    def prepare(self) -> None:
+        start = time.perf_counter()
+        self.busy()
+        self.busy_seconds.append(time.perf_counter() - start)
+
+    def time_warm(self) -> float:
+        # the probe as a benchmark times it: its third call in a row (one call after the busy
+        # kernel is not enough to warm everything a call touches: an add took 113 us on its
+        # second call after a 7 ms matmul, 25 us repeated)
+        self.run()
+        self.run()
+        return super().time_warm()
+
+    def preceding_ms(self) -> float | None:
+        return statistics.median(self.busy_seconds) * 1e3 if self.busy_seconds else None
+
+
+def _after_busy(p: Params, dtype: str, device: torch.device) -> Kernel:
+    if device.type != "cpu":
+        raise ValueError("after_busy cases time a CPU's caches and page tables between calls; CPU only")
+    probe = str(p["probe"])
+    x = _randn(AFTER_BUSY_SHAPE, dtype, device)
+    if probe == "view":
+        run = lambda: x.flatten(1)  # noqa: E731
+    elif probe == "relu_inplace":
+        run = lambda: torch.relu_(x)  # noqa: E731
+    elif probe == "add":
+        y = _randn(AFTER_BUSY_SHAPE, dtype, device)
+        run = lambda: torch.add(x, y)  # noqa: E731
+    elif probe == "batch_norm":
+        c = AFTER_BUSY_SHAPE[1]
+        mean, var = torch.zeros(c, device=device), torch.ones(c, device=device)
+        weight, bias = torch.ones(c, device=device), torch.zeros(c, device=device)
+        run = lambda: torch.batch_norm(x, weight, bias, mean, var, False, 0.1, 1e-5, False)  # noqa: E731
+    else:
+        raise ValueError(f"after_busy probe {probe!r}; probes: {', '.join(AFTER_BUSY_PROBES)}")
+    return AfterBusyKernel(run, int(p["N"]), device)
 
 
 def _cpu_only_cold(device: torch.device) -> None:
@@ -299,6 +368,7 @@ BUILDERS: dict[str, Builder] = {
     "conv2d": _build_conv,
     "conv2d_cold": _cold_conv,
     "linear_cold": _cold_linear,
+    "after_busy": _after_busy,
     "add": _build_elementwise(torch.add, 2),
     "mul": _build_elementwise(torch.mul, 2),
     # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.

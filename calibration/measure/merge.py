@@ -75,7 +75,8 @@ def _record(entry: OperationCalibration, name: str) -> Record:
     if case.key != entry.key:
         raise MergeError(f"{name}: the entry {entry.key!r} does not have the parameters its key says "
                          f"(the registry reads them as {case.key!r})")
-    return Record(case=case, latency=entry.latency, other_cpus=entry.other_cpus, warm_ms=entry.warm_ms)
+    return Record(case=case, latency=entry.latency, other_cpus=entry.other_cpus, warm_ms=entry.warm_ms,
+                  preceding_ms=entry.preceding_ms)
 
 
 def _provenance(source: str, medians: Sequence[float], total: int) -> str:

@@ -35,11 +35,11 @@ from calibration.profile.schema import LatencyStats
 # Two medians of one kernel timed in the same state agree within a few percent (rounds of a
 # 0.1 s window: within 5% here); states of a shared host differ by 1.2-2.2x
 DISAGREE = 1.2
-# cold cases time their cold / warm ratio in their own rounds; the alloc family prices the
-# young heap of the run's start; the dispatch and module families are read by their fastest
+# cold and after_busy cases time their penalty against a warm twin in their own rounds; the
+# alloc family prices the young heap of the run's start; the dispatch and module families are read by their fastest
 # rounds, module form less kernel form (measure.fold.summarize), which a window taken from
 # another state for one of the pair would skew
-SKIPPED_FAMILIES = ("cold", "alloc", "dispatch", "module")
+SKIPPED_FAMILIES = ("cold", "alloc", "dispatch", "module", "sequence")
 # a later window's timed work: enough rounds for a median, short enough that re-timing the
 # full grid's operation cases costs well under a minute
 WINDOW_SECONDS = 0.1

@@ -52,6 +52,9 @@ class KernelEstimate(FrozenModel):
     source: str  # how the time was obtained: calibrated, interpolated, roofline fallback
     copy_seconds: float = 0.0  # an operand copied before the kernel (NodeCost.copy_bytes), included in seconds
     cold_factor: float = 1.0  # cold / warm: its weights evicted between forwards, included in seconds
+    # what the call pays for following the kernel before it (the profile's after_busy points),
+    # included in seconds
+    after_busy_seconds: float = 0.0
 
     @property
     def drift_class(self) -> str:
@@ -95,6 +98,8 @@ class LatencyEstimate(FrozenModel):
     steady_ms: float  # the kernels alone: what a caching allocator gives
     # of steady_ms: Module.__call__ of the modules the graph flattened (Partition.flattened_module_calls)
     module_calls_ms: float = 0.0
+    # of steady_ms: what the kernels pay for following the ones before them (KernelEstimate.after_busy_seconds)
+    after_busy_ms: float = 0.0
     allocator: AllocatorTerm | None = None
     subgraphs: tuple[SubgraphEstimate, ...]
     notes: tuple[str, ...]  # fallbacks taken, stated once each
@@ -121,6 +126,9 @@ class LatencyEstimate(FrozenModel):
         if self.module_calls_ms:
             rows.append(f"  of which {self.module_calls_ms:.3f} ms calling the modules the graph flattened "
                         "(containers, blocks, the model)")
+        if self.after_busy_ms:
+            rows.append(f"  of which {self.after_busy_ms:.3f} ms for calls right after longer kernels "
+                        "(the profile's after_busy points)")
         if self.allocator is not None and self.allocator.ms:
             rows.append(f"  of which {self.steady_ms:.3f} ms steady state and {self.allocator.ms:.3f} ms page faults "
                         f"({self.allocator.allocator})")
@@ -176,6 +184,49 @@ class Mapper:
         if measured.module_call_overhead_us is None or measured.dispatch_overhead_us is None:
             return 0.0
         return max(0.0, measured.module_call_overhead_us - measured.dispatch_overhead_us) / 1e6
+
+    def _after_busy_seconds(self, preceding_seconds: float) -> float:
+        """What a call pays over its benchmarked (repeated) time for following a kernel of
+        ``preceding_seconds``: the profile's after_busy points, linear in the log of the
+        preceding time between them, held beyond the longest and scaled to zero below the
+        shortest; never negative (a point can be, by noise)."""
+        points = self.calibration.measured.after_busy if self.calibration else []
+        if not points or preceding_seconds <= 0:
+            return 0.0
+        ms = preceding_seconds * 1e3
+        if ms <= points[0].preceding_ms:
+            us = points[0].extra_us * ms / points[0].preceding_ms
+        elif ms >= points[-1].preceding_ms:
+            us = points[-1].extra_us
+        else:
+            above = next(i for i, p in enumerate(points) if p.preceding_ms >= ms)
+            lo, hi = points[above - 1], points[above]
+            span = math.log(hi.preceding_ms) - math.log(lo.preceding_ms)
+            t = (math.log(ms) - math.log(lo.preceding_ms)) / span if span > 0 else 1.0
+            us = lo.extra_us + t * (hi.extra_us - lo.extra_us)
+        return max(us, 0.0) / 1e6
+
+    def _after_busy(self, kernels: list[tuple[KernelEstimate, ...]]) -> list[tuple[KernelEstimate, ...]]:
+        """Each kernel plus what it pays for the one before it; the first follows the last, as
+        in a loop of forwards."""
+        flat = [k for ks in kernels for k in ks]
+        if not flat:
+            return kernels
+        preceding = [flat[-1].seconds] + [k.seconds for k in flat[:-1]]
+        out, i = [], 0
+        for ks in kernels:
+            updated = []
+            for k in ks:
+                extra = self._after_busy_seconds(preceding[i])
+                i += 1
+                if extra:
+                    k = k.model_copy(update={
+                        "seconds": k.seconds + extra, "after_busy_seconds": extra,
+                        "source": f"{k.source}, +{extra * 1e6:.1f} us after a {preceding[i - 1] * 1e3:.3g} ms "
+                                  "kernel"})
+                updated.append(k)
+            out.append(tuple(updated))
+        return out
 
     # ------------------------------------------------------------------ kernels
     def kernel(self, node: NodeCost, *, reuse_bytes: int | None = None) -> KernelEstimate:
@@ -434,10 +485,11 @@ class Mapper:
         # What one forward touches: a kernel's weights come back for the next forward after the
         # rest of it has gone through the caches (their reuse distance)
         footprint = part.footprint_bytes()
-        for sg in part.subgraphs:
-            kernels = tuple(self.kernel(node, reuse_bytes=None if footprint is None
-                                        else footprint - weight_bytes(node))
-                            for node in sg.nodes if node.kernel)
+        per_subgraph = self._after_busy([
+            tuple(self.kernel(node, reuse_bytes=None if footprint is None else footprint - weight_bytes(node))
+                  for node in sg.nodes if node.kernel)
+            for sg in part.subgraphs])
+        for sg, kernels in zip(part.subgraphs, per_subgraph, strict=True):
             seconds = sum(k.seconds for k in kernels)
             speedup = sg.speedup if (mode == "fused" and sg.fused and sg.pattern) else 1.0
             if mode == "fused" and sg.fused and sg.speedup == 1.0:
@@ -450,6 +502,7 @@ class Mapper:
                 bottleneck=Bottleneck.COMPUTE if compute >= seconds / 2 and kernels else Bottleneck.MEMORY,
             ))
         calls_ms = part.flattened_module_calls * self._module_call_seconds(None) * 1e3
+        after_busy_ms = sum(k.after_busy_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
         steady = sum(s.total_ms for s in subgraphs) + calls_ms
         term = self.allocator_term(part)
         if mode == "fused" and term is not None and term.ms:
@@ -457,8 +510,8 @@ class Mapper:
                        "intermediates, which the replay does not know")
         faults = term.ms if term is not None and term.ms is not None else 0.0
         return LatencyEstimate(model=part.model, mode=mode, total_ms=steady + faults, steady_ms=steady,
-                               module_calls_ms=calls_ms, allocator=term, subgraphs=tuple(subgraphs),
-                               notes=tuple(self.notes))
+                               module_calls_ms=calls_ms, after_busy_ms=after_busy_ms, allocator=term,
+                               subgraphs=tuple(subgraphs), notes=tuple(self.notes))
 
     # ------------------------------------------------------------------ allocator
     def allocator_term(self, part: Partition) -> AllocatorTerm | None:

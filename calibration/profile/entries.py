@@ -266,7 +266,11 @@ class OperationCalibration(_Model):
     busy: Busy = False
     warm_ms: NonNegativeFloat | None = Field(
         default=None, description="cold cases (family 'cold'): the median of the same kernel called again right "
-                                  "after each cold call, cache-hot, in the same rounds; cold / warm is its penalty")
+                                  "after each cold call, cache-hot, in the same rounds; cold / warm is its penalty. "
+                                  "after_busy cases (family 'sequence'): the probe's third call in a row, each round")
+    preceding_ms: NonNegativeFloat | None = Field(
+        default=None, description="after_busy cases: the median time of the NxN matmul that ran right before each "
+                                  "timed call")
 
     @model_validator(mode="after")
     def _registered(self) -> OperationCalibration:
@@ -276,6 +280,14 @@ class OperationCalibration(_Model):
             return self
         _check_registered(spec, self, operation_key(self.operation, self.params, self.dtype, self.device))
         return self
+
+
+class AfterBusyPoint(_Model):
+    """What a call costs over its repeated time when the kernel before it ran ``preceding_ms``."""
+
+    preceding_ms: PositiveFloat
+    extra_us: float = Field(description="the after_busy probes' median after the busy kernel less their median "
+                                        "after themselves, averaged over the probes (noise can make it negative)")
 
 
 class MeasuredSummary(_Model):
@@ -306,6 +318,10 @@ class MeasuredSummary(_Model):
         description="best triad sweep bandwidth with the working set in each level (LLC-DRAM included)"
     )
     dispatch_overhead_us: NonNegativeFloat | None = None
+    after_busy: list[AfterBusyPoint] = Field(
+        default_factory=list,
+        description="by the preceding kernel's time, ascending: what a call pays over its repeated time for "
+                    "following that kernel (the after_busy cases)")
     module_call_overhead_us: NonNegativeFloat | None = Field(
         default=None, description="a small nn.ReLU module call: dispatch plus Module.__call__")
     module_overhead_us: dict[str, float] = Field(

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from calibration.profile.entries import (
     BUSY_CPUS,
+    AfterBusyPoint,
     CudaInfo,
     Dtype,
     FrozenModel,
@@ -34,7 +35,7 @@ SCHEMA_VERSION = 1
 
 __all__ = [
     "BUSY_CPUS", "SCHEMA_VERSION", "CudaInfo", "FrozenModel", "FusionCalibration", "HardwareCalibration",
-    "LatencyStats", "MeasuredSummary", "Metadata", "OperationCalibration", "Peak", "PeakSource",
+    "AfterBusyPoint", "LatencyStats", "MeasuredSummary", "Metadata", "OperationCalibration", "Peak", "PeakSource",
 ]
 
 

@@ -110,6 +110,9 @@ def _measured(cal: ProfileSummary) -> list[str]:
     if m.module_overhead_us:
         calls = "  ".join(f"{module} {us:+.1f}" for module, us in sorted(m.module_overhead_us.items()))
         lines.append(f"  module call over its kernel, us: {calls}")
+    if m.after_busy:
+        points = "  ".join(f"{p.preceding_ms:.3g} ms {p.extra_us:+.1f}" for p in m.after_busy)
+        lines.append(f"  a call after a busy kernel, us over its repeated time, by the kernel's time: {points}")
     return lines
 
 

@@ -49,7 +49,7 @@ _SPARE_STYLES = [("#637939", "p"), ("#e7ba52", "<"), ("#5254a3", ">"), ("#843c39
 # The one-element add and the tiny module probes measure per-call overhead: at ~1e-3 GFLOP/s
 # they would stretch the y axis by three decades and say nothing about the roofs, so the note
 # reports the dispatch cost instead.
-NOT_ROOFLINE_FAMILIES = ("dispatch", "module")
+NOT_ROOFLINE_FAMILIES = ("dispatch", "module", "sequence")
 
 VERDICT_COLOURS = {"fuse": "#2ca02c", "neutral": "#8c8c8c", "avoid": "#d62728"}
 

@@ -721,11 +721,52 @@ LINEAR_COLD = _cold(LINEAR)
 COLD_TWINS: dict[str, str] = {CONV2D.name: CONV2D_COLD.name, LINEAR.name: LINEAR_COLD.name}  # warm -> cold
 
 
+# --------------------------------------------------------------------------- calls after a busy kernel
+
+# A benchmark calls one kernel again and again, so the code, data and page-table entries its
+# call touches stay in the caches. In a forward each call comes after another kernel, and on a
+# shared host what a call finds cold grows with how long that kernel ran: here a batch norm
+# over a 0.8 MB activation took +6 us after a 20 us matmul, +97 us after a 2.3 ms one and
+# +263 us after a 19 ms one (a view: +1, +10, +62 us), where an LLC flush between calls, the
+# cold twins' context, gave +111 to +145 us. Each case times a probe right after a square
+# matmul of N (its time, measured in the same rounds, is the busy time) and again right after
+# itself; a mapper adds the difference, averaged over the probes and interpolated in the log of
+# the busy time, to every kernel after the one before it.
+AFTER_BUSY_PROBES = ("view", "relu_inplace", "add", "batch_norm")  # on a 1x64x56x56 activation
+AFTER_BUSY_SIZES = (64, 128, 256, 384, 512, 768, 1024)
+AFTER_BUSY_QUICK = (768,)  # one point: a mapper scales it down to zero below
+AFTER_BUSY_SHAPE = (1, 64, 56, 56)
+
+
+def _after_busy(sizes: tuple[int, ...]) -> tuple[Params, ...]:
+    return tuple({"N": n, "probe": probe} for n in sizes for probe in AFTER_BUSY_PROBES)
+
+
+def _probe_bytes(p: Params, size: int) -> int:
+    n = math.prod(AFTER_BUSY_SHAPE)
+    reads_writes = {"view": 0, "relu_inplace": 2, "add": 3, "batch_norm": 2}
+    if p["probe"] not in reads_writes:
+        raise ValueError(f"after_busy probe {p['probe']!r}; probes: {', '.join(AFTER_BUSY_PROBES)}")
+    return reads_writes[str(p["probe"])] * n * size
+
+
+AFTER_BUSY = Operation(
+    name="after_busy",
+    family="sequence",
+    description="a small call (probe) right after an NxN matmul has kept the CPUs busy, against the same call "
+                "right after itself: what a call in a forward pays for following a longer kernel",
+    flops=lambda p: 0,
+    bytes_moved=_probe_bytes,
+    shapes=fixed(full=_after_busy(AFTER_BUSY_SIZES), quick=_after_busy(AFTER_BUSY_QUICK)),
+    cpu_only=lambda p: True,
+)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (MATMUL, LINEAR, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
                BATCHNORM, MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH,
-               CONV2D_COLD, LINEAR_COLD)
+               CONV2D_COLD, LINEAR_COLD, AFTER_BUSY)
 }
 FAMILIES: dict[str, tuple[str, ...]] = {}
 for _op in OPERATIONS.values():

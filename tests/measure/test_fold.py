@@ -345,3 +345,37 @@ def test_every_case_the_suite_can_run_folds_into_a_profile_that_loads(tmp_path, 
     assert sum(len(entries) for entries in cal.fusion_profiles.values()) == sum(
         case.variant != "unfused" for case in (r.case for r in fusion))
     assert load_calibration(cal.save(tmp_path / "full.json")) == cal
+
+
+def after_busy(n: int, probe: str, after_ms: float, warm_ms: float, preceding_ms: float) -> Record:
+    r = record("after_busy", after_ms, N=n, probe=probe)
+    return replace(r, warm_ms=warm_ms, preceding_ms=preceding_ms)
+
+
+ALL_PROBES = ("view", "relu_inplace", "add", "batch_norm")
+
+
+def test_after_busy_points_average_the_probes_extra_by_the_preceding_kernel_s_time():
+    records = [after_busy(512, p, 0.010 + 0.004 * i, 0.002 + 0.004 * i, 2.0 + 0.1 * i)  # +8 us each
+               for i, p in enumerate(ALL_PROBES)]
+    records += [after_busy(128, p, 0.0031, 0.0021, 0.05) for p in ALL_PROBES]  # +1 us each
+    cal = fold(ceilings_for_after_busy() + records, metadata())
+    points = cal.measured.after_busy
+    assert [p.preceding_ms for p in points] == pytest.approx([0.05, 2.15])  # ascending; median of the probes
+    assert [p.extra_us for p in points] == pytest.approx([1.0, 8.0])
+    # a probe after a busy kernel is no ceiling, however fast it looks
+    assert cal.measured.bandwidth_by_level_gbps == {"DRAM": pytest.approx(20.0)}
+    assert cal.get_operation("after_busy", N=512, probe="add").preceding_ms == pytest.approx(2.2)
+    assert "a call after a busy kernel, us over its repeated time, by the kernel's time: 0.05 ms +1.0  2.15 ms +8.0" \
+        in render_summary(cal)
+
+
+def test_a_busy_size_missing_a_probe_gives_no_point_and_noise_may_give_a_negative_one():
+    records = [after_busy(512, p, 0.010, 0.002, 2.0) for p in ALL_PROBES[:3]]  # no batch_norm probe
+    records += [after_busy(128, p, 0.0020, 0.0021, 0.05) for p in ALL_PROBES]
+    points = fold(ceilings_for_after_busy() + records, metadata()).measured.after_busy
+    assert [(p.preceding_ms, round(p.extra_us, 6)) for p in points] == [(0.05, -0.1)]
+
+
+def ceilings_for_after_busy():
+    return [triad(1 << 25, 20.0)]

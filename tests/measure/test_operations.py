@@ -7,6 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from calibration.measure.kernels import (
     DTYPES,
     PROBE_MODULES,
+    AfterBusyKernel,
     build,
     dtype_unsupported_reason,
 )
@@ -152,7 +153,8 @@ def test_every_operation_builds_runs_and_counts(name):
         cases = op.cases(quick=quick, device="cpu")
         assert cases, f"{name} has no {'quick' if quick else 'full'} cases"
         for c in cases:
-            assert c.flops >= 0 and c.bytes > 0
+            # a view probe (after_busy) moves no data: its bytes are truly zero
+            assert c.flops >= 0 and (c.bytes > 0 or c.param_dict.get("probe") == "view")
             assert c.key.startswith(f"{name}[") and c.key.endswith("/cpu")
     smallest = min(op.cases(quick=True, device="cpu"), key=lambda c: c.bytes)
     if dtype_unsupported_reason(smallest.dtype, "cpu") is None and smallest.bytes < 64 << 20:
@@ -285,3 +287,24 @@ def test_a_cold_case_runs_one_call_per_round_after_evicting():
     assert iterations == 1 and rounds == harness.MAX_COLD_ROUNDS and len(prepared) == rounds + 1
     assert latency.median_ms == pytest.approx(1.0) and "cold" in latency.source
     assert 0 < warm_ms < 100  # the same tiny linear, timed hot in each round's setup
+
+
+@pytest.mark.parametrize("probe", ["view", "relu_inplace", "add", "batch_norm"])
+def test_an_after_busy_case_runs_its_probe_after_a_timed_matmul(probe):
+    kernel = build(case("after_busy", N=64, probe=probe))
+    assert isinstance(kernel, AfterBusyKernel)
+    assert kernel.preceding_ms() is None  # nothing ran before a call yet
+    kernel.prepare()
+    kernel.prepare()
+    assert len(kernel.busy_seconds) == 2 and kernel.preceding_ms() > 0
+    assert kernel.time_warm() > 0
+    out = kernel()
+    assert out.shape in {(1, 64 * 56 * 56), (1, 64, 56, 56)}
+    assert kernel.context.startswith("after a busy kernel")
+
+
+def test_an_after_busy_case_names_a_probe_it_has_not():
+    with pytest.raises(ValueError, match=r"probe 'gelu'; probes: view, relu_inplace, add, batch_norm"):
+        build(case("after_busy", N=64, probe="gelu"))
+    with pytest.raises(ValueError, match="probe 'gelu'"):
+        _ = case("after_busy", N=64, probe="gelu").bytes

@@ -617,3 +617,49 @@ def test_a_pool_is_priced_by_its_window_not_its_bytes():
     few = fold(ceilings() + [record("maxpool", made(p), **p) for p in grid[:3]], metadata(cache_sizes={}))
     (k,) = [k for sg in predict_latency(model, torch.randn(8, 64, 112, 112), few).subgraphs for k in sg.kernels]
     assert not k.source.startswith("fitted")
+
+
+def _after_busy_profile(points, extra_records=()):
+    """The ceilings, a linear and a relu, and after_busy points: {preceding ms: extra us}."""
+    from dataclasses import replace
+
+    records = ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128),
+                            *extra_records]
+    for i, (preceding_ms, extra_us) in enumerate(points.items()):
+        for probe in ("view", "relu_inplace", "add", "batch_norm"):
+            r = record("after_busy", 0.005 + extra_us / 1e3, N=64 * (i + 1), probe=probe)
+            records.append(replace(r, warm_ms=0.005, preceding_ms=preceding_ms))
+    return fold(records, metadata(cache_sizes={}))
+
+
+def test_after_busy_extra_is_interpolated_in_the_log_of_the_preceding_time():
+    mapper = CPUMapper(_after_busy_profile({0.1: 2.0, 1.0: 10.0, 10.0: 100.0}))
+    us = [mapper._after_busy_seconds(ms / 1e3) * 1e6 for ms in (0.0, 0.05, 0.1, math.sqrt(0.1), 1.0, 5.0, 10.0, 50.0)]
+    assert us == pytest.approx([0.0, 1.0, 2.0, 6.0, 10.0, 10.0 + 90.0 * math.log(5) / math.log(10), 100.0, 100.0])
+    # a point below zero (noise) never makes a call faster than benchmarked
+    assert CPUMapper(_after_busy_profile({0.1: -3.0, 1.0: 10.0}))._after_busy_seconds(0.1e-3) == 0.0
+
+
+def test_each_kernel_pays_for_the_one_before_it_and_the_first_for_the_last():
+    cal = _after_busy_profile({0.001: 1.0, 0.01: 4.0})
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
+    linear, relu = (k for sg in estimate.subgraphs for k in sg.kernels)
+    mapper = CPUMapper(cal)
+    # the linear follows the relu (the forward before), the relu follows the linear
+    assert linear.after_busy_seconds == pytest.approx(mapper._after_busy_seconds(0.002e-3))
+    assert relu.after_busy_seconds == pytest.approx(mapper._after_busy_seconds(0.010e-3))
+    assert relu.after_busy_seconds > linear.after_busy_seconds > 0
+    assert relu.seconds == pytest.approx(0.002e-3 + relu.after_busy_seconds)
+    assert "us after a 0.01 ms kernel" in relu.source
+    assert estimate.after_busy_ms == pytest.approx((linear.after_busy_seconds + relu.after_busy_seconds) * 1e3)
+    assert estimate.total_ms == pytest.approx(0.012 + estimate.after_busy_ms, rel=1e-9)
+    assert "for calls right after longer kernels" in estimate.table()
+
+
+def test_a_profile_without_after_busy_points_adds_nothing():
+    cal = fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128)],
+               metadata(cache_sizes={}))
+    estimate = predict_latency(linear_relu(), torch.randn(4, 64), cal)
+    assert estimate.after_busy_ms == 0.0
+    assert all(k.after_busy_seconds == 0.0 for sg in estimate.subgraphs for k in sg.kernels)
+    assert "longer kernels" not in estimate.table()

@@ -1,0 +1,8 @@
+"""Runs the cases of calibration/bench/test_sequence.py, the copy installed with the package.
+
+Assigned in their definition order, the order pytest collects them in.
+"""
+
+from calibration.bench import test_sequence as cases
+
+test_after_busy = cases.test_after_busy

@@ -1,0 +1,9 @@
+"""Small calls as a forward makes them: right after a longer kernel, against the same call
+right after itself (what a mapper adds to each kernel for the one before it)."""
+
+import pytest
+
+
+@pytest.mark.operation("after_busy")
+def test_after_busy(op_case, calibrate):
+    calibrate(op_case)
