@@ -86,6 +86,8 @@ def render(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, f
     md = calibration.metadata
     lines = [f"{model} batch {batch} on {md.hardware_name} ({md.threads or '?'} threads in the profile)"]
     steady = f"steady {eager.steady_ms:.3f}"
+    if eager.after_busy_ms:
+        steady += f", of which {eager.after_busy_ms:.3f} for calls right after longer kernels"
     if eager.allocator is not None and eager.allocator.ms:
         steady += f" + page faults {eager.allocator.ms:.3f}"
     line = f"predicted eager {eager.total_ms:.3f} ms ({steady})"
@@ -144,6 +146,7 @@ def as_json(*, model: str, batch: int, part: Partition, eager: LatencyEstimate, 
             faults: Sequence[int] | None = None, attribution: Attribution | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": model, "batch": batch, "predicted_ms": eager.total_ms, "steady_ms": eager.steady_ms,
+        "after_busy_ms": eager.after_busy_ms,
         "fused_ms": fused.total_ms if fused is not None else None,
         "allocator": eager.allocator.model_dump() if eager.allocator is not None else None,
         "notes": list(eager.notes),

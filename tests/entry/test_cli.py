@@ -203,6 +203,23 @@ def test_predict_prints_where_the_time_goes_and_with_measure_the_protocol(tmp_pa
     assert main(["predict", "--model", "mlp", "--profile", str(tmp_path / "nope.json")]) == 2
 
 
+def test_predict_says_what_calls_after_longer_kernels_add(tmp_path, capsys):
+    from dataclasses import replace
+
+    n = 1 << 25
+    records = [record("matmul", 2 * 1024**3 / 100e9 * 1e3, M=1024, K=1024, N=1024, path="aten"),
+               record("stream_triad", 3 * 4 * n / 20e9 * 1e3, n=n), record("dispatch", 0.002, n=1)]
+    records += [replace(record("after_busy", 0.025, N=768, probe=probe), warm_ms=0.005, preceding_ms=0.01)
+                for probe in ("view", "relu_inplace", "add", "batch_norm")]  # +20 us after a 10 us kernel
+    path = fold(records, metadata()).save(tmp_path / "p.json")
+    assert main(["predict", "--model", "mlp", "--profile", str(path)]) == 0
+    assert "for calls right after longer kernels" in capsys.readouterr().out
+    assert main(["predict", "--model", "mlp", "--profile", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["after_busy_ms"] > 0
+    assert any("us after a" in k["source"] for k in data["kernels"])
+
+
 @pytest.mark.times_kernels
 def test_predict_by_op_as_json_has_a_row_per_kernel(tmp_path, capsys):
     n = 1 << 25
