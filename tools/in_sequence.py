@@ -1,0 +1,182 @@
+"""Each call of a model's forward timed in its place against the same call repeated alone.
+
+    python tools/in_sequence.py resnet18 --batch 1
+    python tools/in_sequence.py small_cnn --batch 8 --profile profiles/full.json --json calls.json
+
+The model's traced graph is replayed call by call, a timer around each call (``--rounds``
+rounds of ``--replays`` replays; each call's median), and each call is then repeated alone
+(``--repeats`` timed calls after two untimed ones; its median), as a benchmark times it. The
+difference is what a call pays for running inside the forward: on a 2-vCPU EPYC VM memory-bound
+calls ran x2.1-2.4 their repeated time in a forward, compute kernels x1.03-1.25. With
+``--profile`` each call's prediction (the mapper's kernel estimate, its after_busy extra
+included) stands beside both. Prints the sums by operation and the calls that lose most; not a
+test: it times things. Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.fx as fx
+
+from calibration.predict import heldout_models, models
+from calibration.predict.trace import trace
+
+
+@dataclass
+class Call:
+    name: str
+    op: str  # the callee: an nn.Module class, a function or a method name
+    in_sequence_ms: float
+    alone_ms: float
+    predicted_ms: float | None = None
+
+    @property
+    def extra_ms(self) -> float:
+        return self.in_sequence_ms - self.alone_ms
+
+
+def build(name: str, batch: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    if name in heldout_models.HELDOUT:
+        x = heldout_models.heldout_input(name, batch)
+        return heldout_models.HELDOUT[name]().eval(), (x if isinstance(x, tuple) else (x,))
+    return models.load_model(name, batch)
+
+
+GraphCall = tuple[str, str, Callable, tuple, dict]
+
+
+def graph_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[GraphCall]:
+    """(node name, callee name, callable, args, kwargs) of every call the traced graph makes,
+    with the arguments one forward gave it."""
+    gm, _ = trace(model, inputs)
+    calls = []
+
+    class Capture(fx.Interpreter):
+        def run_node(self, n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            result = super().run_node(n)
+            if n.op == "call_module":
+                fn = self.fetch_attr(n.target)
+                calls.append((n.name, type(fn).__name__, fn, args, kwargs))
+            elif n.op == "call_function":
+                calls.append((n.name, getattr(n.target, "__name__", str(n.target)), n.target, args, kwargs))
+            elif n.op == "call_method":
+                method = n.target
+                calls.append((n.name, method, lambda s, *a, _m=method, **k: getattr(s, _m)(*a, **k), args, kwargs))
+            return result
+
+    with torch.no_grad():
+        Capture(gm).run(*inputs)
+    return calls
+
+
+def time_calls(calls, *, rounds: int, replays: int, repeats: int) -> list[tuple[float, float]]:
+    """(in-sequence ms, alone ms) per call: medians over rounds of each round's median."""
+    clock = time.perf_counter
+
+    def replay() -> list[float]:
+        out = []
+        for _, _, fn, args, kwargs in calls:
+            start = clock()
+            fn(*args, **kwargs)
+            out.append(clock() - start)
+        return out
+
+    def alone(fn, args, kwargs) -> float:
+        fn(*args, **kwargs)
+        fn(*args, **kwargs)
+        times = []
+        for _ in range(repeats):
+            start = clock()
+            fn(*args, **kwargs)
+            times.append(clock() - start)
+        return statistics.median(times)
+
+    with torch.no_grad():
+        for _ in range(2):
+            replay()
+        per_round = []
+        for _ in range(rounds):
+            sequence = [statistics.median(c) for c in zip(*(replay() for _ in range(replays)), strict=True)]
+            per_round.append((sequence, [alone(fn, a, k) for _, _, fn, a, k in calls]))
+    return [(statistics.median(r[0][i] for r in per_round) * 1e3, statistics.median(r[1][i] for r in per_round) * 1e3)
+            for i in range(len(calls))]
+
+
+def predictions(model, inputs, profile: str) -> dict[str, float]:
+    from calibration import load_calibration
+    from calibration.predict.mapper import mapper_for
+    from calibration.predict.plan import partition
+
+    cal = load_calibration(profile)
+    estimate = mapper_for(cal).estimate(partition(model, inputs, cal))
+    return {k.name: k.seconds * 1e3 for sg in estimate.subgraphs for k in sg.kernels}
+
+
+def report(name: str, batch: int, calls: list[Call], top: int) -> str:
+    seq, alone = sum(c.in_sequence_ms for c in calls), sum(c.alone_ms for c in calls)
+    predicted = [c.predicted_ms for c in calls if c.predicted_ms is not None]
+    lines = [f"{name} batch {batch}: {len(calls)} calls, {seq:.3f} ms in sequence, {alone:.3f} ms alone "
+             f"(x{seq / alone:.2f})" + (f", {sum(predicted):.3f} ms predicted" if predicted else "")]
+    by_op: dict[str, list[Call]] = {}
+    for c in calls:
+        by_op.setdefault(c.op, []).append(c)
+    lines.append(f"  {'callee':<22}{'calls':>6}{'in sequence':>13}{'alone':>10}{'ratio':>7}{'predicted':>11}")
+    for op, group in sorted(by_op.items(), key=lambda kv: -sum(c.extra_ms for c in kv[1])):
+        s, a = sum(c.in_sequence_ms for c in group), sum(c.alone_ms for c in group)
+        p = [c.predicted_ms for c in group if c.predicted_ms is not None]
+        lines.append(f"  {op[:22]:<22}{len(group):>6}{s:>13.3f}{a:>10.3f}{s / a if a else 0.0:>7.2f}"
+                     f"{f'{sum(p):.3f}' if p else '-':>11}")
+    lines.append(f"  calls losing most in sequence ({min(top, len(calls))} of {len(calls)}), ms:")
+    for c in sorted(calls, key=lambda c: -c.extra_ms)[:top]:
+        pred = f"  predicted {c.predicted_ms:.4f}" if c.predicted_ms is not None else ""
+        lines.append(f"    {c.name[:28]:<28} {c.op[:16]:<16} {c.in_sequence_ms:.4f} in sequence, {c.alone_ms:.4f} alone"
+                     f" ({c.extra_ms:+.4f}){pred}")
+    return "\n".join(lines)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    names = [*models.MODELS, *heldout_models.HELDOUT]
+    parser.add_argument("model", help=f"one of {', '.join(names)}")
+    parser.add_argument("--batch", type=positive, default=1)
+    parser.add_argument("--profile", help="a calibration: each call's prediction beside its times")
+    parser.add_argument("--rounds", type=positive, default=3)
+    parser.add_argument("--replays", type=positive, default=9, help="replays of the graph per round (default: 9)")
+    parser.add_argument("--repeats", type=positive, default=11, help="timed calls of each call alone (default: 11)")
+    parser.add_argument("--top", type=positive, default=12)
+    parser.add_argument("--json", metavar="FILE", help="write every call's times as JSON")
+    args = parser.parse_args(argv)
+    if args.model not in names:
+        parser.error(f"unknown model {args.model!r}; models: {', '.join(names)}")
+    model, inputs = build(args.model, args.batch)
+    calls = graph_calls(model, inputs)
+    times = time_calls(calls, rounds=args.rounds, replays=args.replays, repeats=args.repeats)
+    predicted = predictions(model, inputs, args.profile) if args.profile else {}
+    rows = [Call(name, op, seq, alone, predicted.get(name)) for (name, op, *_), (seq, alone) in
+            zip(calls, times, strict=True)]
+    print(report(args.model, args.batch, rows, args.top))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "batch": args.batch, "calls": [asdict(r) for r in rows]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
