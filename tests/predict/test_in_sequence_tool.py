@@ -18,21 +18,18 @@ sys.modules["in_sequence"] = in_sequence  # its dataclass looks its module up wh
 spec.loader.exec_module(in_sequence)
 
 
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 4)
-        self.act = nn.ReLU()
+class _Net(nn.Sequential):
+    """A Linear and a ReLU (module calls), then a method and a function call."""
 
     def forward(self, x):
-        return self.act(self.fc(x)).flatten(1) + 1
+        return super().forward(x).flatten(1) + 1
 
 
 def test_the_graph_s_calls_come_in_forward_order_with_their_own_arguments():
     torch.manual_seed(0)
-    model, x = _Net().eval(), torch.randn(2, 8)
+    model, x = _Net(nn.Linear(8, 4), nn.ReLU()).eval(), torch.randn(2, 8)
     calls = in_sequence.graph_calls(model, (x,))
-    assert [(name, op) for name, op, *_ in calls] == [("fc", "Linear"), ("act", "ReLU"), ("flatten", "flatten"),
+    assert [(name, op) for name, op, *_ in calls] == [("_0", "Linear"), ("_1", "ReLU"), ("flatten", "flatten"),
                                                       ("add", "add")]
     # replaying the calls with the captured arguments gives the forward's output
     *_, (_, _, fn, args, kwargs) = calls
