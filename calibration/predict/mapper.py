@@ -52,8 +52,9 @@ class KernelEstimate(FrozenModel):
     source: str  # how the time was obtained: calibrated, interpolated, roofline fallback
     copy_seconds: float = 0.0  # an operand copied before the kernel (NodeCost.copy_bytes), included in seconds
     cold_factor: float = 1.0  # cold / warm: its weights evicted between forwards, included in seconds
-    # what the call pays for following the kernel before it (the profile's after_busy points),
-    # included in seconds
+    # what the call pays for following the call before it (the profile's after_busy points),
+    # included in seconds (for a fused group's first kernel: times the group's speedup, which
+    # fused mode divides the group by)
     after_busy_seconds: float = 0.0
 
     @property
@@ -206,27 +207,29 @@ class Mapper:
             us = lo.extra_us + t * (hi.extra_us - lo.extra_us)
         return max(us, 0.0) / 1e6
 
-    def _after_busy(self, kernels: list[tuple[KernelEstimate, ...]]) -> list[tuple[KernelEstimate, ...]]:
-        """Each kernel plus what it pays for the one before it; the first follows the last, as
-        in a loop of forwards."""
-        flat = [k for ks in kernels for k in ks]
-        if not flat:
-            return kernels
-        preceding = [flat[-1].seconds] + [k.seconds for k in flat[:-1]]
-        out, i = [], 0
-        for ks in kernels:
-            updated = []
-            for k in ks:
-                extra = self._after_busy_seconds(preceding[i])
-                i += 1
-                if extra:
-                    k = k.model_copy(update={
-                        "seconds": k.seconds + extra, "after_busy_seconds": extra,
-                        "source": f"{k.source}, +{extra * 1e6:.1f} us after a {preceding[i - 1] * 1e3:.3g} ms "
-                                  "kernel"})
-                updated.append(k)
-            out.append(tuple(updated))
-        return out
+    def _after_busy(self, kernels: list[tuple[KernelEstimate, ...]],
+                    speedups: list[float]) -> list[tuple[KernelEstimate, ...]]:
+        """Each call plus what it pays for the call before it; the first follows the last, as
+        in a loop of forwards. A subgraph with a speedup other than 1 (fused mode) is one call,
+        of its kernels' time over the speedup, and its first kernel pays for it (times the
+        speedup, which the subgraph's time is divided by); otherwise each kernel is a call."""
+        calls: list[tuple[int, int, float]] = []  # (subgraph, its kernel that pays, the call's seconds)
+        for g, (ks, speedup) in enumerate(zip(kernels, speedups, strict=True)):
+            if ks and speedup != 1.0:
+                calls.append((g, 0, sum(k.seconds for k in ks) / speedup))
+            elif ks:
+                calls += [(g, j, k.seconds) for j, k in enumerate(ks)]
+        out = [list(ks) for ks in kernels]
+        for c, (g, j, _) in enumerate(calls):
+            preceding = calls[c - 1][2]  # calls[-1] for the first: the forward before ended with it
+            extra = self._after_busy_seconds(preceding) * speedups[g]
+            if extra:
+                k = out[g][j]
+                out[g][j] = k.model_copy(update={
+                    "seconds": k.seconds + extra, "after_busy_seconds": extra,
+                    "source": f"{k.source}, +{extra / speedups[g] * 1e6:.1f} us after a {preceding * 1e3:.3g} ms "
+                              "call"})
+        return [tuple(ks) for ks in out]
 
     # ------------------------------------------------------------------ kernels
     def kernel(self, node: NodeCost, *, reuse_bytes: int | None = None) -> KernelEstimate:
@@ -485,13 +488,13 @@ class Mapper:
         # What one forward touches: a kernel's weights come back for the next forward after the
         # rest of it has gone through the caches (their reuse distance)
         footprint = part.footprint_bytes()
+        speedups = [sg.speedup if (mode == "fused" and sg.fused and sg.pattern) else 1.0 for sg in part.subgraphs]
         per_subgraph = self._after_busy([
             tuple(self.kernel(node, reuse_bytes=None if footprint is None else footprint - weight_bytes(node))
                   for node in sg.nodes if node.kernel)
-            for sg in part.subgraphs])
-        for sg, kernels in zip(part.subgraphs, per_subgraph, strict=True):
+            for sg in part.subgraphs], speedups)
+        for sg, kernels, speedup in zip(part.subgraphs, per_subgraph, speedups, strict=True):
             seconds = sum(k.seconds for k in kernels)
-            speedup = sg.speedup if (mode == "fused" and sg.fused and sg.pattern) else 1.0
             if mode == "fused" and sg.fused and sg.speedup == 1.0:
                 self._note("fused subgraphs whose pattern the profile never measured keep their unfused time")
             compute = sum(k.seconds for k in kernels if k.bottleneck == Bottleneck.COMPUTE)

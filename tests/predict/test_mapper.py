@@ -619,17 +619,22 @@ def test_a_pool_is_priced_by_its_window_not_its_bytes():
     assert not k.source.startswith("fitted")
 
 
-def _after_busy_profile(points, extra_records=()):
-    """The ceilings, a linear and a relu, and after_busy points: {preceding ms: extra us}."""
+def _after_busy_records(points):
+    """after_busy probes giving these points: {preceding ms: extra us}."""
     from dataclasses import replace
 
-    records = ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128),
-                            *extra_records]
+    records = []
     for i, (preceding_ms, extra_us) in enumerate(points.items()):
         for probe in ("view", "relu_inplace", "add", "batch_norm"):
             r = record("after_busy", 0.005 + extra_us / 1e3, N=64 * (i + 1), probe=probe)
             records.append(replace(r, warm_ms=0.005, preceding_ms=preceding_ms))
-    return fold(records, metadata(cache_sizes={}))
+    return records
+
+
+def _after_busy_profile(points):
+    """The ceilings, a linear and a relu, and after_busy points: {preceding ms: extra us}."""
+    return fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128),
+                              *_after_busy_records(points)], metadata(cache_sizes={}))
 
 
 def test_after_busy_extra_is_interpolated_in_the_log_of_the_preceding_time():
@@ -650,7 +655,7 @@ def test_each_kernel_pays_for_the_one_before_it_and_the_first_for_the_last():
     assert relu.after_busy_seconds == pytest.approx(mapper._after_busy_seconds(0.010e-3))
     assert relu.after_busy_seconds > linear.after_busy_seconds > 0
     assert relu.seconds == pytest.approx(0.002e-3 + relu.after_busy_seconds)
-    assert "us after a 0.01 ms kernel" in relu.source
+    assert "us after a 0.01 ms call" in relu.source
     assert estimate.after_busy_ms == pytest.approx((linear.after_busy_seconds + relu.after_busy_seconds) * 1e3)
     assert estimate.total_ms == pytest.approx(0.012 + estimate.after_busy_ms, rel=1e-9)
     assert "for calls right after longer kernels" in estimate.table()
@@ -663,3 +668,24 @@ def test_a_profile_without_after_busy_points_adds_nothing():
     assert estimate.after_busy_ms == 0.0
     assert all(k.after_busy_seconds == 0.0 for sg in estimate.subgraphs for k in sg.kernels)
     assert "longer kernels" not in estimate.table()
+
+
+def test_in_fused_mode_a_fused_group_is_one_call_and_pays_once():
+    shape = (("B", 4), ("IN", 64), ("OUT", 32))
+    unfused = FusionRecord(FusionCase("Linear_Bias_ReLU", shape, "float32", "cpu", "unfused"), latency(0.02))
+    fused = FusionRecord(FusionCase("Linear_Bias_ReLU", shape, "float32", "cpu", "library"), latency(0.01))
+    cal = fold(ceilings() + [record("linear", 0.010, B=4, IN=64, OUT=32), record("relu", 0.002, n=128),
+                             *_after_busy_records({0.001: 1.0, 0.01: 4.0})],
+               metadata(cache_sizes={}), fusion_records=[unfused, fused])
+    part = partition(linear_relu(), torch.randn(4, 64), cal)
+    mapper = CPUMapper(cal)
+    eager, fused_estimate = mapper.estimate(part, "eager"), mapper.estimate(part, "fused")
+    (group,) = [sg for sg in fused_estimate.subgraphs if sg.pattern == "Linear_Bias_ReLU"]
+    assert group.speedup == pytest.approx(2.0) and len(fused_estimate.subgraphs) == 1
+    # one call of (0.010 + 0.002) / 2 ms, following itself: it pays once, at that time
+    once = mapper._after_busy_seconds(0.006e-3) * 1e3
+    assert fused_estimate.after_busy_ms == pytest.approx(once)
+    assert fused_estimate.total_ms == pytest.approx(0.006 + once, rel=1e-9)
+    # eager: two calls, each after the other
+    assert eager.after_busy_ms == pytest.approx((mapper._after_busy_seconds(0.002e-3)
+                                                 + mapper._after_busy_seconds(0.010e-3)) * 1e3)
