@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from calibration.measure import stats
 from calibration.measure.fold import Record
-from calibration.measure.kernels import ColdKernel, Kernel, build
+from calibration.measure.kernels import Kernel, PreparedKernel, build
 from calibration.profile.schema import LatencyStats
 from calibration.specs.operations import Case
 
@@ -217,20 +217,22 @@ def time_interleaved(
     return fused, latency_from_samples(samples[warmup:])
 
 
-# A cold case's rounds each rewrite twice the LLC first (a few ms); this many are enough for a
-# median and keep the conv and linear grids' cold twins to seconds.
-MAX_COLD_ROUNDS = 40
+# A cold case's rounds each rewrite twice the LLC first (a few ms), an after_busy case's run a
+# matmul of up to tens of ms; this many are enough for a median and keep the conv and linear
+# grids' cold twins to seconds.
+MAX_PREPARED_ROUNDS = 40
 
 
-def time_cold(benchmark, kernel: ColdKernel, *, budget: Budget) -> tuple[LatencyStats, float] | None:
+def time_prepared(benchmark, kernel: PreparedKernel, *, budget: Budget) -> tuple[LatencyStats, float] | None:
     """One call per round, each after ``kernel.prepare()`` (untimed: pytest-benchmark's setup),
-    and the warm twin in the same rounds: the setup first times the kernel once more, hot from
-    the cold call before it. Returns (cold latency, warm median ms)."""
+    and the warm twin in the same rounds: the setup first times the kernel once more
+    (``kernel.time_warm()``), hot from the call before it. Returns (latency after the context,
+    warm median ms)."""
     if not benchmark.enabled:
         benchmark(kernel)
         return None
     call = estimate_call_seconds(kernel, lambda: None)
-    rounds = min(MAX_COLD_ROUNDS, rounds_for(call, budget))
+    rounds = min(MAX_PREPARED_ROUNDS, rounds_for(call, budget))
     warm: list[float] = []
 
     def setup() -> None:
@@ -250,8 +252,8 @@ def measure(benchmark, case: Case, budget: Budget) -> Record | None:
     benchmark.extra_info.update(
         calibration_key=case.key, flops=case.flops, bytes=case.bytes, dtype=case.dtype
     )
-    if isinstance(kernel, ColdKernel):
-        timed = time_cold(benchmark, kernel, budget=budget)
+    if isinstance(kernel, PreparedKernel):
+        timed = time_prepared(benchmark, kernel, budget=budget)
         return None if timed is None else Record(case=case, latency=timed[0], warm_ms=timed[1],
                                                  preceding_ms=kernel.preceding_ms())
     latency = time_kernel(benchmark, kernel, device=case.device, budget=budget)

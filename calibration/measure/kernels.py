@@ -142,32 +142,22 @@ COLD_FLUSH_LLC_MULTIPLE = 2
 UNKNOWN_LLC_BYTES = 32 << 20
 
 
-class ColdKernel:
-    """A kernel timed as a model runs it: ``prepare()``, before every timed call, evicts the
-    caches (a write over twice the LLC), then reads the input back, as the layer before
-    leaves it, and writes an output-sized block, as the caching allocator hands a recently
-    freed block to the output. Only the weights come from memory."""
+class PreparedKernel:
+    """A kernel timed after ``prepare()`` puts the machine in a context before every timed
+    call (pytest-benchmark's setup, untimed), with its warm twin timed in the same rounds
+    (``measure.harness.time_prepared``)."""
 
-    def __init__(self, run: Kernel, activation: torch.Tensor, touch_output: Kernel, device: torch.device):
-        self.run = run
-        self.activation = activation
-        self.touch_output = touch_output
-        llc = host.last_level_cache() or UNKNOWN_LLC_BYTES
-        self.flush = torch.zeros(COLD_FLUSH_LLC_MULTIPLE * llc // 4, device=device)
-
-    # what each timed call followed (LatencyStats.source of the entry)
-    context = "cold: caches evicted, input and output block touched, before each call"
+    run: Kernel
+    context = ""  # what each timed call followed (LatencyStats.source of the entry)
 
     def prepare(self) -> None:
-        self.flush.add_(1.0)
-        self.activation.sum()
-        self.touch_output()
+        raise NotImplementedError
 
     def __call__(self) -> object:
         return self.run()
 
     def time_warm(self) -> float:
-        """Seconds of the warm twin's call: the kernel again, right after its cold call."""
+        """Seconds of the warm twin's call: the kernel again, right after its timed call."""
         start = time.perf_counter()
         self.run()
         return time.perf_counter() - start
@@ -177,7 +167,28 @@ class ColdKernel:
         return None
 
 
-class AfterBusyKernel(ColdKernel):
+class ColdKernel(PreparedKernel):
+    """A kernel timed as a model runs it: ``prepare()``, before every timed call, evicts the
+    caches (a write over twice the LLC), then reads the input back, as the layer before
+    leaves it, and writes an output-sized block, as the caching allocator hands a recently
+    freed block to the output. Only the weights come from memory."""
+
+    context = "cold: caches evicted, input and output block touched, before each call"
+
+    def __init__(self, run: Kernel, activation: torch.Tensor, touch_output: Kernel, device: torch.device):
+        self.run = run
+        self.activation = activation
+        self.touch_output = touch_output
+        llc = host.last_level_cache() or UNKNOWN_LLC_BYTES
+        self.flush = torch.zeros(COLD_FLUSH_LLC_MULTIPLE * llc // 4, device=device)
+
+    def prepare(self) -> None:
+        self.flush.add_(1.0)
+        self.activation.sum()
+        self.touch_output()
+
+
+class AfterBusyKernel(PreparedKernel):
     """A probe timed as a forward calls it: ``prepare()`` runs an NxN matmul (timed: its
     median is the busy time) right before each call."""
 

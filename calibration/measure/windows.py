@@ -36,9 +36,9 @@ from calibration.profile.schema import LatencyStats
 # 0.1 s window: within 5% here); states of a shared host differ by 1.2-2.2x
 DISAGREE = 1.2
 # cold and after_busy cases time their penalty against a warm twin in their own rounds; the
-# alloc family prices the young heap of the run's start; the dispatch and module families are read by their fastest
-# rounds, module form less kernel form (measure.fold.summarize), which a window taken from
-# another state for one of the pair would skew
+# alloc family prices the young heap of the run's start; the dispatch and module families are
+# read by their fastest rounds, module form less kernel form (measure.fold.summarize), which a
+# window taken from another state for one of the pair would skew
 SKIPPED_FAMILIES = ("cold", "alloc", "dispatch", "module", "sequence")
 # a later window's timed work: enough rounds for a median, short enough that re-timing the
 # full grid's operation cases costs well under a minute
@@ -115,7 +115,7 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
         timer = time_window or (lambda k, p, device=record.case.device: _time_window(k, p, device))
         return later_window(record.latency, build_kernel(record.case), timer, source)
 
-    # cold cases (the only ones built as ColdKernel) are among the skipped families
+    # cold and after_busy cases (the only ones built as PreparedKernel) are among the skipped families
     order = [i for i in reversed(range(len(records))) if records[i].case.spec.family not in SKIPPED_FAMILIES]
     second = {i: timed(records[i], "a second window at the end of the run") for i in order}
     third = {i: timed(records[i], "a third window at the end of the run") for i in order

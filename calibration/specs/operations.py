@@ -732,7 +732,8 @@ COLD_TWINS: dict[str, str] = {CONV2D.name: CONV2D_COLD.name, LINEAR.name: LINEAR
 # matmul of N (its time, measured in the same rounds, is the busy time) and again right after
 # itself; a mapper adds the difference, averaged over the probes and interpolated in the log of
 # the busy time, to every kernel after the one before it.
-AFTER_BUSY_PROBES = ("view", "relu_inplace", "add", "batch_norm")  # on a 1x64x56x56 activation
+# the probes, on a 1x64x56x56 activation, and how many arrays of its size each reads and writes
+AFTER_BUSY_PROBES: dict[str, int] = {"view": 0, "relu_inplace": 2, "add": 3, "batch_norm": 2}
 AFTER_BUSY_SIZES = (64, 128, 256, 384, 512, 768, 1024)
 AFTER_BUSY_QUICK = (768,)  # one point: a mapper scales it down to zero below
 AFTER_BUSY_SHAPE = (1, 64, 56, 56)
@@ -743,11 +744,9 @@ def _after_busy(sizes: tuple[int, ...]) -> tuple[Params, ...]:
 
 
 def _probe_bytes(p: Params, size: int) -> int:
-    n = math.prod(AFTER_BUSY_SHAPE)
-    reads_writes = {"view": 0, "relu_inplace": 2, "add": 3, "batch_norm": 2}
-    if p["probe"] not in reads_writes:
+    if p["probe"] not in AFTER_BUSY_PROBES:
         raise ValueError(f"after_busy probe {p['probe']!r}; probes: {', '.join(AFTER_BUSY_PROBES)}")
-    return reads_writes[str(p["probe"])] * n * size
+    return AFTER_BUSY_PROBES[str(p["probe"])] * math.prod(AFTER_BUSY_SHAPE) * size
 
 
 AFTER_BUSY = Operation(

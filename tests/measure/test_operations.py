@@ -282,9 +282,9 @@ def test_a_cold_case_runs_one_call_per_round_after_evicting():
     kernel = build(Case("linear_cold", tuple(params.items()), "float32", "cpu"))
     kernel.prepare = lambda: prepared.append(1)
     bench = Recorder()
-    latency, warm_ms = harness.time_cold(bench, kernel, budget=harness.Budget(seconds=10.0, min_rounds=7))
+    latency, warm_ms = harness.time_prepared(bench, kernel, budget=harness.Budget(seconds=10.0, min_rounds=7))
     setup, rounds, iterations = bench.args
-    assert iterations == 1 and rounds == harness.MAX_COLD_ROUNDS and len(prepared) == rounds + 1
+    assert iterations == 1 and rounds == harness.MAX_PREPARED_ROUNDS and len(prepared) == rounds + 1
     assert latency.median_ms == pytest.approx(1.0) and "cold" in latency.source
     assert 0 < warm_ms < 100  # the same tiny linear, timed hot in each round's setup
 
