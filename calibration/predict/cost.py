@@ -18,6 +18,8 @@ from torch import fx, nn
 
 from calibration.predict.results import NodeCost
 from calibration.predict.trace import (
+    DATA_MOVEMENT_OPS,
+    FILL_OPS,
     POINTWISE_FLOPS,
     VIEW_OPS,
     Recorder,
@@ -26,12 +28,13 @@ from calibration.predict.trace import (
     dtype_name,
     op_name,
 )
-from calibration.specs.operations import ELEMENTWISE_FLOPS
+from calibration.specs.operations import ELEMENTWISE_FLOPS, OPERATIONS
 
 
 def module_params(module: nn.Module) -> int:
-    """Floating-point parameters and buffers: what the kernel reads (BN's num_batches_tracked is not)."""
-    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    """Floating-point parameters and buffers: what the kernel reads (BN's num_batches_tracked is not).
+    A module fx keeps as one node runs all of them, its submodules' too (a transformer layer's Linears)."""
+    tensors = list(module.parameters()) + list(module.buffers())
     return sum(t.numel() * t.element_size() for t in tensors if t.is_floating_point())
 
 
@@ -53,6 +56,10 @@ def _node_flops(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> in
         weight = tuple(module.weight.shape) if module is not None else shapes[1]
         has_bias = (module.bias is not None) if module is not None else arg(args, kwargs, 2, "bias") is not None
         return 2 * numel * math.prod(weight[1:]) + (numel if has_bias else 0)
+    if op in ("conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+        # weight (CIN, COUT / groups, *kernel): each input element scatters into COUT/groups x kernel outputs
+        has_bias = arg(args, kwargs, 2, "bias") is not None
+        return 2 * math.prod(shapes[0]) * math.prod(shapes[1][1:]) + (numel if has_bias else 0)
     if op == "linear":
         fin = module.in_features if module is not None else shapes[1][-1]
         has_bias = (module.bias is not None) if module is not None else arg(args, kwargs, 2, "bias") is not None
@@ -81,10 +88,20 @@ def _node_flops(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> in
     return None
 
 
-# Canonical op -> the ops registry's element-wise operation of the same kernel.
+# Canonical op -> the ops registry's element-wise operation of the same kernel, or of the
+# nearest one: the profile times these, and one input's cheap arithmetic runs as ReLU does,
+# one input's exp, log or tanh as the sigmoid does, two inputs as add does.
 _ELEMENTWISE_OPERATION = {"add": "add", "mul": "mul", "relu": "relu", "gelu": "gelu", "sigmoid": "sigmoid",
                           "silu": "silu", "relu6": "relu", "hardtanh": "relu", "clamp": "relu", "sub": "add",
-                          "div": "mul"}
+                          "div": "mul", "leaky_relu": "relu", "hardsigmoid": "relu", "hardswish": "relu",
+                          "abs": "relu", "neg": "relu", "tanh": "sigmoid", "exp": "sigmoid", "log": "sigmoid",
+                          "erf": "sigmoid", "sqrt": "sigmoid", "rsqrt": "sigmoid", "elu": "sigmoid",
+                          "softplus": "sigmoid", "mish": "silu", "maximum": "add", "minimum": "add",
+                          "masked_fill": "add", "where": "add"}
+# Ops that move data without arithmetic, and upsampling that reads each input element a few
+# times from cache and writes its output once: priced as the STREAM copy of their output.
+_COPY_OPS = DATA_MOVEMENT_OPS | {"interpolate", "upsample_bilinear2d", "upsample_bicubic2d", "upsample_linear1d",
+                                 "upsample_trilinear3d"}
 
 
 def _pair(value: Any) -> int:
@@ -139,20 +156,34 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
         fin = module.in_features if module is not None else shapes[0][-1]
         return {"operation": "linear",
                 "params": {"B": out.numel // out.shape[-1], "IN": fin, "OUT": out.shape[-1]}}
-    if op in ("matmul", "mm", "bmm") and len(shapes) >= 2 and len(out.shape) >= 2:
+    if op == "addmm" and len(shapes) >= 3 and len(out.shape) == 2:  # bias + mat1 @ mat2: a Linear's kernel
+        return {"operation": "linear", "params": {"B": out.shape[0], "IN": shapes[1][-1], "OUT": out.shape[1]}}
+    if op in ("matmul", "mm", "bmm", "baddbmm") and len(shapes) >= 2 and len(out.shape) >= 2:
         batch = math.prod(out.shape[:-2])
+        k = shapes[1][-1] if op == "baddbmm" else shapes[0][-1]  # baddbmm(bias, a, b)
         return {"operation": "bmm" if batch > 1 else "matmul",
                 "params": ({"BATCH": batch} if batch > 1 else {})
-                | {"M": out.shape[-2], "K": shapes[0][-1], "N": out.shape[-1]}}
+                | {"M": out.shape[-2], "K": k, "N": out.shape[-1]}}
     if op in _ELEMENTWISE_OPERATION:
         return {"operation": _ELEMENTWISE_OPERATION[op], "params": {"n": out.numel}}
-    if op == "copy":  # a reshape or contiguous that had to copy: a STREAM copy
+    if op in _COPY_OPS:  # a reshape or contiguous that had to copy, a concatenation: a STREAM copy
         return {"operation": "stream_copy", "params": {"n": out.numel}}
-    if op in ("softmax", "layer_norm") and out.shape:
-        return {"operation": "softmax" if op == "softmax" else "layernorm",
+    if op in FILL_OPS:  # the write alone, into an array as an eager op's output
+        return {"operation": "fill", "params": {"n": out.numel}}
+    if op == "group_norm" and len(out.shape) >= 2:  # normalises N x groups rows, as LayerNorm does
+        if module is not None:
+            groups = module.num_groups
+        else:  # aten.native_group_norm(input, weight, bias, N, C, HxW, group, eps), else F.group_norm
+            groups = int(args[6] if len(args) >= 7 else arg(args, kwargs, 1, "num_groups"))
+        rows = out.shape[0] * groups
+        return {"operation": "layernorm", "params": {"ROWS": rows, "COLS": out.numel // rows}}
+    if op in ("softmax", "log_softmax", "layer_norm") and out.shape:
+        return {"operation": "layernorm" if op == "layer_norm" else "softmax",
                 "params": {"ROWS": out.numel // out.shape[-1], "COLS": out.shape[-1]}}
-    if op == "batch_norm" and len(out.shape) == 4:
-        return {"operation": "batchnorm", "params": dict(zip("NCHW", out.shape, strict=True))}
+    if op == "batch_norm" and 2 <= len(out.shape) <= 5:  # (N, C), (N, C, L), (N, C, D, H, W) as N, C, H, W
+        rest = math.prod(out.shape[2:])
+        return {"operation": "batchnorm", "params": {"N": out.shape[0], "C": out.shape[1], "H": rest, "W": 1}
+                if len(out.shape) != 4 else dict(zip("NCHW", out.shape, strict=True))}
     if op in ("max_pool2d", "avg_pool2d") and shapes and len(shapes[0]) == 4:
         if module is not None:
             k, pad = _pair(module.kernel_size), _pair(module.padding)
@@ -168,6 +199,52 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
         n, c, h, w = shapes[0]  # global average pooling
         return {"operation": "global_avgpool", "params": {"N": n, "C": c, "H": h, "W": w}}
     return {}
+
+
+def _registry_kernel(name: str, op: str, operation: str, params: dict[str, int], dtype: torch.dtype,
+                     shape: tuple[int, ...]) -> NodeCost:
+    """A kernel an op runs inside, with the registry's FLOPs and bytes for ``operation``."""
+    spec = OPERATIONS[operation]
+    return NodeCost(name=name, kind="call_function", target=op, op=op, shape=shape, dtype=dtype_name(dtype),
+                    kernel=True, flops=spec.flops(params), bytes=spec.bytes_moved(params, dtype.itemsize),
+                    operation=operation, params=params)
+
+
+def attention_kernels(name: str, q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...],
+                      dtype: torch.dtype) -> tuple[NodeCost, ...]:
+    """``scaled_dot_product_attention`` as the unfused kernels of the Attention pattern:
+    Q @ K^T, the scale, the softmax and @ V. The profile prices each; the mapper then applies
+    the speedup measured for the library's fused kernel over them."""
+    batch, lq, d, lk, dv = math.prod(q[:-2]), q[-2], q[-1], k[-2], v[-1]
+
+    def gemm(suffix: str, m: int, kk: int, n: int) -> NodeCost:
+        params = ({"BATCH": batch} if batch > 1 else {}) | {"M": m, "K": kk, "N": n}
+        return _registry_kernel(f"{name}/{suffix}", "bmm" if batch > 1 else "matmul",
+                                "bmm" if batch > 1 else "matmul", params, dtype, (*q[:-2], m, n))
+
+    scores = (*q[:-2], lq, lk)
+    return (gemm("scores", lq, d, lk),
+            _registry_kernel(f"{name}/scale", "mul", "mul", {"n": batch * lq * lk}, dtype, scores),
+            _registry_kernel(f"{name}/softmax", "softmax", "softmax", {"ROWS": batch * lq, "COLS": lk}, dtype,
+                             scores),
+            gemm("values", lq, lk, dv))
+
+
+def rnn_kernels(name: str, x: tuple[int, ...], w_ih: tuple[int, ...], w_hh: tuple[int, ...],
+                dtype: torch.dtype) -> tuple[NodeCost, ...]:
+    """One layer and direction of oneDNN's fused RNN (``mkldnn_rnn_layer``, an LSTM's on the
+    CPU) as what it computes: the input projection of every step as one Linear, then one
+    Linear of the hidden state per step (batch rows, hidden in, gates x hidden out: what
+    ``nn.LSTMCell`` calls), then the gates' math as one sigmoid-like pass over every gate value."""
+    steps, batch, features = x
+    gates, hidden = w_ih[0], w_hh[1]
+    projection = _registry_kernel(f"{name}/input", "linear", "linear",
+                                  {"B": steps * batch, "IN": features, "OUT": gates}, dtype, (steps, batch, gates))
+    step = _registry_kernel(f"{name}/step", "linear", "linear", {"B": batch, "IN": hidden, "OUT": gates}, dtype,
+                            (batch, gates))
+    cells = _registry_kernel(f"{name}/gates", "sigmoid", "sigmoid", {"n": steps * batch * gates}, dtype,
+                             (steps, batch, gates))
+    return (projection, *(step,) * steps, cells)
 
 
 def _node_bytes(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> tuple[int, int]:
@@ -235,6 +312,19 @@ class KernelGraph:
             # an op no formula knows that handed back its input (a wrapped helper such as
             # "add the mask if there is one", called without one) did no work
             free = True
+        inner: tuple[NodeCost, ...] = ()
+        if op == "scaled_dot_product_attention" and not free and outs:
+            q, k, v = [a for a in self.rec.args[n][0] if isinstance(a, tuple)][:3]
+            inner = attention_kernels(n.name, q, k, v, outs[0].dtype)
+        if op == "mkldnn_rnn_layer" and not free and outs:
+            x, w_ih, w_hh = self.rec.args[n][0][:3]
+            inner = rnn_kernels(n.name, x, w_ih, w_hh, outs[0].dtype)
+            counted = sum(k.flops for k in inner)
+        if counted is None and not free and n in self.rec.inner:
+            inside = KernelGraph(*self.rec.inner[n])
+            inner = tuple(inside.costs[k] for k in inside.kernels)
+            counted = sum(k.flops for k in inner)
+            self.uncounted.extend(inside.uncounted)
         if not free:
             if counted is None:
                 self.uncounted.append(op)
@@ -248,7 +338,7 @@ class KernelGraph:
             dtype=dtype_name(meta.dtype) if meta is not None else None,
             kernel=not free, flops=flops, bytes=nbytes,
             allocated_bytes=0 if free or self.rec.aliased[n] else sum(t.nbytes for t in outs),
-            copy_bytes=0 if free or op == "copy" else self.rec.copied.get(n, 0),
+            copy_bytes=0 if free or op == "copy" else self.rec.copied.get(n, 0), inner=inner,
             **({} if free else _registry_params(op, n, self.gm, self.rec)),
         )
 

@@ -34,6 +34,9 @@ class NodeCost(FrozenModel):
     # buffers the kernel allocates and frees inside the call, each of these sizes: oneDNN runs
     # an NCHW convolution on channel-blocked copies of its input and output
     scratch_bytes: tuple[int, ...] = ()
+    # the kernels an op no formula here models runs inside (a multi-head attention's GEMMs,
+    # softmax and adds; an RNN's GEMMs): each priced as a kernel of its own
+    inner: tuple[NodeCost, ...] = ()
 
 
 class Subgraph(FrozenModel):

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -33,6 +34,18 @@ VIEW_OPS = frozenset({
 })
 # Nodes that return Python values (shapes, sizes) rather than tensors cost nothing either.
 
+# Ops that only move data: a concatenation, a gather, nearest-neighbour upsampling, a pad, a
+# pixel shuffle. No FLOPs; each output element read once and written once, as a copy.
+DATA_MOVEMENT_OPS = frozenset({
+    "copy", "clone", "cat", "stack", "embedding", "embedding_bag", "pixel_shuffle", "pixel_unshuffle",
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "constant_pad_nd", "reflection_pad1d",
+    "reflection_pad2d", "replication_pad2d", "roll", "flip", "repeat", "tile",
+})
+
+# Ops that write a constant: no FLOPs, each output element written once.
+FILL_OPS = frozenset({"zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "new_zeros", "new_ones",
+                      "new_full", "fill", "zero"})
+
 # Per-element FLOPs not in specs.operations.ELEMENTWISE_FLOPS. relu6/hardtanh clamp on both sides (two
 # compares, as specs.patterns counts ReLU6); other unary math (exp, tanh, sqrt...) counts as one,
 # the way erf counts as one inside gelu.
@@ -41,7 +54,11 @@ POINTWISE_FLOPS: dict[str, int] = {
     "sub": 1, "div": 1, "neg": 1, "relu6": 2, "hardtanh": 2, "exp": 1, "tanh": 1, "sqrt": 1,
     "rsqrt": 1, "pow": 1, "abs": 1, "clamp": 2, "log": 1, "erf": 1, "where": 1, "masked_fill": 1,
     "batch_norm": ELEMENTWISE_FLOPS["batchnorm"], "layer_norm": ELEMENTWISE_FLOPS["layernorm"],
-    "log_softmax": ELEMENTWISE_FLOPS["softmax"], "copy": 0, "cat": 0, "stack": 0, "clone": 0,
+    "log_softmax": ELEMENTWISE_FLOPS["softmax"], **dict.fromkeys(DATA_MOVEMENT_OPS | FILL_OPS, 0),
+    # compare and scale; hardsigmoid is relu6(x + 3) / 6, hardswish that times x; elu and
+    # softplus an exp plus a compare or log and an add; mish is x * tanh(softplus(x))
+    "leaky_relu": 2, "hardsigmoid": 4, "hardswish": 5, "elu": 3, "softplus": 3, "mish": 5, "maximum": 1,
+    "minimum": 1, "group_norm": ELEMENTWISE_FLOPS["layernorm"],
 }
 
 _ALIASES: dict[str, str] = {
@@ -55,7 +72,8 @@ _ALIASES: dict[str, str] = {
     "_scaled_dot_product_efficient_attention": "scaled_dot_product_attention",
     "max_pool2d_with_indices": "max_pool2d", "_adaptive_avg_pool2d": "adaptive_avg_pool2d",
     "hardtanh_": "hardtanh", "_to_copy": "copy", "copy_": "copy", "native_dropout": "dropout",
-    "feature_dropout": "dropout",
+    "feature_dropout": "dropout", "native_group_norm": "group_norm", "_embedding_bag": "embedding_bag",
+    "upsample": "interpolate", "_upsample_bilinear2d_aa": "upsample_bilinear2d",
 }
 
 _MODULE_OPS: dict[type[nn.Module], str] = {
@@ -65,6 +83,8 @@ _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softmax: "softmax", nn.Hardtanh: "hardtanh",
     nn.MaxPool2d: "max_pool2d", nn.AvgPool2d: "avg_pool2d", nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d",
     nn.Dropout: "dropout", nn.Flatten: "flatten", nn.Identity: "identity", nn.Unflatten: "unflatten",
+    nn.GroupNorm: "group_norm", nn.LeakyReLU: "leaky_relu", nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid", nn.ELU: "elu", nn.Softplus: "softplus", nn.Mish: "mish",
 }
 
 
@@ -79,6 +99,8 @@ def op_name(node: fx.Node, gm: fx.GraphModule) -> str:
         target = node.target
         if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
             name = aten_name(target)
+            if name in ("convolution", "_convolution") and len(node.args) > 6 and node.args[6] is True:
+                name = "conv_transpose"  # aten.convolution(..., transposed=True, ...)
         else:
             name = getattr(target, "__name__", str(target))
     return canonical(name)
@@ -187,6 +209,35 @@ class _AtenRecorder(TorchDispatchMode):
         return result
 
 
+def opaque_module(module: nn.Module) -> bool:
+    """A torch.nn module fx keeps as one node but no formula here models: a multi-head
+    attention, a transformer layer, an RNN, a group norm... Its cost is what it runs inside."""
+    cls = type(module)
+    return cls not in _MODULE_OPS and cls.__module__.startswith("torch.nn.")
+
+
+def inner_graph(module: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModule, list[torch.Tensor]] | None:
+    """The aten graph of one call of ``module`` (``make_fx``, which takes the composite path
+    rather than a fused fast path: multi-head attention as its GEMMs and softmax), and the
+    tensors it takes; None where the call does not trace."""
+    flat, spec = torch.utils._pytree.tree_flatten((args, kwargs))
+    at = [i for i, v in enumerate(flat) if isinstance(v, torch.Tensor)]
+
+    def call(*tensor_args: torch.Tensor) -> Any:
+        values = list(flat)
+        for i, t in zip(at, tensor_args, strict=True):
+            values[i] = t
+        a, k = torch.utils._pytree.tree_unflatten(values, spec)
+        return module(*a, **k)
+
+    tensor_args = [flat[i] for i in at]
+    try:
+        with torch.random.fork_rng(devices=[]), host.quiet_stderr():
+            return make_fx(call)(*tensor_args), tensor_args
+    except Exception:  # a module make_fx cannot follow keeps its single-node cost
+        return None
+
+
 class Recorder(ShapeProp):
     """ShapeProp that also keeps, per node, what a cost model needs from the real values."""
 
@@ -199,6 +250,9 @@ class Recorder(ShapeProp):
         self.inner_ops: dict[fx.Node, list[str]] = {}
         # bytes a GEMM node's call copied to make its operands readable (0 or absent: none)
         self.copied: dict[fx.Node, int] = {}
+        # for calls of opaque torch.nn modules (opaque_module): the aten graph of the call,
+        # recorded on the same arguments
+        self.inner: dict[fx.Node, tuple[fx.GraphModule, Recorder]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -211,6 +265,11 @@ class Recorder(ShapeProp):
                 self.copied[n] = seen.copied
         else:
             result = super().run_node(n)
+        if n.op == "call_module" and opaque_module(module := self.module.get_submodule(str(n.target))):
+            if (traced := inner_graph(module, args, kwargs)) is not None:
+                inner_rec = Recorder(traced[0])
+                inner_rec.propagate(*traced[1])
+                self.inner[n] = (traced[0], inner_rec)
         outputs = tensors(result)
         inputs = tensors((args, kwargs))
         storages = {t.untyped_storage().data_ptr() for t in inputs if t.untyped_storage().nbytes()}
