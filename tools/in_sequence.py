@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.fx as fx
 
-from calibration.predict import heldout_models, models
+from calibration.predict import coverage_models, heldout_models, models
 from calibration.predict.trace import trace
 
 
@@ -45,9 +45,11 @@ class Call:
 
 def build(name: str, batch: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
-    if name in heldout_models.HELDOUT:
-        x = heldout_models.heldout_input(name, batch)
-        return heldout_models.HELDOUT[name]().eval(), (x if isinstance(x, tuple) else (x,))
+    for registry, make_input in ((heldout_models.HELDOUT, heldout_models.heldout_input),
+                                 (coverage_models.COVERAGE, coverage_models.coverage_input)):
+        if name in registry:
+            x = make_input(name, batch)
+            return registry[name]().eval(), (x if isinstance(x, tuple) else (x,))
     return models.load_model(name, batch)
 
 
@@ -153,7 +155,7 @@ def positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    names = [*models.MODELS, *heldout_models.HELDOUT]
+    names = [*models.MODELS, *heldout_models.HELDOUT, *coverage_models.COVERAGE]
     parser.add_argument("model", help=f"one of {', '.join(names)}")
     parser.add_argument("--batch", type=positive, default=1)
     parser.add_argument("--profile", help="a calibration: each call's prediction beside its times")

@@ -2,6 +2,7 @@
 
     python tools/predict_accuracy.py PROFILE.json                    # the four reference models
     python tools/predict_accuracy.py PROFILE.json --heldout          # models never used for tuning
+    python tools/predict_accuracy.py PROFILE.json --coverage         # ops neither set uses (nn.LSTM...)
     python tools/predict_accuracy.py PROFILE.json --without-exact    # drop entries the models hit exactly
     python tools/predict_accuracy.py PROFILE.json --json run1.json   # keep the numbers ...
     python tools/predict_accuracy.py PROFILE.json --compare run1.json  # ... and compare a second run
@@ -28,7 +29,7 @@ import torch
 
 from calibration import load_calibration
 from calibration.measure.model_timing import Measurement, measure_rounds, other_cpus_since, reference_kernels
-from calibration.predict import heldout_models, models
+from calibration.predict import coverage_models, heldout_models, models
 from calibration.predict.mapper import mapper_for
 from calibration.predict.plan import partition
 from calibration.predict.references import own_references
@@ -64,7 +65,10 @@ def write_rows(path: str, rows: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("profile")
-    parser.add_argument("--heldout", action="store_true", help="the held-out models instead of the reference ones")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--heldout", action="store_true", help="the held-out models instead of the reference ones")
+    which.add_argument("--coverage", action="store_true",
+                       help="the coverage models (transformer, LSTM, UNet ops) instead of the reference ones")
     parser.add_argument("--without-exact", action="store_true", help="drop entries matching a kernel exactly")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default: 5)")
@@ -73,11 +77,18 @@ def main() -> int:
     parser.add_argument("--compare", metavar="PATH", help="a --json file of an earlier run: print the differences")
     args = parser.parse_args()
 
-    cal = load_calibration(args.profile)
     registry, make_input = ((heldout_models.HELDOUT, heldout_models.heldout_input) if args.heldout
+                            else (coverage_models.COVERAGE, coverage_models.coverage_input) if args.coverage
                             else (models.MODELS, models.example_input))
     names = args.models.split(",") if args.models else list(registry)
-    cases = [(name, int(b)) for name in names for b in args.batches.split(",")]
+    if unknown := [name for name in names if name not in registry]:
+        parser.error(f"--models: unknown model {', '.join(map(repr, unknown))}; "
+                     f"this set has {', '.join(registry)}")
+    batches = args.batches.split(",")
+    if bad := [b for b in batches if not (b.isdigit() and int(b) > 0)]:
+        parser.error(f"--batches: {', '.join(map(repr, bad))} is not a positive integer; give e.g. 1,8")
+    cal = load_calibration(args.profile)
+    cases = [(name, int(b)) for name in names for b in batches]
     built = {}
     for name, batch in cases:
         torch.manual_seed(0)
