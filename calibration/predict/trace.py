@@ -58,7 +58,8 @@ POINTWISE_FLOPS: dict[str, int] = {
     # compare and scale; hardsigmoid is relu6(x + 3) / 6, hardswish that times x; elu and
     # softplus an exp plus a compare or log and an add; mish is x * tanh(softplus(x))
     "leaky_relu": 2, "hardsigmoid": 4, "hardswish": 5, "elu": 3, "softplus": 3, "mish": 5, "maximum": 1,
-    "minimum": 1, "group_norm": ELEMENTWISE_FLOPS["layernorm"],
+    "minimum": 1, "group_norm": ELEMENTWISE_FLOPS["layernorm"], "clamp_min": 1, "clamp_max": 1, "prelu": 2,
+    "_prelu_kernel": 2,
 }
 
 _ALIASES: dict[str, str] = {
@@ -209,6 +210,15 @@ class _AtenRecorder(TorchDispatchMode):
         return result
 
 
+# Ops cost._node_flops has a formula for, besides POINTWISE_FLOPS: a call of anything else
+# is costed as the aten ops it runs (inner_graph).
+FORMULA_OPS = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "scaled_dot_product_attention", "max_pool2d",
+    "avg_pool2d", "adaptive_avg_pool2d", "mean", "sum",
+})
+
+
 def opaque_module(module: nn.Module) -> bool:
     """A torch.nn module fx keeps as one node but no formula here models: a multi-head
     attention, a transformer layer, an RNN, a group norm... Its cost is what it runs inside."""
@@ -216,24 +226,43 @@ def opaque_module(module: nn.Module) -> bool:
     return cls not in _MODULE_OPS and cls.__module__.startswith("torch.nn.")
 
 
-def inner_graph(module: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModule, list[torch.Tensor]] | None:
-    """The aten graph of one call of ``module`` (``make_fx``, which takes the composite path
-    rather than a fused fast path: multi-head attention as its GEMMs and softmax), and the
-    tensors it takes; None where the call does not trace."""
+def _opaque_call(n: fx.Node, gm: fx.GraphModule) -> Callable[..., Any] | None:
+    """What a node calls, where no formula models it and it is no single aten op: an opaque
+    torch.nn module, ``torch.einsum``, ``F.normalize``... (None for everything else)."""
+    if n.op == "call_module":
+        module = gm.get_submodule(str(n.target))
+        return module if opaque_module(module) else None
+    if n.op not in ("call_function", "call_method") or isinstance(n.target, (torch._ops.OpOverload,
+                                                                             torch._ops.OpOverloadPacket)):
+        return None
+    op = op_name(n, gm)
+    if op in FORMULA_OPS or op in POINTWISE_FLOPS or op in VIEW_OPS or _opaque(n):
+        return None
+    if n.op == "call_method":
+        name = str(n.target)
+        return lambda self, *args, **kwargs: getattr(self, name)(*args, **kwargs)
+    return n.target if callable(n.target) else None
+
+
+def inner_graph(call: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[fx.GraphModule,
+                                                                                list[torch.Tensor]] | None:
+    """The aten graph of one call (``make_fx``, which takes the composite path rather than a
+    fused fast path: multi-head attention as its GEMMs and softmax, einsum as its bmm), and
+    the tensors it takes; None where the call does not trace."""
     flat, spec = torch.utils._pytree.tree_flatten((args, kwargs))
     at = [i for i, v in enumerate(flat) if isinstance(v, torch.Tensor)]
 
-    def call(*tensor_args: torch.Tensor) -> Any:
+    def with_tensors(*tensor_args: torch.Tensor) -> Any:
         values = list(flat)
         for i, t in zip(at, tensor_args, strict=True):
             values[i] = t
         a, k = torch.utils._pytree.tree_unflatten(values, spec)
-        return module(*a, **k)
+        return call(*a, **k)
 
     tensor_args = [flat[i] for i in at]
     try:
         with torch.random.fork_rng(devices=[]), host.quiet_stderr():
-            return make_fx(call)(*tensor_args), tensor_args
+            return make_fx(with_tensors)(*tensor_args), tensor_args
     except Exception:  # a module make_fx cannot follow keeps its single-node cost
         return None
 
@@ -250,8 +279,8 @@ class Recorder(ShapeProp):
         self.inner_ops: dict[fx.Node, list[str]] = {}
         # bytes a GEMM node's call copied to make its operands readable (0 or absent: none)
         self.copied: dict[fx.Node, int] = {}
-        # for calls of opaque torch.nn modules (opaque_module): the aten graph of the call,
-        # recorded on the same arguments
+        # for calls no formula models (opaque torch.nn modules, einsum...): the aten graph of
+        # the call, recorded on the same arguments
         self.inner: dict[fx.Node, tuple[fx.GraphModule, Recorder]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -265,8 +294,8 @@ class Recorder(ShapeProp):
                 self.copied[n] = seen.copied
         else:
             result = super().run_node(n)
-        if n.op == "call_module" and opaque_module(module := self.module.get_submodule(str(n.target))):
-            if (traced := inner_graph(module, args, kwargs)) is not None:
+        if (call := _opaque_call(n, self.module)) is not None and tensors(result):
+            if (traced := inner_graph(call, args, kwargs)) is not None:
                 inner_rec = Recorder(traced[0])
                 inner_rec.propagate(*traced[1])
                 self.inner[n] = (traced[0], inner_rec)

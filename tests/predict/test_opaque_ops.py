@@ -249,3 +249,22 @@ def test_an_inner_kernel_counts_the_flops_its_registry_operation_does():
     assert len(priced) >= 8
     for k in priced:
         assert k.flops == OPERATIONS[k.operation].flops(k.params), k.name
+
+
+def test_a_function_no_formula_models_is_costed_as_the_aten_ops_it_runs():
+    class Windows(nn.Module):
+        def forward(self, q):
+            scores = torch.einsum("bnd,bmd->bnm", q, q).softmax(-1)
+            return F.normalize(torch.einsum("bnm,bmd->bnd", scores, q), dim=-1)
+
+    q = torch.randn(4, 16, 32)
+    nodes, part = kernels(Windows(), q)
+    einsums = [n for n in nodes if n.op == "einsum"]
+    assert len(einsums) == 2 and all(n.inner for n in einsums)
+    assert [k.operation for n in einsums for k in n.inner if k.operation] == ["bmm", "bmm"]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        torch.einsum("bnd,bmd->bnm", q, q)
+    assert einsums[0].flops == counter.get_total_flops() == 2 * 4 * 16 * 16 * 32
+    (normalize,) = [n for n in nodes if n.op == "normalize"]
+    assert len(normalize.inner) >= 2  # the norm, its clamp and the division
+    assert "einsum" not in part.uncounted and "normalize" not in part.uncounted
