@@ -21,6 +21,7 @@ from calibration.profile.schema import Peak, PeakSource
 from calibration.profile.storage import ProfileError, check_output, load_calibration
 from calibration.specs import host
 from calibration.specs import patterns as fusion
+from calibration.specs.dtypes import INPUT_DTYPE_NAMES
 from calibration.specs.operations import OPERATIONS, Case
 
 HELP_OUT = (
@@ -57,6 +58,7 @@ HELP_MODEL = (
 )
 HELP_MODEL_BATCH = "Batch sizes for --calibrate-model, comma-separated. Default: 1."
 HELP_MODEL_SHAPE = "Input shape without the batch for a --calibrate-model MODULE:FACTORY, e.g. 3,224,224."
+HELP_MODEL_DTYPE = "dtype of a --calibrate-model MODULE:FACTORY's example input (int64: token ids). Default: float32."
 HELP_WINDOWS = (
     "1: time each case in one window. 2: time each operation case (not cold, alloc, dispatch, module or sequence "
     "ones) again for 0.1 s at the end of the run and, where the two medians differ by more than x1.2, a third time a "
@@ -147,6 +149,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_MODEL_BATCH)
     group.addoption("--calibrate-model-input-shape", metavar="D,D,...", type=options.parse_model_shape,
                     default=None, help=HELP_MODEL_SHAPE)
+    group.addoption("--calibrate-model-input-dtype", choices=INPUT_DTYPE_NAMES, default="float32",
+                    help=HELP_MODEL_DTYPE)
     group.addoption("--calibrate-compare", metavar="BASE", type=options.parse_calibrate_compare, default=None,
                     help=HELP_COMPARE)
     group.addoption("--calibrate-compare-fail", metavar="THRESHOLD", type=options.parse_compare_fail,
@@ -249,6 +253,7 @@ def _load_workload(config: pytest.Config, state: CalibrationState) -> None:
     try:
         state.workload = model_cases(specs, config.getoption("calibrate_model_batch"), device=state.device,
                                      input_shape=config.getoption("calibrate_model_input_shape"),
+                                     input_dtype=config.getoption("calibrate_model_input_dtype"),
                                      dtypes=FUSION_DTYPES[state.device][:1])
     except (ValueError, ImportError, AttributeError, RuntimeError) as exc:
         raise pytest.UsageError(f"--calibrate-model: {exc}") from None

@@ -9,11 +9,12 @@ each such entry records the models it came from (``origin``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from calibration.predict.models import load_model
 from calibration.predict.plan import partition
+from calibration.predict.results import NodeCost
 from calibration.specs.operations import COLD_TWINS, OPERATIONS, Case
 from calibration.specs.patterns import PATTERNS, FusionCase
 
@@ -43,9 +44,38 @@ def _ordered(names: Sequence[str], params: dict) -> tuple:
     return tuple((name, params[name]) for name in names if name in params)
 
 
+def _kernels(nodes: Iterable[NodeCost]) -> Iterator[NodeCost]:
+    """Every kernel, and the kernels those no entry prices run inside (a multi-head
+    attention's Linears, an LSTM's steps), which the mapper prices one by one."""
+    for node in nodes:
+        if node.kernel:
+            yield node
+            yield from _kernels(node.inner)
+
+
+def _attention_shape(node: NodeCost) -> tuple[tuple[str, int], ...] | None:
+    """The Attention pattern's (B, H, L, D) of a scaled dot-product attention over (B, H, L, D)
+    queries and as many keys; None for another layout (the pattern is square in L)."""
+    if node.shape is None or len(node.shape) != 4 or len(node.inner) != 4:
+        return None
+    scores = node.inner[0]  # Q @ K^T: L x D by D x L
+    b, h, lq, d = node.shape
+    if scores.params.get("M") != lq or scores.params.get("N") != lq or scores.params.get("K") != d:
+        return None
+    return (("B", b), ("H", h), ("L", lq), ("D", d))
+
+
+def _attention_variants(variants_of, device: str) -> tuple[str, ...]:
+    """The unfused and library variants (their ratio is the speedup the mapper applies), where
+    this device times both."""
+    pattern = PATTERNS["Attention"]
+    variants = tuple(variants_of(pattern) if variants_of else pattern.variants(device))
+    return ("unfused", "library") if {"unfused", "library"} <= set(variants) else ()
+
+
 def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
-                input_shape: tuple[int, ...] | None = None, dtypes: Iterable[str] = ("float32",),
-                variants_of=None) -> WorkloadCases:
+                input_shape: tuple[int, ...] | None = None, input_dtype: str = "float32",
+                dtypes: Iterable[str] = ("float32",), variants_of=None) -> WorkloadCases:
     """The cases of every distinct kernel and fusion group of ``models`` at ``batches``.
 
     ``variants_of(pattern)`` gives the fused variants to time on this device (default: the
@@ -55,12 +85,18 @@ def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
     for spec in models:
         for batch in batches:
             # a registered model has its own input; the shape is for MODULE:FACTORY models
-            model, example = load_model(spec, batch, input_shape if ":" in spec else None)
+            model, example = load_model(spec, batch, input_shape if ":" in spec else None, input_dtype)
             label = f"{spec} b{batch}"
             part = partition(model, example)
             for sg in part.subgraphs:
-                for node in sg.nodes:
-                    if not node.kernel or node.operation not in OPERATIONS:
+                for node in _kernels(sg.nodes):
+                    if node.op == "scaled_dot_product_attention":
+                        # priced as its unfused kernels over the library's measured speedup
+                        for dtype in dtypes:
+                            for variant in _attention_variants(variants_of, device):
+                                if shape := _attention_shape(node):
+                                    found.add(FusionCase("Attention", shape, dtype, device, variant), label)
+                    if node.operation not in OPERATIONS:
                         continue
                     op = OPERATIONS[node.operation]
                     params = op.complete(node.params)

@@ -37,6 +37,31 @@ def test_a_model_gives_its_distinct_kernels_and_fusion_groups_at_its_own_shapes(
     assert "relu_cold" not in found.operations
 
 
+def test_the_kernels_inside_a_composite_module_and_an_attention_s_speedup_become_cases():
+    found = model_cases(["calibration.predict.coverage_models:mha_blocks"], [2], device="cpu", input_shape=(64, 256))
+    # the blocks' MLP Linears and, inside each nn.MultiheadAttention, its out-projection ...
+    assert {c.key for c in found.operations["linear"]} == {
+        f"linear[B=128,IN={i},OUT={o}]/float32/cpu" for i, o in ((256, 256), (256, 1024), (1024, 256))}
+    # ... its packed in-projection, and its scaled dot-product attention's GEMMs and softmax
+    assert "matmul[M=128,K=256,N=768,path=aten]/float32/cpu" in found.origin
+    assert {c.key for c in found.operations["bmm"]} == {"bmm[BATCH=16,M=64,K=32,N=64]/float32/cpu",
+                                                        "bmm[BATCH=16,M=64,K=64,N=32]/float32/cpu"}
+    assert "softmax[ROWS=1024,COLS=64]/float32/cpu" in found.origin
+    # the library kernel's speedup over those, at the attention's own shape
+    assert {c.key for c in found.fusion["attention"]} == {
+        "Attention[B=2,H=8,L=64,D=32]/float32/cpu/unfused", "Attention[B=2,H=8,L=64,D=32]/float32/cpu/library"}
+
+
+def test_a_token_model_takes_its_input_dtype():
+    found = model_cases(["calibration.predict.coverage_models:lstm_text"], [1], device="cpu", input_shape=(64,),
+                        input_dtype="int64")
+    # the LSTM's input projections and its per-step Linear of the hidden state
+    assert {c.key for c in found.operations["linear"]} >= {"linear[B=64,IN=128,OUT=1024]/float32/cpu",
+                                                           "linear[B=1,IN=256,OUT=1024]/float32/cpu"}
+    with pytest.raises(ValueError, match="indices"):
+        model_cases(["calibration.predict.coverage_models:lstm_text"], [1], device="cpu", input_shape=(64,))
+
+
 def test_a_kernel_two_models_share_is_one_case_with_both_origins():
     found = model_cases(["mlp", "calibration.predict.models:mlp"], [1], device="cpu", input_shape=(784,))
     key = "linear[B=1,IN=784,OUT=512]/float32/cpu"
@@ -79,6 +104,10 @@ def test_the_plugin_adds_the_model_s_cases_to_the_grid(pytester, monkeypatch):
     (("--calibrate-model", "nosuch"), "--calibrate-model: --model 'nosuch': give one of"),
     (("--calibrate-model", "tiny:tiny"), "needs --input-shape"),
     (("--calibrate-model", "mlp", "--calibrate-model-batch", "0"), "--calibrate-model-batch must be a positive"),
+    (("--calibrate-model", "tiny:tiny", "--calibrate-model-input-shape", "24", "--calibrate-model-input-dtype",
+      "int64"), "--calibrate-model: Sequential raised RuntimeError on its example input (int64 of shape (1, 24))"),
+    (("--calibrate-model", "mlp", "--calibrate-model-input-dtype", "int8"),
+     "argument --calibrate-model-input-dtype: invalid choice: 'int8'"),
 ])
 def test_a_model_that_cannot_load_stops_the_run_before_any_case(pytester, monkeypatch, args, message):
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
