@@ -57,8 +57,10 @@ HELP_MODEL = (
     "several. Predictions of that model then hit exact entries. Default: none."
 )
 HELP_MODEL_BATCH = "Batch sizes for --calibrate-model, comma-separated. Default: 1."
-HELP_MODEL_SHAPE = "Input shape without the batch for a --calibrate-model MODULE:FACTORY, e.g. 3,224,224."
-HELP_MODEL_DTYPE = "dtype of a --calibrate-model MODULE:FACTORY's example input (int64: token ids). Default: float32."
+HELP_MODEL_SHAPE = ("Input shape without the batch for a --calibrate-model MODULE:FACTORY, e.g. 3,224,224; "
+                    "once for all such models, or once for each in their order.")
+HELP_MODEL_DTYPE = ("dtype of a --calibrate-model MODULE:FACTORY's example input (int64: token ids), once for all "
+                    "or once for each. Default: float32.")
 HELP_WINDOWS = (
     "1: time each case in one window. 2: time each operation case (not cold, alloc, dispatch, module or sequence "
     "ones) again for 0.1 s at the end of the run and, where the two medians differ by more than x1.2, a third time a "
@@ -148,8 +150,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--calibrate-model-batch", metavar="LIST", type=options.parse_batches, default=(1,),
                     help=HELP_MODEL_BATCH)
     group.addoption("--calibrate-model-input-shape", metavar="D,D,...", type=options.parse_model_shape,
-                    default=None, help=HELP_MODEL_SHAPE)
-    group.addoption("--calibrate-model-input-dtype", choices=INPUT_DTYPE_NAMES, default="float32",
+                    action="append", default=None, help=HELP_MODEL_SHAPE)
+    group.addoption("--calibrate-model-input-dtype", choices=INPUT_DTYPE_NAMES, action="append", default=None,
                     help=HELP_MODEL_DTYPE)
     group.addoption("--calibrate-compare", metavar="BASE", type=options.parse_calibrate_compare, default=None,
                     help=HELP_COMPARE)
@@ -248,13 +250,24 @@ def _load_workload(config: pytest.Config, state: CalibrationState) -> None:
     specs = config.getoption("calibrate_model")
     if not specs:
         return
-    from calibration.workload import model_cases
+    from calibration.workload import WorkloadCases, model_cases
 
+    # the i-th shape and dtype go with the i-th MODULE:FACTORY model; one of each goes with all
+    factories = sum(":" in spec for spec in specs)
+    given = {}
+    for option, default in (("input_shape", None), ("input_dtype", "float32")):
+        values = config.getoption(f"calibrate_model_{option}") or [default]
+        if len(values) not in (1, factories):
+            raise pytest.UsageError(
+                f"--calibrate-model-{option.replace('_', '-')} given {len(values)} times for {factories} "
+                "MODULE:FACTORY models; give it once for all of them, or once for each, in their order")
+        given[option] = iter(values * factories if len(values) == 1 else values)
+    state.workload = WorkloadCases()
     try:
-        state.workload = model_cases(specs, config.getoption("calibrate_model_batch"), device=state.device,
-                                     input_shape=config.getoption("calibrate_model_input_shape"),
-                                     input_dtype=config.getoption("calibrate_model_input_dtype"),
-                                     dtypes=FUSION_DTYPES[state.device][:1])
+        for spec in specs:
+            own = {option: next(values) for option, values in given.items()} if ":" in spec else {}
+            model_cases([spec], config.getoption("calibrate_model_batch"), device=state.device, **own,
+                        dtypes=FUSION_DTYPES[state.device][:1], found=state.workload)
     except (ValueError, ImportError, AttributeError, RuntimeError) as exc:
         raise pytest.UsageError(f"--calibrate-model: {exc}") from None
 

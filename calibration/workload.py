@@ -75,13 +75,15 @@ def _attention_variants(variants_of, device: str) -> tuple[str, ...]:
 
 def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
                 input_shape: tuple[int, ...] | None = None, input_dtype: str = "float32",
-                dtypes: Iterable[str] = ("float32",), variants_of=None) -> WorkloadCases:
-    """The cases of every distinct kernel and fusion group of ``models`` at ``batches``.
+                dtypes: Iterable[str] = ("float32",), variants_of=None,
+                found: WorkloadCases | None = None) -> WorkloadCases:
+    """The cases of every distinct kernel and fusion group of ``models`` at ``batches``, added
+    to ``found`` where given (models that take different inputs, one call each).
 
     ``variants_of(pattern)`` gives the fused variants to time on this device (default: the
     pattern's own list).
     """
-    found = WorkloadCases()
+    found = WorkloadCases() if found is None else found
     for spec in models:
         for batch in batches:
             # a registered model has its own input; the shape is for MODULE:FACTORY models

@@ -19,6 +19,10 @@ from torch import nn
 def tiny():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 24)).eval()
+
+
+def wide():
+    return nn.Linear(48, 16).eval()
 """
 
 
@@ -86,21 +90,38 @@ def test_entries_record_their_origin_and_the_summary_counts_them():
     assert "Calibrated for models (--calibrate-model): mlp b1: 1 entry" in render_summary(cal)
 
 
-def test_the_plugin_adds_the_model_s_cases_to_the_grid(pytester, monkeypatch):
+def added_linear_cases(pytester, monkeypatch, *model_args: str) -> set[str]:
+    """The linear cases ``model_args`` add to a quick run's grid (collected, not run)."""
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     bench = Path(__file__).resolve().parents[2] / "bench"
     pytester.makepyfile(test_linear=(bench / "test_matmul.py").read_text(), tiny=TINY)
     monkeypatch.setenv("PYTHONPATH", str(pytester.path))
     args = (*PLUGIN_ARGS, "--calibrate-quick", "--collect-only", "-q", "-k", "linear")
     plain = [line for line in pytester.runpytest_subprocess(*args).outlines if "::" in line]
-    result = pytester.runpytest_subprocess(*args, "--calibrate-model", "tiny:tiny", "--calibrate-model-input-shape",
-                                           "24", "--calibrate-model-batch", "1,8")
-    added = sorted(set(line for line in result.outlines if "::" in line) - set(plain))
-    assert added == sorted(f"test_linear.py::test_linear[B={b},IN={i},OUT={o}/float32/cpu]"
-                           for b in (1, 8) for i, o in ((24, 40), (40, 24)))
+    result = pytester.runpytest_subprocess(*args, *model_args)
+    return set(line for line in result.outlines if "::" in line) - set(plain)
+
+
+def test_the_plugin_adds_the_model_s_cases_to_the_grid(pytester, monkeypatch):
+    added = added_linear_cases(pytester, monkeypatch, "--calibrate-model", "tiny:tiny",
+                               "--calibrate-model-input-shape", "24", "--calibrate-model-batch", "1,8")
+    assert added == {f"test_linear.py::test_linear[B={b},IN={i},OUT={o}/float32/cpu]"
+                     for b in (1, 8) for i, o in ((24, 40), (40, 24))}
+
+
+def test_each_factory_model_takes_its_own_input_shape_in_order(pytester, monkeypatch):
+    added = added_linear_cases(pytester, monkeypatch, "--calibrate-model", "tiny:tiny", "--calibrate-model", "mlp",
+                               "--calibrate-model", "tiny:wide", "--calibrate-model-input-shape", "24",
+                               "--calibrate-model-input-shape", "48")
+    assert {f"test_linear.py::test_linear[B=1,IN={i},OUT={o}/float32/cpu]"
+            for i, o in ((24, 40), (40, 24), (48, 16), (784, 512))} <= added
 
 
 @pytest.mark.parametrize(("args", "message"), [
+    (("--calibrate-model", "tiny:tiny", "--calibrate-model", "tiny:wide", "--calibrate-model-input-shape", "24",
+      "--calibrate-model-input-shape", "48", "--calibrate-model-input-shape", "8"),
+     "--calibrate-model-input-shape given 3 times for 2 MODULE:FACTORY models; give it once for all of them, "
+     "or once for each"),
     (("--calibrate-model", "nosuch"), "--calibrate-model: --model 'nosuch': give one of"),
     (("--calibrate-model", "tiny:tiny"), "needs --input-shape"),
     (("--calibrate-model", "mlp", "--calibrate-model-batch", "0"), "--calibrate-model-batch must be a positive"),
