@@ -104,7 +104,7 @@ def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
                     params = op.complete(node.params)
                     if any(name not in params for name in op.param_names):
                         continue
-                    ordered = _ordered(op.param_names, params)
+                    ordered = _ordered((*op.param_names, *op.optional), params)
                     found.add(Case(node.operation, ordered, node.dtype or "float32", device), label)
                     if node.operation in COLD_TWINS and device == "cpu":  # its time with the weights evicted
                         found.add(Case(COLD_TWINS[node.operation], ordered, node.dtype or "float32", device), label)

@@ -25,6 +25,7 @@ from calibration.specs.operations import (
     STREAM_SCALAR,
     Case,
     Params,
+    conv_geometry,
     probe_operation,
 )
 
@@ -126,10 +127,11 @@ def _build_bmm(p: Params, dtype: str, device: torch.device) -> Kernel:
 
 def _conv_operands(p: Params, dtype: str, device: torch.device) -> tuple[torch.Tensor, Kernel]:
     x = _randn((p["N"], p["CIN"], p["H"], p["W"]), dtype, device)
-    w = _randn((p["COUT"], p["CIN"] // p["GROUPS"], p["K"], p["K"]), dtype, device)
-    stride, pad, groups = p["STRIDE"], p["PAD"], p["GROUPS"]
+    g = conv_geometry(p)
+    w = _randn((p["COUT"], p["CIN"] // p["GROUPS"], *g.kernel), dtype, device)
+    groups = p["GROUPS"]
     conv = torch.nn.functional.conv2d
-    return x, lambda: conv(x, w, None, stride, pad, 1, groups)
+    return x, lambda: conv(x, w, None, g.stride, g.pad, g.dilation, groups)
 
 
 def _build_conv(p: Params, dtype: str, device: torch.device) -> Kernel:

@@ -70,7 +70,8 @@ def _record(entry: OperationCalibration, name: str) -> Record:
                          "of the predecessor's layout or of an operation since removed); merge profiles this "
                          "version calibrated")
     spec = OPERATIONS[entry.operation]
-    case = Case(entry.operation, tuple((p, entry.params[p]) for p in spec.param_names if p in entry.params),
+    names = (*spec.param_names, *spec.optional)
+    case = Case(entry.operation, tuple((p, entry.params[p]) for p in names if p in entry.params),
                 entry.dtype, entry.device)
     if case.key != entry.key:
         raise MergeError(f"{name}: the entry {entry.key!r} does not have the parameters its key says "

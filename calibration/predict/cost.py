@@ -109,28 +109,65 @@ def _pair(value: Any) -> int:
     return value if isinstance(value, int) else int(value[0])
 
 
+def _axes(value: Any, n: int) -> tuple[int, ...]:
+    """A conv argument given as one int or one per spatial axis, as ``n`` ints."""
+    return (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
+
+
 class ConvArgs(NamedTuple):
     cin: int
     cout: int
-    kernel: tuple[int, ...]
-    stride: int
-    pad: int
+    kernel: tuple[int, ...]  # one value per spatial axis, as stride, pad and dilation
+    stride: tuple[int, ...]
+    pad: tuple[int, ...]
+    dilation: tuple[int, ...]
     groups: int
 
 
 def conv_args(node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> ConvArgs:
-    """A conv node's geometry, whether it calls nn.Conv2d, F.conv2d, aten.conv2d or aten.convolution."""
+    """A conv node's geometry, whether it calls nn.Conv1d/2d, F.conv2d, aten.conv2d or
+    aten.convolution. Padding "valid" is none; "same" pads each side by half the dilated kernel."""
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
-        return ConvArgs(m.in_channels, m.out_channels, tuple(m.kernel_size), _pair(m.stride), _pair(m.padding),
-                        m.groups)
-    args, kwargs = rec.args[node]
-    weight = args[1]
-    # F.conv2d / aten.conv2d take groups 7th; aten.convolution 9th, after transposed and output_padding
-    groups_at = 8 if node.target in (torch.ops.aten.convolution.default, torch.ops.aten._convolution.default) else 6
-    groups = int(arg(args, kwargs, groups_at, "groups", 1))
-    return ConvArgs(weight[1] * groups, weight[0], tuple(weight[2:]), _pair(arg(args, kwargs, 3, "stride", 1)),
-                    _pair(arg(args, kwargs, 4, "padding", 0)), groups)
+        cin, cout, groups, kernel = m.in_channels, m.out_channels, m.groups, tuple(m.kernel_size)
+        stride, padding, dilation = m.stride, m.padding, m.dilation
+    else:
+        args, kwargs = rec.args[node]
+        weight = args[1]
+        # F.conv2d / aten.conv2d take groups 7th; aten.convolution 9th, after transposed and output_padding
+        groups_at = 8 if node.target in (torch.ops.aten.convolution.default, torch.ops.aten._convolution.default) else 6
+        groups = int(arg(args, kwargs, groups_at, "groups", 1))
+        cin, cout, kernel = weight[1] * groups, weight[0], tuple(weight[2:])
+        stride, padding = arg(args, kwargs, 3, "stride", 1), arg(args, kwargs, 4, "padding", 0)
+        dilation = arg(args, kwargs, 5, "dilation", 1)
+    n = len(kernel)
+    dilation = _axes(dilation, n)
+    if padding == "valid":
+        padding = 0
+    elif padding == "same":
+        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
+    return ConvArgs(cin, cout, kernel, _axes(stride, n), _axes(padding, n), dilation, groups)
+
+
+def conv2d_params(n: int, cin: int, size: tuple[int, ...], conv: ConvArgs) -> dict[str, int] | None:
+    """The registry's conv2d parameters of a 2-D conv, or of a 1-D one as the 2-D conv of one
+    row ATen runs it as; the width's values (``CONV_WIDTH_PARAMS``) only where they differ."""
+    if len(size) == 1:  # (N, C, L): one row of L, the kernel 1 x k
+        size, conv = (1, *size), ConvArgs(conv.cin, conv.cout, (1, *conv.kernel), (1, *conv.stride), (0, *conv.pad),
+                                          (1, *conv.dilation), conv.groups)
+    if len(size) != 2 or len(conv.kernel) != 2:
+        return None
+    params = {"N": n, "CIN": cin, "COUT": conv.cout, "H": size[0], "W": size[1], "K": conv.kernel[0],
+              "STRIDE": conv.stride[0], "PAD": conv.pad[0], "GROUPS": conv.groups}
+    width = {"KW": (conv.kernel, "K"), "STRIDE_W": (conv.stride, "STRIDE"), "PAD_W": (conv.pad, "PAD")}
+    for name, (pair, height) in width.items():
+        if pair[1] != params[height]:
+            params[name] = pair[1]
+    if conv.dilation[0] != 1:
+        params["DIL"] = conv.dilation[0]
+    if conv.dilation[1] != conv.dilation[0]:
+        params["DIL_W"] = conv.dilation[1]
+    return params
 
 
 def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> dict[str, Any]:
@@ -142,15 +179,14 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
     args, kwargs = rec.args[node]
     shapes = [a for a in args if isinstance(a, tuple) and all(isinstance(x, int) for x in a)]
     module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
-    if op == "conv2d" and shapes and len(shapes[0]) == 4:
-        n, cin, h, w = shapes[0]
-        conv = conv_args(node, gm, rec)
-        # the registry's convolutions are square: K is the kernel's height
-        params = {"N": n, "CIN": cin, "COUT": conv.cout, "H": h, "W": w, "K": conv.kernel[0], "STRIDE": conv.stride,
-                  "PAD": conv.pad, "GROUPS": conv.groups}
+    if op in ("conv1d", "conv2d") and shapes and len(shapes[0]) in (3, 4):
+        n, cin, *size = shapes[0]
+        params = conv2d_params(n, cin, tuple(size), conv_args(node, gm, rec))
+        if params is None:
+            return {}
         # Reorders to and from oneDNN's 8-channel blocks (ONEDNN_VERBOSE shows them); an input
         # of under 8 channels, an RGB stem's, is read as it is.
-        in_bytes = out.nbytes // out.numel * n * cin * h * w if out.numel else 0
+        in_bytes = out.nbytes // out.numel * n * cin * math.prod(size) if out.numel else 0
         scratch = ((in_bytes,) if cin >= 8 else ()) + (out.nbytes,)
         return {"operation": "conv2d", "params": params, "scratch_bytes": scratch}
     if op == "linear" and shapes:

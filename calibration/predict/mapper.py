@@ -34,7 +34,7 @@ from calibration.profile.entries import FrozenModel
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
-from calibration.specs.operations import COLD_TWINS, DRIFT_CLASSES, OPERATIONS, SMALL_KERNEL_S
+from calibration.specs.operations import COLD_TWINS, DRIFT_CLASSES, OPERATIONS, SMALL_KERNEL_S, conv_geometry
 
 Mode = Literal["eager", "fused"]
 FLOATING = ("float", "bfloat", "tf32")  # dtype names of floating-point work
@@ -630,7 +630,7 @@ def weight_bytes(node: NodeCost) -> int:
     """The weights a conv or linear reads (0 for other kernels)."""
     p, size = node.params, itemsize(node.dtype or "float32")
     if node.operation == "conv2d" and {"COUT", "CIN", "GROUPS", "K"} <= p.keys():
-        return int(p["COUT"]) * (int(p["CIN"]) // int(p["GROUPS"])) * int(p["K"]) ** 2 * size
+        return int(p["COUT"]) * (int(p["CIN"]) // int(p["GROUPS"])) * math.prod(conv_geometry(p).kernel) * size
     if node.operation == "linear" and {"IN", "OUT"} <= p.keys():
         return int(p["IN"]) * int(p["OUT"]) * size
     return 0

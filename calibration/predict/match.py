@@ -130,7 +130,7 @@ def pattern_shape(g: KernelGraph, pattern: str, nodes: list[fx.Node]) -> dict[st
         conv = conv_args(first, g.gm, g.rec)
         n, _, h, w = args[0]
         shape: dict[str, ParamValue] = {"N": n, "CIN": conv.cin, "COUT": conv.cout, "H": h, "W": w,
-                                        "K": conv.kernel[0], "STRIDE": conv.stride}
+                                        "K": conv.kernel[0], "STRIDE": conv.stride[0]}
         if conv.groups > 1:
             shape["GROUPS"] = conv.groups
         return shape

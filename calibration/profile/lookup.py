@@ -94,9 +94,12 @@ def _none_calibrated(cal: ProfileQueries, operation: str, dtype: str, device: st
 def find_exact(
     cal: ProfileQueries, operation: str, dtype: str, device: str, params: Mapping[str, ParamValue]
 ) -> OperationCalibration | None:
-    params = _spec(operation).complete(params)
+    spec = _spec(operation)
+    params = spec.complete(params)
     for entry in candidates(cal, operation, dtype, device, params):
-        if all(entry.params.get(name) == value for name, value in params.items()):
+        # an entry's optional parameters (a 1x7 conv's KW) must be the query's too
+        if (all(entry.params.get(name) == value for name, value in params.items())
+                and all(entry.params.get(name) == params.get(name) for name in spec.optional)):
             return entry
     return None
 

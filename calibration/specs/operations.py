@@ -24,11 +24,12 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 from calibration.specs import host
 from calibration.specs.dtypes import itemsize
 from calibration.specs.keys import ParamValue, operation_key
-from calibration.specs.params import Checked
+from calibration.specs.params import Checked, Domain
 
 Params = Mapping[str, ParamValue]
 
@@ -110,6 +111,9 @@ class Operation(Checked):
     rows: str | None = None
     # Values a query may leave out (e.g. the matmul path eager PyTorch takes).
     defaults: Mapping[str, ParamValue] = field(default_factory=dict)
+    # Parameters a shape carries only where it differs from the grid's form (a conv's
+    # non-square kernel): part of its key and of an exact match, absent from the grid's shapes.
+    optional: Mapping[str, Domain] = field(default_factory=dict)
     cpu_dtypes: tuple[str, ...] = ("float32",)
     cuda_dtypes: tuple[str, ...] = ("float32",)
     # Parameters that only exist on one device (e.g. oneDNN paths on CPU).
@@ -275,23 +279,55 @@ BMM = Operation(
 # --------------------------------------------------------------------------- conv2d
 
 
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# A conv's parameters beyond the square grid's, each given only where it differs from the
+# square, undilated default: the width's kernel, stride and padding (a 1x7 kernel; a 1-D conv,
+# which ATen runs as a 2-D conv of one row) and the dilation of each axis.
+CONV_WIDTH_PARAMS: dict[str, Domain] = {"KW": Domain(int, minimum=1), "STRIDE_W": Domain(int, minimum=1),
+                                         "PAD_W": Domain(int, minimum=0), "DIL": Domain(int, minimum=1),
+                                         "DIL_W": Domain(int, minimum=1)}
+
+
+class ConvGeometry(NamedTuple):
+    kernel: tuple[int, int]  # (height, width) of each
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+def conv_geometry(p: Params) -> ConvGeometry:
+    """A conv's kernel, stride, padding and dilation per axis: K, STRIDE, PAD and DIL are the
+    height's, and the width's (KW, STRIDE_W, PAD_W, DIL_W) default to them."""
+    dil = int(p.get("DIL", 1))
+    return ConvGeometry((int(p["K"]), int(p.get("KW", p["K"]))),
+                        (int(p["STRIDE"]), int(p.get("STRIDE_W", p["STRIDE"]))),
+                        (int(p["PAD"]), int(p.get("PAD_W", p["PAD"]))), (dil, int(p.get("DIL_W", dil))))
 
 
 def _conv_output_pixels(p: Params) -> int:
     """Output height x width of one image."""
-    return conv_out(p["H"], p["K"], p["STRIDE"], p["PAD"]) * conv_out(p["W"], p["K"], p["STRIDE"], p["PAD"])
+    g = conv_geometry(p)
+    return (conv_out(p["H"], g.kernel[0], g.stride[0], g.pad[0], g.dilation[0])
+            * conv_out(p["W"], g.kernel[1], g.stride[1], g.pad[1], g.dilation[1]))
+
+
+def _conv_taps(p: Params) -> int:
+    """Kernel height x width."""
+    kh, kw = conv_geometry(p).kernel
+    return kh * kw
 
 
 def _conv_elements(p: Params) -> tuple[int, int, int]:
     """Elements of the input, the weights and the output."""
-    return (p["N"] * p["CIN"] * p["H"] * p["W"], p["COUT"] * (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"],
+    return (p["N"] * p["CIN"] * p["H"] * p["W"], p["COUT"] * (p["CIN"] // p["GROUPS"]) * _conv_taps(p),
             p["N"] * p["COUT"] * _conv_output_pixels(p))
 
 
 def _conv_flops(p: Params) -> int:
-    per_output = (p["CIN"] // p["GROUPS"]) * p["K"] * p["K"]
+    per_output = (p["CIN"] // p["GROUPS"]) * _conv_taps(p)
     return 2 * p["N"] * p["COUT"] * _conv_output_pixels(p) * per_output
 
 
@@ -311,14 +347,14 @@ def _conv_features(p: Params) -> tuple[float, ...]:
     """The conv as the GEMM it lowers to: output pixels (rows), reduction depth per group,
     output channels per group; and the channel count (depthwise convs differ only there)."""
     per_group = p["CIN"] // p["GROUPS"]
-    return (math.log2(p["N"] * _conv_output_pixels(p)), math.log2(per_group * p["K"] * p["K"]),
+    return (math.log2(p["N"] * _conv_output_pixels(p)), math.log2(per_group * _conv_taps(p)),
             math.log2(p["COUT"] // p["GROUPS"]), math.log2(p["CIN"]))
 
 
 def _conv_kind(p: Params) -> str:
     if p["GROUPS"] > 1:
         return "depthwise" if p["GROUPS"] == p["CIN"] else "grouped"
-    if p["K"] == 1:
+    if _conv_taps(p) == 1:
         # on a 1x1 map (squeeze-excitation) a pointwise conv is a matrix-vector product per
         # image: 8 us for 512->128 where a 256->64 conv on 14x14 takes 140 us
         return "pointwise_1x1_map" if p["H"] == p["W"] == 1 else "pointwise"
@@ -388,6 +424,7 @@ CONV2D = Operation(
         _conv(1, 144, 144, 56, 3, 1, groups=144),  # mobilenet_v2.dw3x3
     )),
     variant=lambda p: (_conv_kind(p),),
+    optional=CONV_WIDTH_PARAMS,
     cost_terms=_conv_terms,
     cost_units=("call", "bytes", "bytes", "flops"),
     shape_features=_conv_features,
@@ -713,7 +750,7 @@ def _cold(warm: Operation) -> Operation:
         description=f"{warm.name} with its weights and output evicted from the caches and its input just read, "
                     "as inside a model whose forward overflows the last-level cache",
         flops=warm.flops, bytes_moved=warm.bytes_moved, shapes=warm.shapes, variant=warm.variant,
-        scale=warm.scale, defaults=warm.defaults, cpu_only=lambda p: True)
+        scale=warm.scale, defaults=warm.defaults, optional=warm.optional, cpu_only=lambda p: True)
 
 
 CONV2D_COLD = _cold(CONV2D)

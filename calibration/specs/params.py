@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from types import MappingProxyType
 
 from calibration.specs.keys import ParamValue
 
@@ -60,17 +61,19 @@ def domains(grid: Iterable[Mapping[str, ParamValue]]) -> dict[str, Domain]:
 
 
 def check(owner: str, params: Mapping[str, object], allowed: Mapping[str, Domain], *, complete: bool,
-          where: str = "") -> None:
+          where: str = "", optional: Mapping[str, Domain] | None = None) -> None:
     """Raise UnknownParameter or InvalidParameter naming the parameter, its value and what is allowed.
 
     ``complete``: every parameter must be given (a profile entry), not only some (a query).
     ``where`` prefixes the names (``params.``) where they sit inside a larger structure.
+    ``optional``: parameters that may be given, never required (a conv's non-square kernel).
     """
+    known = {**allowed, **(optional or {})}
     for name, value in params.items():
-        if name not in allowed:
+        if name not in known:
             raise UnknownParameter(
-                f"Invalid parameter '{where}{name}' for {owner}; allowed: {', '.join(allowed)}")
-        domain = allowed[name]
+                f"Invalid parameter '{where}{name}' for {owner}; allowed: {', '.join(known)}")
+        domain = known[name]
         if not domain.accepts(value):
             shown = value if isinstance(value, float) and not math.isfinite(value) else repr(value)
             raise InvalidParameter(f"Invalid {where}{name} {shown} for {owner}; allowed: {domain.allowed()}")
@@ -87,6 +90,7 @@ class Checked:
 
     name: str
     shapes: Callable[[bool], tuple[Mapping[str, ParamValue], ...]]
+    optional: Mapping[str, Domain] = MappingProxyType({})  # parameters a shape may add to the grid's
 
     @cached_property
     def domains(self) -> dict[str, Domain]:
@@ -95,4 +99,4 @@ class Checked:
     def check(self, values: Mapping[str, object], *, complete: bool = False, where: str = "") -> None:
         """Raise UnknownParameter (a TypeError) or InvalidParameter (a ValueError) for a
         parameter this item does not have or a value it does not take."""
-        check(self.name, values, self.domains, complete=complete, where=where)
+        check(self.name, values, self.domains, complete=complete, where=where, optional=self.optional)
