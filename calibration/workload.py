@@ -46,11 +46,13 @@ def _ordered(names: Sequence[str], params: dict) -> tuple:
 
 def _kernels(nodes: Iterable[NodeCost]) -> Iterator[NodeCost]:
     """Every kernel, and the kernels those no entry prices run inside (a multi-head
-    attention's Linears, an LSTM's steps), which the mapper prices one by one."""
+    attention's Linears), which the mapper prices one by one. A composite the registry times
+    whole (an LSTM layer) is its own case: its entry prices it."""
     for node in nodes:
         if node.kernel:
             yield node
-            yield from _kernels(node.inner)
+            if node.operation not in OPERATIONS:
+                yield from _kernels(node.inner)
 
 
 def _attention_shape(node: NodeCost) -> tuple[tuple[str, int], ...] | None:

@@ -134,6 +134,13 @@ def _conv_operands(p: Params, dtype: str, device: torch.device) -> tuple[torch.T
     return x, lambda: conv(x, w, None, g.stride, g.pad, g.dilation, groups)
 
 
+def _build_lstm(p: Params, dtype: str, device: torch.device) -> Kernel:
+    """One nn.LSTM layer over a (T, B, I) sequence, inference: on the CPU oneDNN's fused RNN."""
+    layer = torch.nn.LSTM(p["I"], p["H"]).to(device=device, dtype=DTYPES[dtype]).eval().requires_grad_(False)
+    x = _randn((p["T"], p["B"], p["I"]), dtype, device)
+    return lambda: layer(x)
+
+
 def _build_conv(p: Params, dtype: str, device: torch.device) -> Kernel:
     return _conv_operands(p, dtype, device)[1]
 
@@ -378,6 +385,7 @@ BUILDERS: dict[str, Builder] = {
     "matmul": _build_matmul,
     "linear": _build_linear,
     "bmm": _build_bmm,
+    "lstm": _build_lstm,
     "conv2d": _build_conv,
     "conv2d_cold": _cold_conv,
     "linear_cold": _cold_linear,

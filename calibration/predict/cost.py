@@ -28,7 +28,7 @@ from calibration.predict.trace import (
     dtype_name,
     op_name,
 )
-from calibration.specs.operations import ELEMENTWISE_FLOPS, OPERATIONS
+from calibration.specs.operations import ELEMENTWISE_FLOPS, OPERATIONS, lstm_parts
 
 
 def module_params(module: nn.Module) -> int:
@@ -232,6 +232,8 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
         n, c, h, w = shapes[0]
         return {"operation": "maxpool" if op == "max_pool2d" else "avgpool",
                 "params": {"N": n, "C": c, "H": h, "W": w, "K": k, "STRIDE": stride, "PAD": pad}}
+    if op == "mkldnn_rnn_layer" and len(shapes) >= 3 and (lstm := lstm_params(*shapes[:3])):
+        return {"operation": "lstm", "params": lstm}
     if op == "adaptive_avg_pool2d" and shapes and len(shapes[0]) == 4 and tuple(out.shape[-2:]) == (1, 1):
         n, c, h, w = shapes[0]  # global average pooling
         return {"operation": "global_avgpool", "params": {"N": n, "C": c, "H": h, "W": w}}
@@ -267,21 +269,27 @@ def attention_kernels(name: str, q: tuple[int, ...], k: tuple[int, ...], v: tupl
             gemm("values", lq, lk, dv))
 
 
+def lstm_params(x: tuple[int, ...], w_ih: tuple[int, ...], w_hh: tuple[int, ...]) -> dict[str, int] | None:
+    """The registry's lstm parameters of an ``mkldnn_rnn_layer`` call on (T, B, I) inputs; None
+    for a layer whose hidden state is projected (``proj_size``), which the grid does not time."""
+    steps, batch, features = x
+    hidden = w_ih[0] // 4
+    return {"T": steps, "B": batch, "I": features, "H": hidden} if w_hh[1] == hidden else None
+
+
 def rnn_kernels(name: str, x: tuple[int, ...], w_ih: tuple[int, ...], w_hh: tuple[int, ...],
                 dtype: torch.dtype) -> tuple[NodeCost, ...]:
     """One layer and direction of oneDNN's fused RNN (``mkldnn_rnn_layer``, an LSTM's on the
-    CPU) as what it computes: the input projection of every step as one Linear, then one
-    Linear of the hidden state per step (batch rows, hidden in, gates x hidden out: what
-    ``nn.LSTMCell`` calls), then the gates' math as one sigmoid-like pass over every gate value."""
+    CPU) as what it computes (``specs.operations.lstm_parts``): the input projection of every
+    step as one Linear, then one Linear of the hidden state per step, then the gates' math as
+    one sigmoid-like pass over every gate value."""
     steps, batch, features = x
-    gates, hidden = w_ih[0], w_hh[1]
-    projection = _registry_kernel(f"{name}/input", "linear", "linear",
-                                  {"B": steps * batch, "IN": features, "OUT": gates}, dtype, (steps, batch, gates))
-    step = _registry_kernel(f"{name}/step", "linear", "linear", {"B": batch, "IN": hidden, "OUT": gates}, dtype,
-                            (batch, gates))
-    cells = _registry_kernel(f"{name}/gates", "sigmoid", "sigmoid", {"n": steps * batch * gates}, dtype,
-                             (steps, batch, gates))
-    return (projection, *(step,) * steps, cells)
+    gates = w_ih[0]
+    projection, step, cells = lstm_parts({"T": steps, "B": batch, "I": features, "H": gates // 4})
+    step = step | {"IN": w_hh[1]}  # the projected size where proj_size is set
+    return (_registry_kernel(f"{name}/input", "linear", "linear", projection, dtype, (steps, batch, gates)),
+            *(_registry_kernel(f"{name}/step", "linear", "linear", step, dtype, (batch, gates)),) * steps,
+            _registry_kernel(f"{name}/gates", "sigmoid", "sigmoid", {"n": cells}, dtype, (steps, batch, gates)))
 
 
 def _node_bytes(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> tuple[int, int]:

@@ -251,6 +251,54 @@ LINEAR = Operation(
 )
 
 
+# --------------------------------------------------------------------------- fused LSTM layer
+
+
+def lstm_parts(p: Params) -> tuple[Params, Params, int]:
+    """What one layer and direction of a fused LSTM (oneDNN's ``mkldnn_rnn_layer``) computes:
+    the input projection of all T steps as one Linear, one Linear of the hidden state per step
+    (B rows, H in, 4H gates out, as ``nn.LSTMCell`` calls it), and the element count of the gates
+    (one sigmoid-like pass over each)."""
+    gates = 4 * p["H"]
+    return ({"B": p["T"] * p["B"], "IN": p["I"], "OUT": gates}, {"B": p["B"], "IN": p["H"], "OUT": gates},
+            p["T"] * p["B"] * gates)
+
+
+def _lstm_flops(p: Params) -> int:
+    projection, step, gates = lstm_parts(p)
+    return _linear_flops(projection) + p["T"] * _linear_flops(step) + ELEMENTWISE_FLOPS["sigmoid"] * gates
+
+
+def _lstm_bytes(p: Params, size: int) -> int:
+    """Weights and both biases, the input sequence, the output sequence, and the initial and
+    final hidden and cell states."""
+    steps, batch, features, hidden = p["T"], p["B"], p["I"], p["H"]
+    return (4 * hidden * (features + hidden) + 8 * hidden + steps * batch * (features + hidden)
+            + 4 * batch * hidden) * size
+
+
+LSTM = Operation(
+    name="lstm",
+    family="rnn",
+    description="one nn.LSTM layer (oneDNN's fused RNN), x (T x B x I), hidden H",
+    flops=_lstm_flops,
+    bytes_moved=_lstm_bytes,
+    # Batches from one sequence to a few, hidden sizes from L2-resident weights (128: 0.5 MiB)
+    # to 8 MiB; the step GEMM's rows are the batch. A mapper scales an unseen shape's
+    # decomposition (lstm_parts, each priced) by what the nearest of these measured over theirs.
+    shapes=fixed(full=(
+        {"T": 32, "B": 1, "I": 64, "H": 128},
+        {"T": 32, "B": 1, "I": 512, "H": 512},
+        {"T": 32, "B": 4, "I": 320, "H": 320},
+        {"T": 32, "B": 16, "I": 128, "H": 128},
+        {"T": 32, "B": 16, "I": 512, "H": 512},
+    ),
+    quick=({"T": 32, "B": 4, "I": 320, "H": 320},)),
+    scale=lambda p: p["B"],
+    cpu_only=lambda p: True,
+)
+
+
 def _bmm_flops(p: Params) -> int:
     return 2 * p["BATCH"] * p["M"] * p["K"] * p["N"]
 
@@ -800,7 +848,7 @@ AFTER_BUSY = Operation(
 
 OPERATIONS: dict[str, Operation] = {
     op.name: op
-    for op in (MATMUL, LINEAR, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
+    for op in (MATMUL, LINEAR, LSTM, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
                BATCHNORM, MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH,
                CONV2D_COLD, LINEAR_COLD, AFTER_BUSY)
 }

@@ -173,6 +173,55 @@ def test_an_lstm_is_its_input_projection_one_recurrent_gemm_a_step_and_its_gates
     assert mapper._kernel(lstm).seconds >= (steps + 2) * 2e-6
 
 
+def lstm_layer(steps=20, batch=2, features=64, hidden=128, cal=None, **kw):
+    model = Wrap(nn.LSTM(features, hidden, batch_first=True, **kw))
+    (lstm,), _ = kernels(model, torch.randn(batch, steps, features), cal)
+    layers = [k for k in lstm.inner if k.inner]
+    if not layers:
+        pytest.skip("this torch runs the LSTM without oneDNN's fused layer")
+    return layers[0]
+
+
+def test_a_fused_lstm_layer_is_the_registry_s_lstm_with_its_flops_and_bytes():
+    layer = lstm_layer()
+    assert (layer.operation, layer.params) == ("lstm", {"T": 20, "B": 2, "I": 64, "H": 128})
+    spec = OPERATIONS["lstm"]
+    # by hand: the GEMMs of every step (input and hidden), both biases, four gates' sigmoids
+    gates = 20 * 2 * 4 * 128
+    assert spec.flops(layer.params) == 2 * gates * (64 + 128) + 2 * gates + 4 * gates == layer.flops
+    # weights and biases, the input and output sequences, h and c in and out
+    assert spec.bytes_moved(layer.params, F32) == (512 * (64 + 128) + 1024 + 20 * 2 * 64 + 20 * 2 * 128
+                                                   + 4 * 2 * 128) * F32
+
+
+def lstm_profile(*entries):
+    return fold(ceilings() + [record("lstm", ms, **params) for ms, params in entries], metadata(cache_sizes={}))
+
+
+def test_an_lstm_layer_timed_at_its_shape_is_priced_by_that_entry():
+    cal = lstm_profile((1.5, {"T": 20, "B": 2, "I": 64, "H": 128}))
+    estimate = CPUMapper(cal)._kernel(lstm_layer(cal=cal))
+    assert estimate.seconds == pytest.approx(1.5e-3) and estimate.source == "calibrated at this shape"
+
+
+def test_an_unseen_lstm_shape_is_its_parts_scaled_as_the_nearest_calibrated_layer_ran():
+    near, far = {"T": 32, "B": 2, "I": 64, "H": 128}, {"T": 32, "B": 16, "I": 512, "H": 512}
+    bare = CPUMapper(fold(ceilings(), metadata(cache_sizes={})))
+    layer = lstm_layer()
+    parts = bare._kernel(layer).seconds
+    assert parts == pytest.approx(sum(bare._kernel(k).seconds for k in layer.inner))
+    assert "no lstm cases" in " ".join(bare.notes)
+
+    def own_parts(params) -> float:
+        return bare._kernel(lstm_layer(params["T"], params["B"], params["I"], params["H"])).seconds
+
+    # the near layer ran at half its parts' time, the far one at twice: the near one's ratio applies
+    cal = lstm_profile((0.5 * own_parts(near) * 1e3, near), (2.0 * own_parts(far) * 1e3, far))
+    estimate = CPUMapper(cal)._kernel(layer)
+    assert estimate.seconds == pytest.approx(0.5 * parts, rel=1e-6)
+    assert "x0.50" in estimate.source and "T=32, B=2, I=64, H=128" in estimate.source
+
+
 def test_a_gru_without_a_fused_kernel_is_its_per_step_gemms_and_gates():
     torch.manual_seed(0)
     model, x = Wrap(nn.GRU(32, 64, num_layers=2, batch_first=True)), torch.randn(2, 15, 32)
