@@ -4,8 +4,9 @@ The reference and held-out models are convolutions, Linears, explicit attention 
 usual activations. A user's model is often built from ``torch.nn`` composites that fx keeps
 as one node (``nn.TransformerEncoder``, ``nn.MultiheadAttention``, ``nn.LSTM``) and from ops
 neither set has (GroupNorm, LeakyReLU, a transposed convolution, ``cat``, bilinear
-upsampling, an embedding, Hardswish and Hardsigmoid). These five models check that such
-models are costed as what they run (``python tools/predict_accuracy.py PROFILE.json
+upsampling, an embedding, Hardswish and Hardsigmoid), and from convolutions off the square
+grid (conv1d, 1x7 and 7x1 kernels, dilation). These models check that such models are costed
+as what they run (``python tools/predict_accuracy.py PROFILE.json
 --coverage``). Like the held-out models, they are never used to tune the calibrator.
 
 Every builder returns a module in eval mode with PyTorch's default initialisation and the
@@ -24,7 +25,8 @@ from calibration.predict.models import random_input
 
 LSTM_VOCAB, LSTM_TOKENS = 10000, 64
 
-__all__ = ["COVERAGE", "coverage_input", "lstm_text", "mha_blocks", "mobilenet_v3_like", "unet", "vit_tiny"]
+__all__ = ["COVERAGE", "audio_frontend", "coverage_input", "dilated_head", "inception_like", "lstm_text", "mha_blocks",
+           "mobilenet_v3_like", "tcn", "unet", "vit_tiny"]
 
 
 class ViT(nn.Module):
@@ -157,6 +159,43 @@ class MobileNetV3Like(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+def _conv1d_bn_relu(cin: int, cout: int, k: int, dilation: int = 1) -> list[nn.Module]:
+    return [nn.Conv1d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=False),
+            nn.BatchNorm1d(cout), nn.ReLU()]
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int | tuple[int, int], pad: int | tuple[int, int], stride: int = 1,
+                  dilation: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride, pad, dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class Factorised7x7(nn.Module):
+    """Inception-v3's factorised 7x7 branch (1x1, 1x7, 7x1) beside a 1x1 branch, summed."""
+
+    def __init__(self, c: int, mid: int):
+        super().__init__()
+        self.a = nn.Sequential(*_conv_bn_relu(c, mid, 1, 0), *_conv_bn_relu(mid, mid, (1, 7), (0, 3)),
+                               *_conv_bn_relu(mid, c, (7, 1), (3, 0)))
+        self.b = nn.Sequential(*_conv_bn_relu(c, c, 1, 0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.a(x) + self.b(x)
+
+
+class ASPP(nn.Module):
+    """DeepLab's atrous spatial pyramid pooling without its image-pool branch: a 1x1 conv and
+    3x3 convs dilated 6, 12 and 18, concatenated and projected."""
+
+    def __init__(self, c: int, out: int):
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Sequential(*_conv_bn_relu(c, out, 1, 0))]
+                                      + [nn.Sequential(*_conv_bn_relu(c, out, 3, r, dilation=r)) for r in (6, 12, 18)])
+        self.project = nn.Sequential(*_conv_bn_relu(4 * out, out, 1, 0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(torch.cat([b(x) for b in self.branches], 1))
+
+
 def vit_tiny() -> nn.Module:
     """A ViT-tiny-like image classifier: 16x16 patches of a 224x224 image, 4 pre-norm
     ``nn.TransformerEncoderLayer`` blocks (192 wide, 3 heads, GELU MLP of 768)."""
@@ -186,12 +225,49 @@ def mobilenet_v3_like() -> nn.Module:
     return MobileNetV3Like().eval()
 
 
+def tcn() -> nn.Module:
+    """A temporal conv net over 32 channels x 4000 steps: 3-tap conv1ds of 64 channels dilated
+    1 to 32, batch norm and ReLU, and a pointwise conv1d out."""
+    layers = _conv1d_bn_relu(32, 64, 3)
+    for dilation in (1, 2, 4, 8, 16, 32):
+        layers += _conv1d_bn_relu(64, 64, 3, dilation)
+    return nn.Sequential(*layers, nn.Conv1d(64, 16, 1)).eval()
+
+
+def audio_frontend() -> nn.Module:
+    """A wav2vec-like feature extractor over 16,000 samples: a 10-tap conv1d of stride 5 from
+    one channel, GroupNorm, then six strided conv1ds of 256 channels, GELU between."""
+    layers: list[nn.Module] = [nn.Conv1d(1, 256, 10, 5, bias=False), nn.GroupNorm(256, 256), nn.GELU()]
+    for k, stride in ((3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2)):
+        layers += [nn.Conv1d(256, 256, k, stride, bias=False), nn.GELU()]
+    return nn.Sequential(*layers).eval()
+
+
+def inception_like() -> nn.Module:
+    """A strided stem to a 19x19 map of 192 channels, then four of Inception-v3's factorised
+    7x7 blocks (1x7 and 7x1 convs), average pooling and a Linear, at 149x149."""
+    return nn.Sequential(*_conv_bn_relu(3, 32, 3, 0, 2), *_conv_bn_relu(32, 64, 3, 1, 2),
+                         *_conv_bn_relu(64, 192, 3, 1, 2), *[Factorised7x7(192, 128) for _ in range(4)],
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(192, 100)).eval()
+
+
+def dilated_head() -> nn.Module:
+    """A DeepLab-style head: a strided stem to a 33x33 map of 256 channels, then 3x3 convs
+    dilated 6, 12 and 18 beside a 1x1, at 257x257."""
+    return nn.Sequential(*_conv_bn_relu(3, 64, 3, 1, 2), *_conv_bn_relu(64, 128, 3, 1, 2),
+                         *_conv_bn_relu(128, 256, 3, 1, 2), ASPP(256, 128)).eval()
+
+
 COVERAGE: dict[str, Callable[[], nn.Module]] = {
     "vit_tiny": vit_tiny,
     "mha_blocks": mha_blocks,
     "unet": unet,
     "lstm_text": lstm_text,
     "mobilenet_v3_like": mobilenet_v3_like,
+    "tcn": tcn,
+    "audio_frontend": audio_frontend,
+    "inception_like": inception_like,
+    "dilated_head": dilated_head,
 }
 
 _INPUT_SHAPES: dict[str, tuple[int, ...]] = {
@@ -200,6 +276,10 @@ _INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "unet": (3, 128, 128),
     "lstm_text": (LSTM_TOKENS,),
     "mobilenet_v3_like": (3, 224, 224),
+    "tcn": (32, 4000),
+    "audio_frontend": (1, 16000),
+    "inception_like": (3, 149, 149),
+    "dilated_head": (3, 257, 257),
 }
 
 

@@ -3,6 +3,7 @@ what it runs (no composite module left as one call, every op but bilinear upsamp
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from calibration.predict.coverage_models import COVERAGE, coverage_input
 from calibration.predict.plan import partition
+from calibration.specs.operations import OPERATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +32,22 @@ def test_each_coverage_model_traces_and_every_composite_module_is_costed_inside(
     # bilinear upsampling (F.interpolate runs aten's upsample_bilinear2d) is the one op whose
     # arithmetic no formula here counts
     assert set(part.uncounted) <= {"upsample_bilinear2d"}
+    # every 1-D and 2-D conv is the registry's conv2d at its own geometry (none on the roofline)
+    convs = [n for n in kernels if n.op in ("conv1d", "conv2d")]
+    for node in convs:
+        bias = node.flops - OPERATIONS["conv2d"].flops(node.params)
+        assert node.operation == "conv2d" and bias in (0, math.prod(node.shape)), node.name
+
+
+def test_the_conv_models_hold_the_geometry_they_are_there_for():
+    def params(name):
+        part = partition(COVERAGE[name](), coverage_input(name, 1))
+        return [n.params for sg in part.subgraphs for n in sg.nodes if n.operation == "conv2d"]
+
+    assert all(p["H"] == 1 and p["K"] == 1 for p in params("tcn") + params("audio_frontend"))
+    assert {p.get("DIL_W") for p in params("tcn")} == {None, 2, 4, 8, 16, 32}
+    assert {(p["K"], p.get("KW")) for p in params("inception_like")} >= {(1, 7), (7, 1)}
+    assert {p.get("DIL") for p in params("dilated_head")} == {None, 6, 12, 18}
 
 
 def test_the_lstm_model_takes_token_ids_and_the_others_floats():
