@@ -68,7 +68,8 @@ def main() -> int:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--heldout", action="store_true", help="the held-out models instead of the reference ones")
     which.add_argument("--coverage", action="store_true",
-                       help="the coverage models (transformer, LSTM, UNet ops) instead of the reference ones")
+                       help="the coverage models (transformers, an LSTM, UNet ops, conv1d, 1x7 and dilated "
+                            "convs) instead of the reference ones")
     parser.add_argument("--without-exact", action="store_true", help="drop entries matching a kernel exactly")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default: 5)")
