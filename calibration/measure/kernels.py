@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from calibration.measure import heap
 from calibration.specs import host
 from calibration.specs.operations import (
     AFTER_BUSY_PROBES,
@@ -189,7 +190,8 @@ class ColdKernel(PreparedKernel):
         self.activation = activation
         self.touch_output = touch_output
         llc = host.last_level_cache() or UNKNOWN_LLC_BYTES
-        self.flush = torch.zeros(COLD_FLUSH_LLC_MULTIPLE * llc // 4, device=device)
+        with heap.operands_mapped():
+            self.flush = torch.zeros(COLD_FLUSH_LLC_MULTIPLE * llc // 4, device=device)
 
     def prepare(self) -> None:
         self.flush.add_(1.0)
@@ -358,9 +360,10 @@ def _build_elementwise(kernel: Callable[..., object], inputs: int) -> Builder:
 
 def _build_stream(kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]) -> Builder:
     def build(p: Params, dtype: str, device: torch.device) -> Kernel:
-        a = torch.zeros(p["n"], dtype=DTYPES[dtype], device=device)
-        b = torch.full((p["n"],), 1.0, dtype=DTYPES[dtype], device=device)
-        c = torch.full((p["n"],), 2.0, dtype=DTYPES[dtype], device=device)
+        with heap.operands_mapped():  # arrays of 4x the LLC: back to the OS after the case
+            a = torch.zeros(p["n"], dtype=DTYPES[dtype], device=device)
+            b = torch.full((p["n"],), 1.0, dtype=DTYPES[dtype], device=device)
+            c = torch.full((p["n"],), 2.0, dtype=DTYPES[dtype], device=device)
         return lambda: kernel(a, b, c)
 
     return build
