@@ -56,13 +56,13 @@ def main() -> int:
     names = args.models.split(",") if args.models else list(models.MODELS)
     cases = [(name, int(b)) for name in names for b in args.batches.split(",")]
     mapper = CPUMapper(cal)
-    built, predicted, kernels = {}, {}, {}
+    built, predicted, kernels, shared = {}, {}, {}, {}
     for case in cases:
         torch.manual_seed(0)
         model, x = models.MODELS[case[0]]().eval(), models.example_input(case[0], case[1])
         part = partition(model, x, cal)
         predicted[case] = (mapper.estimate(part, "eager"), mapper.estimate(part, "fused"))
-        kernels[case] = reference_kernels(cal, own_references(part, predicted[case][0], cal))
+        kernels[case] = reference_kernels(cal, own_references(part, predicted[case][0], cal), shared)
         compiled, seconds = compiled_model(model, x)
         built[case] = (model, compiled, x)
         print(f"compiled {case[0]} b{case[1]} in {seconds:.0f} s", file=sys.stderr)

@@ -21,6 +21,7 @@ from torch.utils import benchmark
 
 from calibration.measure.harness import Plan, synchronizer, time_rounds
 from calibration.measure.kernels import build
+from calibration.profile import roofline
 from calibration.specs import host
 from calibration.specs.operations import Case
 
@@ -68,7 +69,11 @@ def _triad_references(calibration, device: str) -> list[tuple[str, int]]:
     large = [n for n in sizes if n > SMALL_REFERENCE_MAX]
     if large:
         chosen.append(("memory", min(large, key=lambda n: abs(n - LLC_REFERENCE))))
-        chosen.append(("memory", large[-1]))
+        # DRAM's: the smallest that lives there, not the largest of the sweep (on a 480 MiB-L3
+        # host the STREAM size's 6 GiB, 0.2 s a call, against the sweep's 3 GiB one)
+        in_dram = [n for n in large if roofline.level_for_working_set(
+            host.TRIAD_ARRAYS * host.STREAM_ITEMSIZE * n, calibration.metadata.cache_sizes) == "DRAM"]
+        chosen.append(("memory", in_dram[0] if in_dram else large[-1]))
     return list(dict.fromkeys(chosen))
 
 
@@ -83,7 +88,8 @@ class Reference(NamedTuple):
     iterations: int = 1  # calls per timed round in the profile (the model's entries are re-timed alike)
 
 
-def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) -> dict[str, Reference]:
+def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = (),
+                      shared: dict[str, Callable[[], object]] | None = None) -> dict[str, Reference]:
     """The profile's reference cases, built once: label -> :class:`Reference`.
 
     The generic references (a GEMM, a conv, triads by cache level) are the same for every
@@ -104,7 +110,13 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
     slower, which best rounds would not show. (torch.utils.benchmark's blocks, back-to-back
     calls, ran those linears below the profile's best round: a median of blocks is not a
     median of rounds.)
+
+    ``shared`` (case key -> kernel), passed to every call of a script that measures several
+    models, builds each entry's operands once for all of them: the DRAM triad's arrays are
+    four times the LLC, 6 GiB on a 480 MiB-L3 host, and eight models' own copies of them ran
+    a 23.5 GiB machine out of memory.
     """
+    shared = {} if shared is None else shared
     device = calibration.metadata.device_type
     wanted = [("compute", Case(operation, tuple(params.items()), "float32", device), 0.0)
               for operation, params in COMPUTE_REFERENCES]
@@ -124,7 +136,9 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = ()) 
         if label in built and not weight:
             continue
         then = entry.latency.median_ms if weight else (entry.latency.min_ms or entry.latency.median_ms)
-        built[label] = Reference(build(case), then, kind, weight, max(1, entry.latency.iterations or 1))
+        if case.key not in shared:
+            shared[case.key] = build(case)
+        built[label] = Reference(shared[case.key], then, kind, weight, max(1, entry.latency.iterations or 1))
     return built
 
 

@@ -102,6 +102,19 @@ def test_the_memory_and_small_references_are_the_profile_s_own_triad_sizes():
     assert reference_kernels(fold([], metadata())) == {}
 
 
+def test_the_dram_reference_is_the_smallest_triad_that_lives_in_dram_and_is_built_once():
+    # a sweep that goes on past STREAM's size (a big-LLC host's full sweep): the 384 MiB triad
+    # tracks DRAM as well as the 1.5 GiB one, at a quarter of its memory and time
+    sweep = (65536, 1048576, 33554432, 134217728)
+    profile = fold([record("stream_triad", 1.0, n=n) for n in sweep], metadata())
+    shared: dict = {}
+    refs = reference_kernels(profile, shared=shared)
+    assert set(refs) == {"triad 65536", "triad 1048576", "triad 33554432"}
+    again = reference_kernels(profile, shared=shared)  # another model of the same run
+    assert all(again[label].kernel is refs[label].kernel for label in refs)
+    assert reference_kernels(profile)["triad 33554432"].kernel is not refs["triad 33554432"].kernel
+
+
 def test_the_model_s_own_kernels_alone_correct_their_class_weighted_by_predicted_time():
     big, few = "for the model: linear[B=128]", "for the model: linear[B=8]"
     classes = {"matmul": "compute", "triad 1048576": "memory", big: "compute", few: "compute"}
