@@ -341,6 +341,26 @@ class ProfileQueries:
             return max(self.measured.stream_gbps.values())
         return self.peak_bandwidth_gbps.value if self.peak_bandwidth_gbps else None
 
+    def last_level_cache(self) -> tuple[int, str] | None:
+        """(bytes, where the figure comes from) of the last-level cache as the profile's triad
+        sweep saw it, where that is less than the OS reported (a share of a socket's LLC on a
+        VM; :func:`roofline.effective_llc_bytes`), else as reported; None without cache sizes."""
+        sizes = self.metadata.cache_sizes
+        if not sizes:
+            return None
+        llc_name, llc = max(sizes.items(), key=lambda item: item[1])
+        below = max((size for name, size in sizes.items() if name != llc_name), default=0)
+        sweep = {entry.bytes: entry.gbps for entry in self.operation_profiles.values()
+                 if entry.operation == "stream_triad" and entry.dtype == "float32"
+                 and entry.device == self.metadata.device_type and not entry.busy}
+        dram = self.measured.stream_gbps.get("stream_triad") or self.dram_bandwidth()
+        seen = roofline.effective_llc_bytes(sweep, llc, max(self.metadata.threads, 1) * below, dram)
+        if seen is None:
+            return llc, f"{llc_name} as the OS reports it"
+        capacity, ws, gbps = seen
+        return capacity, (f"{llc_name} as the triad sweep saw it: {ws / 2**20:.0f} MiB at {gbps:.1f} GB/s, between "
+                          f"the cache's rate and DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
+
     def roofline_seconds(self, flops: int, nbytes: int, dtype: str = "float32") -> float | None:
         """A kernel's time at this profile's roofs (no efficiency); None where a needed roof is unknown."""
         return roofline.roofline_seconds(flops, nbytes, self.compute_ceiling(dtype), self.bandwidth_ceiling(nbytes))

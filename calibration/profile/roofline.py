@@ -144,6 +144,49 @@ def bandwidth_ceiling(
     return fallback_gbps
 
 
+# A sweep point estimates the LLC's capacity only where it is clearly between the two rates:
+# the share of its traffic the cache served, h, must lie in here (near 0 or 1 a few percent of
+# noise in a rate moves the estimate by a factor of several)
+HIT_SHARE_RANGE = (0.1, 0.9)
+
+
+def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes: int,
+                        dram_gbps: float | None) -> tuple[int, int, float] | None:
+    """The capacity of the last-level cache as the triad sweep saw it: (bytes, the working set
+    it was read off, that working set's GB/s), or None where the sweep does not show one
+    below ``llc_bytes`` (the size the OS reports).
+
+    A VM's LLC is shared with other tenants, and the OS reports the whole socket's: a 2-vCPU
+    Xeon said 480 MiB while its triad fell from 57 GB/s at 12-48 MiB to 41 at 192 MiB and
+    DRAM's 31 at 768 MiB. ``sweep`` maps working-set bytes to GB/s; points at or below
+    ``below_bytes`` (the caches under the LLC, every thread's: a 3 MiB triad split over two
+    2 MiB L2s ran at 168) say nothing of it. The LLC's rate is the best point above that;
+    a point between it and ``dram_gbps`` gives the share h of its traffic the LLC served
+    (its time per byte is h at the LLC's rate and 1 - h at DRAM's), and under random
+    replacement, the model the mapper's cold term uses, a line survives ``(1 - h) W`` bytes of
+    misses with probability ``exp(-(1 - h) W / C)`` = h, so ``C = -(1 - h) W / ln h``. The
+    point whose h is nearest one half is the best conditioned; the result is never above
+    ``llc_bytes``.
+    """
+    above = {ws: gbps for ws, gbps in sweep.items() if ws > below_bytes and gbps > 0}
+    if not above or not dram_gbps or dram_gbps <= 0:
+        return None
+    llc_gbps = max(above.values())
+    if llc_gbps <= dram_gbps:
+        return None
+    best: tuple[float, int, int, float] | None = None  # (|h - 1/2|, capacity, working set, GB/s)
+    for ws, gbps in above.items():
+        h = (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc_gbps)
+        if not HIT_SHARE_RANGE[0] <= h <= HIT_SHARE_RANGE[1]:
+            continue
+        capacity = int(-(1 - h) * ws / math.log(h))
+        if best is None or abs(h - 0.5) < best[0]:
+            best = (abs(h - 0.5), capacity, ws, gbps)
+    if best is None or best[1] >= llc_bytes:
+        return None
+    return best[1], best[2], best[3]
+
+
 def interpolate_log(x: float, points: Sequence[tuple[float, float]]) -> float:
     """Piecewise-linear interpolation of ``y`` over ``log(x)``, clamped at both ends.
 

@@ -101,6 +101,10 @@ def _measured(cal: ProfileSummary) -> list[str]:
         lines.append(f"  note: {roofline.TRANSITION} is a working set between half the last-level cache and STREAM's "
                      "size: partly cached, it sets no ceiling")
     lines += _dram_note(cal)
+    llc = cal.last_level_cache()
+    if llc is not None and "triad sweep" in llc[1]:
+        lines.append(f"  last-level cache: {llc[0] / 2**20:.0f} MiB, the {llc[1]}; the cold-weights term "
+                     "uses this size")
     if m.dispatch_overhead_us is not None:
         lines.append(f"  dispatch overhead: {m.dispatch_overhead_us:.2f} us per call")
         bound = per_call_bound_levels(cal)

@@ -444,6 +444,30 @@ def test_a_kernel_pays_for_the_share_of_its_weights_the_forward_evicts():
     assert conv.cold_factor < 1.002
 
 
+def test_the_cold_term_takes_the_llc_the_triad_sweep_saw_not_the_one_the_os_reports():
+    mib = 2**20
+    cal, _, large = _cold_profile(480 * mib)
+    h = 0.5  # the 192 MiB triad's share served by a 140 MiB cache under random replacement
+    for _ in range(200):
+        h = math.exp(-(1 - h) * 192 / 140)
+    sweep = {1 << 20: 57.0, 1 << 24: 1 / (h / 57.0 + (1 - h) / 31.0), 1 << 26: 30.5, 1 << 29: 31.0}  # n: GB/s
+    triads = [record("stream_triad", 12 * n / (gbps * 1e9) * 1e3, n=n) for n, gbps in sweep.items()]
+    records = ceilings() + triads + [record("conv2d", 1.0, **large), record("conv2d_cold", 1.2, **large)]
+    seen = fold(records, metadata(cache_sizes={"L2": 2 * mib, "L3": 480 * mib}))
+    capacity, source = seen.last_level_cache()
+    assert capacity == pytest.approx(140 * mib, rel=1e-3)
+    assert "192 MiB" in source and "480 MiB" in source
+    part = partition(_conv_model(), torch.randn(1, 64, 32, 32))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    reuse = 100 * mib
+    assert CPUMapper(seen)._cold_factor(node, reuse_bytes=reuse, warm_seconds=1e-3) == pytest.approx(
+        1 + 0.2 * (1 - math.exp(-reuse / capacity)), rel=1e-6)
+    # no sweep: the size the OS reports
+    assert cal.last_level_cache() == (480 * mib, "L3 as the OS reports it")
+    assert CPUMapper(cal)._cold_factor(node, reuse_bytes=reuse, warm_seconds=1e-3) == pytest.approx(
+        1 + 0.2 * (1 - math.exp(-reuse / (480 * mib))), rel=1e-6)
+
+
 def test_the_cold_cost_per_evicted_byte_is_interpolated_in_log_bytes_and_never_below_zero():
     cal, small, large = _cold_profile(1024)
     mapper = CPUMapper(cal)

@@ -107,3 +107,45 @@ def test_subsample_keeps_order_and_bound():
     kept = stats.subsample(data, 200)
     assert len(kept) == 200 and kept[0] == 0 and kept == sorted(kept)
     assert stats.subsample([3, 1, 2], 200) == [3, 1, 2]
+
+
+def _sweep_point(capacity: float, ws: float, llc_gbps: float, dram_gbps: float) -> float:
+    """The triad rate a cache of ``capacity`` under random replacement gives a working set ``ws``."""
+    h = 0.5
+    for _ in range(200):  # h = exp(-(1 - h) ws / capacity), by fixed point
+        h = math.exp(-(1 - h) * ws / capacity)
+    return 1 / (h / llc_gbps + (1 - h) / dram_gbps)
+
+
+MIB = 2**20
+
+
+def test_the_llc_the_triad_sweep_saw_is_read_off_the_point_between_the_cache_and_dram():
+    # the 480 MiB-L3 Xeon's sweep, with its 192 MiB point made by a 140 MiB cache
+    point = _sweep_point(140 * MIB, 192 * MIB, 57.0, 31.0)
+    sweep = {3 * MIB: 168.0, 12 * MIB: 57.0, 48 * MIB: 56.4, 192 * MIB: point, 768 * MIB: 30.5}
+    capacity, ws, gbps = roofline.effective_llc_bytes(sweep, 480 * MIB, 4 * MIB, 31.0)
+    assert capacity == pytest.approx(140 * MIB, rel=1e-3) and ws == 192 * MIB and gbps == point
+    # the 3 MiB point, held by two 2 MiB L2s, is no LLC rate: counted, the LLC would read 168 GB/s
+    assert roofline.effective_llc_bytes(sweep, 480 * MIB, 2 * MIB, 31.0)[0] != pytest.approx(140 * MIB, rel=0.05)
+
+
+def test_the_llc_is_as_reported_where_the_sweep_shows_no_smaller_one():
+    # every point at the cache's rate or at DRAM's: no share to read a capacity from
+    flat = {12 * MIB: 57.0, 48 * MIB: 56.0, 768 * MIB: 31.5}
+    assert roofline.effective_llc_bytes(flat, 480 * MIB, 4 * MIB, 31.0) is None
+    # a capacity read off above what the OS reports (an LLC serving more than its size) is not taken
+    sweep = {12 * MIB: 57.0, 192 * MIB: _sweep_point(140 * MIB, 192 * MIB, 57.0, 31.0)}
+    assert roofline.effective_llc_bytes(sweep, 32 * MIB, 4 * MIB, 31.0) is None
+    assert roofline.effective_llc_bytes(sweep, 480 * MIB, 4 * MIB, None) is None
+    assert roofline.effective_llc_bytes({}, 480 * MIB, 4 * MIB, 31.0) is None
+    # an LLC no faster than DRAM says nothing either
+    assert roofline.effective_llc_bytes({12 * MIB: 30.0, 192 * MIB: 29.0}, 480 * MIB, 4 * MIB, 31.0) is None
+
+
+def test_of_several_points_the_one_nearest_half_served_by_the_cache_is_read():
+    llc, dram = 60.0, 30.0
+    sweep = {8 * MIB: llc, 100 * MIB: _sweep_point(80 * MIB, 100 * MIB, llc, dram),
+             300 * MIB: _sweep_point(80 * MIB, 300 * MIB, llc, dram) * 1.05}  # noisy: off the model
+    capacity, ws, _ = roofline.effective_llc_bytes(sweep, 480 * MIB, 4 * MIB, dram)
+    assert ws == 100 * MIB and capacity == pytest.approx(80 * MIB, rel=1e-3)

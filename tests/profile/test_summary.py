@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -173,3 +174,17 @@ def test_filter_expressions_work_as_pytest_k(expression, matches):
 def test_malformed_filters_say_where(expression, message):
     with pytest.raises(FilterError, match=re.escape(message)):
         parse_filter(expression)
+
+
+def test_the_summary_says_which_llc_size_the_cold_term_uses_where_the_sweep_saw_less():
+    mib, h = 2**20, 0.5
+    for _ in range(200):  # the 192 MiB triad's share served by a 140 MiB cache, random replacement
+        h = math.exp(-(1 - h) * 192 / 140)
+    sweep = {1 << 20: 57.0, 1 << 24: 1 / (h / 57.0 + (1 - h) / 31.0), 1 << 29: 31.0}  # n: GB/s
+    triads = [record("stream_triad", 12 * n / (gbps * 1e9) * 1e3, n=n) for n, gbps in sweep.items()]
+    caches = {"L2": 2 * mib, "L3": 480 * mib}
+    text = fold(triads, metadata(cache_sizes=caches)).summary()
+    assert "last-level cache: 140 MiB, the L3 as the triad sweep saw it: 192 MiB at" in text
+    assert "(the OS reports 480 MiB)" in text
+    flat = [record("stream_triad", 12 * n / (gbps * 1e9) * 1e3, n=n) for n, gbps in ((1 << 20, 57.0), (1 << 29, 31.0))]
+    assert "last-level cache" not in fold(flat, metadata(cache_sizes=caches)).summary()
