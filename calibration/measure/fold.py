@@ -61,7 +61,7 @@ def _seconds(record: Record) -> float:
     return record.latency.median_ms / 1e3
 
 
-def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> MeasuredSummary:
+def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int], threads: int = 1) -> MeasuredSummary:
     summary = MeasuredSummary()
     module_calls: dict[tuple[str, str], LatencyStats] = {}  # (module class, form) -> latency
     after_busy: dict[int, list[Record]] = {}  # matmul size -> its probes' records
@@ -73,6 +73,8 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
         case, seconds = record.case, _seconds(record)
         rate, bandwidth = roofline.gflops(case.flops, seconds), roofline.gbps(case.bytes, seconds)
         level = roofline.level_for_working_set(case.bytes, cache_sizes)
+        # a level's ceilings come from working sets the caches below cannot hold
+        sets_level = roofline.clear_of_the_level_below(case.bytes, level, cache_sizes, threads)
         if case.spec.family == "sequence":
             if record.warm_ms is not None and record.preceding_ms is not None:
                 after_busy.setdefault(int(case.param_dict["N"]), []).append(record)
@@ -81,7 +83,7 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
             best(summary.compute_ceiling_gflops, case.dtype, rate)
         # The alloc family times the allocator, and write-only fills are no ceiling; the
         # transition zone between the LLC and DRAM is no level's.
-        if case.spec.family != "alloc" and level != roofline.TRANSITION:
+        if case.spec.family != "alloc" and level != roofline.TRANSITION and sets_level:
             best(summary.bandwidth_by_level_gbps, level, bandwidth)
         if case.operation == "matmul":
             best(summary.matmul_gflops_by_path.setdefault(case.dtype, {}), str(case.param_dict["path"]), rate)
@@ -89,7 +91,7 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int]) -> Meas
         elif case.operation in STREAM_KERNELS:
             if roofline.is_stream_size(int(case.param_dict["n"]) * itemsize(case.dtype), cache_sizes):
                 best(summary.stream_gbps, case.operation, bandwidth)
-            if case.operation == "stream_triad":
+            if case.operation == "stream_triad" and sets_level:
                 best(summary.triad_by_level_gbps, level, bandwidth)
         elif case.operation == "dispatch":
             summary.dispatch_overhead_us = record.latency.median_ms * 1e3
@@ -210,7 +212,7 @@ def fold(
         metadata=metadata,
         peak_gflops=dict(peak_gflops or {}),
         peak_bandwidth_gbps=peak_bandwidth,
-        measured=summarize(records, metadata.cache_sizes),
+        measured=summarize(records, metadata.cache_sizes, metadata.threads),
     )
     for record in records:
         case, seconds = record.case, _seconds(record)

@@ -379,3 +379,18 @@ def test_a_busy_size_missing_a_probe_gives_no_point_and_noise_may_give_a_negativ
 
 def ceilings_for_after_busy():
     return [triad(1 << 25, 20.0)]
+
+
+def test_a_level_s_ceiling_comes_from_working_sets_the_caches_below_cannot_hold():
+    mib = 2**20
+    rates = {262144: 168.0, 524288: 120.0, 1 << 20: 57.0}  # triad n: GB/s (3, 6 and 12 MiB working sets)
+    triads = [record("stream_triad", 12 * n / (gbps * 1e9) * 1e3, n=n) for n, gbps in rates.items()]
+    caches = {"L1": 48 << 10, "L2": 2 * mib, "L3": 480 * mib}
+    two = fold(triads, metadata(cache_sizes=caches, threads=2))
+    # two threads' 2 MiB L2s hold the 3 and 6 MiB triads: the 12 MiB one is the L3's rate
+    assert two.measured.triad_by_level_gbps["L3"] == pytest.approx(57.0)
+    assert two.measured.bandwidth_by_level_gbps["L3"] == pytest.approx(57.0)
+    # every entry still says the level its working set is in
+    assert {e.memory_level for e in two.operation_profiles.values()} == {"L3"}
+    one = fold(triads, metadata(cache_sizes=caches, threads=1))  # one L2: 6 MiB is clear of it
+    assert one.measured.bandwidth_by_level_gbps["L3"] == pytest.approx(120.0)
