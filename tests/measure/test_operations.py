@@ -308,3 +308,19 @@ def test_an_after_busy_case_names_a_probe_it_has_not():
         build(case("after_busy", N=64, probe="gelu"))
     with pytest.raises(ValueError, match="probe 'gelu'"):
         _ = case("after_busy", N=64, probe="gelu").bytes
+
+
+def test_the_stream_kernels_of_one_size_share_their_arrays_and_give_them_up_after():
+    from calibration.measure import kernels
+
+    copy = kernels.build(Case("stream_copy", (("n", 4096),), "float32", "cpu"))
+    triad = kernels.build(Case("stream_triad", (("n", 4096),), "float32", "cpu"))
+    (a, b, c), = kernels._stream_arrays.values()
+    copy()
+    assert torch.equal(a, b)  # a = b
+    triad()
+    assert torch.allclose(a, b + 3.0 * c)  # a = b + s * c, on the same arrays
+    kernels.build(Case("stream_triad", (("n", 8192),), "float32", "cpu"))
+    assert list(kernels._stream_arrays) == [(8192, "float32", "cpu")]  # one size held at a time
+    kernels.build(Case("relu", (("n", 1024),), "float32", "cpu"))
+    assert kernels._stream_arrays == {}  # past the STREAM cases
