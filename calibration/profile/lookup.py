@@ -167,6 +167,13 @@ def efficiency_at(
     # held would keep the LLC's. The result can exceed 1 for a working set partly cached.
     ceiling = cal.bandwidth_ceiling(nbytes) if metric == "bandwidth" else None
     by_rate = bool(ceiling) and all(e.bandwidth_ceiling_gbps for e in pool)
+    # Between two entries the rate follows the triad sweep's shape: what is interpolated is
+    # each entry's rate over the triad's at its working set, times the triad's at the query's.
+    # A rate interpolated in log size alone cannot rise and fall with the caches: a 1.6 MB
+    # GEMV, held by two cores' 2 MiB L2s, sat between a 256 KB one (call-bound, 58 GB/s) and a
+    # 4 MiB one (half in the L3, 91 GB/s) at 75 GB/s, where the sweep ran 160 against 95 and 145
+    # (alone it ran 13.5 us: 119 GB/s).
+    triad = cal.triad_gbps if by_rate else None
 
     def at_query(entries: list[OperationCalibration]) -> float:
         """The efficiency (or, by rate, the GB/s) of these entries' variant at the query's size."""
@@ -177,8 +184,15 @@ def efficiency_at(
             end = min(sizes) if query <= min(sizes) else max(sizes)
             held = [_value(e, metric) for e, at in zip(entries, sizes, strict=True) if at == end]
             return sum(held) / len(held) * ceiling  # type: ignore[operator,arg-type]
-        return roofline.interpolate_log(query, [(size(e), _value(e, metric) * e.bandwidth_ceiling_gbps)
-                                                for e in entries])  # type: ignore[operator]
+        rates = [(size(e), e.bytes, _value(e, metric) * e.bandwidth_ceiling_gbps) for e in entries]  # type: ignore[operator]
+        shape = [triad(at) for _, at, _ in rates] + [triad(nbytes)] if triad is not None else [None]
+        if None in shape:
+            return roofline.interpolate_log(query, [(at, rate) for at, _, rate in rates])
+        relative = [(at, rate / sweep) for (at, _, rate), sweep in zip(rates, shape, strict=False)]
+        # never above the fastest the variant ran: a kernel limited by its own arithmetic (a
+        # SiLU at 40-44 GB/s in every cache) does not speed up where the triad does
+        return min(roofline.interpolate_log(query, relative) * shape[-1],  # type: ignore[operator]
+                   max(rate for _, _, rate in rates))
 
     if spec.scale is None:
         found = at_query(pool)
@@ -360,6 +374,16 @@ class ProfileQueries:
         capacity, ws, gbps = seen
         return capacity, (f"{llc_name} as the triad sweep saw it: {ws / 2**20:.0f} MiB at {gbps:.1f} GB/s, between "
                           f"the cache's rate and DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
+
+    def triad_gbps(self, nbytes: int) -> float | None:
+        """The triad sweep's rate at a working set of ``nbytes``, interpolated in log size
+        between its points and held at its ends; None with fewer than two points."""
+        sweep = [(entry.bytes, entry.gbps) for entry in self.operation_profiles.values()
+                 if entry.operation == "stream_triad" and entry.dtype == "float32"
+                 and entry.device == self.metadata.device_type and not entry.busy and entry.gbps > 0]
+        if len(sweep) < 2 or nbytes <= 0:
+            return None
+        return roofline.interpolate_log(nbytes, sweep)
 
     def roofline_seconds(self, flops: int, nbytes: int, dtype: str = "float32") -> float | None:
         """A kernel's time at this profile's roofs (no efficiency); None where a needed roof is unknown."""

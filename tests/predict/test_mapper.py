@@ -100,6 +100,40 @@ def test_a_memory_bound_size_between_cache_levels_takes_the_rate_its_neighbours_
     assert kernel.seconds == pytest.approx(nbytes / 30e9, rel=1e-6)
 
 
+def _gemv_profile(sweep, gemvs):
+    """A profile with a triad sweep (n: GB/s) and 1-row linears (IN=OUT=n: GB/s)."""
+    linear = OPERATIONS["linear"]
+    triads = [record("stream_triad", 12 * n / (gbps * 1e9) * 1e3, n=n) for n, gbps in sweep.items()]
+    rows = [record("linear", linear.bytes_moved(dict(B=1, IN=n, OUT=n), 4) / (gbps * 1e9) * 1e3, B=1, IN=n, OUT=n)
+            for n, gbps in gemvs.items()]
+    return fold(ceilings() + triads + rows, metadata())
+
+
+def _gemv_rate(cal, n):
+    nbytes = OPERATIONS["linear"].bytes_moved(dict(B=1, IN=n, OUT=n), 4)
+    return cal.get_efficiency("linear", metric="bandwidth", B=1, IN=n, OUT=n) * cal.bandwidth_ceiling(nbytes), nbytes
+
+
+def test_between_two_entries_a_memory_bound_rate_follows_the_triad_sweep_s_shape():
+    # the sweep peaks between the entries (the L2s hold 1.6 MB), as it did on a 2 MiB-L2 Xeon
+    sweep = {1 << 14: 95.0, 1 << 17: 160.0, 1 << 20: 60.0}  # 192 KiB, 1.5 MiB, 12 MiB working sets
+    cal = _gemv_profile(sweep, {256: 40.0, 1024: 90.0})
+    rate, nbytes = _gemv_rate(cal, 512)
+    entries = {n: OPERATIONS["linear"].bytes_moved(dict(B=1, IN=n, OUT=n), 4) for n in (256, 1024)}
+    relative = {n: gbps / cal.triad_gbps(entries[n]) for n, gbps in ((256, 40.0), (1024, 90.0))}
+    flops = {n: OPERATIONS["linear"].flops(dict(B=1, IN=n, OUT=n)) for n in (256, 512, 1024)}
+    t = math.log(flops[512] / flops[256]) / math.log(flops[1024] / flops[256])  # FLOPs place a GEMV
+    shaped = (relative[256] + t * (relative[1024] - relative[256])) * cal.triad_gbps(nbytes)
+    assert rate == pytest.approx(min(shaped, 90.0), rel=1e-6)
+    assert rate > 40.0 + t * (90.0 - 40.0)  # above the rate interpolated in size alone
+    # never above the fastest the variant ran, however the triad rises
+    steep = _gemv_profile({1 << 14: 20.0, 1 << 17: 400.0, 1 << 20: 60.0}, {256: 40.0, 1024: 90.0})
+    assert _gemv_rate(steep, 512)[0] == pytest.approx(90.0)
+    # with no sweep (a conv-only run), the rates are interpolated in size
+    bare = _gemv_profile({}, {256: 40.0, 1024: 90.0})
+    assert _gemv_rate(bare, 512)[0] == pytest.approx(40.0 + t * (90.0 - 40.0), rel=1e-6)
+
+
 def _linear_kernel(mapper, rows, width=1024):
     torch.manual_seed(0)
     part = partition(nn.Sequential(nn.Linear(width, width)).eval(), torch.randn(rows, width))
