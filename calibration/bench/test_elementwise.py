@@ -23,6 +23,11 @@ def test_gelu(op_case, calibrate):
     calibrate(op_case)
 
 
+@pytest.mark.operation("gelu_tanh")
+def test_gelu_tanh(op_case, calibrate):
+    calibrate(op_case)
+
+
 @pytest.mark.operation("sigmoid")
 def test_sigmoid(op_case, calibrate):
     calibrate(op_case)

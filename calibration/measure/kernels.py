@@ -412,6 +412,7 @@ BUILDERS: dict[str, Builder] = {
     # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.
     "relu": _build_elementwise(lambda x, out: torch.clamp_min(x, 0, out=out), 1),
     "gelu": _build_elementwise(torch._C._nn.gelu, 1),
+    "gelu_tanh": _build_elementwise(lambda x, out: torch._C._nn.gelu(x, approximate="tanh", out=out), 1),
     "sigmoid": _build_elementwise(torch.sigmoid, 1),
     "silu": _build_elementwise(torch._C._nn.silu, 1),
     "stream_copy": _build_stream(lambda a, b, c: a.copy_(b)),

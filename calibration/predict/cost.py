@@ -83,6 +83,8 @@ def _node_flops(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> in
         return numel * kh * kw
     if op in ("adaptive_avg_pool2d", "mean", "sum"):
         return math.prod(shapes[0])  # each input element is added once
+    if op == "gelu" and _gelu_approximate(module, args, kwargs) == "tanh":
+        return ELEMENTWISE_FLOPS["gelu_tanh"] * numel
     if op in POINTWISE_FLOPS:
         return POINTWISE_FLOPS[op] * numel
     return None
@@ -170,6 +172,14 @@ def conv2d_params(n: int, cin: int, size: tuple[int, ...], conv: ConvArgs) -> di
     return params
 
 
+def _gelu_approximate(module: Any, args: tuple, kwargs: dict) -> str:
+    """A GELU's form, 'none' (erf) or 'tanh': nn.GELU's attribute, else F.gelu's or aten.gelu's
+    keyword (or second argument)."""
+    if module is not None:
+        return str(getattr(module, "approximate", "none"))
+    return str(arg(args, kwargs, 1, "approximate", "none"))
+
+
 def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> dict[str, Any]:
     """{'operation': registry name, 'params': its parameters} for kernels the registry models."""
     outs = rec.values[node]
@@ -201,6 +211,8 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
         return {"operation": "bmm" if batch > 1 else "matmul",
                 "params": ({"BATCH": batch} if batch > 1 else {})
                 | {"M": out.shape[-2], "K": k, "N": out.shape[-1]}}
+    if op == "gelu" and _gelu_approximate(module, args, kwargs) == "tanh":
+        return {"operation": "gelu_tanh", "params": {"n": out.numel}}
     if op in _ELEMENTWISE_OPERATION:
         return {"operation": _ELEMENTWISE_OPERATION[op], "params": {"n": out.numel}}
     if op in _COPY_OPS:  # a reshape or contiguous that had to copy, a concatenation: a STREAM copy

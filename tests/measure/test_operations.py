@@ -91,6 +91,19 @@ def test_elementwise_counts():
     assert case("gelu", n=n).flops == ELEMENTWISE_FLOPS["gelu"] * n
     assert case("dispatch", n=1).flops == 1
     assert case("dispatch", n=1).bytes == 12
+    # tanh form: cube 2, scale and add 2, scale 1, tanh 1, add 1, times x 1, times a half 1
+    assert case("gelu_tanh", n=n).flops == 9 * n and case("gelu_tanh", n=n).bytes == 2 * 4 * n
+
+
+def test_the_tanh_gelu_kernel_is_torch_s_tanh_approximation():
+    from calibration.measure import kernels
+
+    run = kernels.build(Case("gelu_tanh", (("n", 4096),), "float32", "cpu"))
+    out = run()
+    x = run.__closure__  # the builder's operands: (args, kernel, out)
+    (args,) = [c.cell_contents for c in x if isinstance(c.cell_contents, list)]
+    torch.testing.assert_close(out, torch.nn.functional.gelu(args[0], approximate="tanh"))
+    assert not torch.allclose(out, torch.nn.functional.gelu(args[0]), rtol=0, atol=1e-7)  # not the erf form
 
 
 def test_norm_and_softmax_counts():

@@ -535,3 +535,23 @@ def test_a_shape_or_dtype_the_registry_does_not_calibrate_is_fused_by_default_an
     double = nn.Sequential(nn.Linear(16, 16), nn.ReLU()).double().eval()
     (linear,) = partition(double, torch.randn(2, 16, dtype=torch.float64), cal).subgraphs
     assert linear.fused and "Invalid dtype 'float64'" in linear.decision and linear.speedup == 1.0
+
+
+@pytest.mark.parametrize(("model", "operation", "per_element"), [
+    (nn.Sequential(nn.GELU(approximate="tanh")).eval(), "gelu_tanh", 9),
+    (nn.Sequential(nn.GELU()).eval(), "gelu", 5),
+])
+def test_a_tanh_gelu_is_its_own_kernel(model, operation, per_element):
+    x = torch.randn(4, 256)
+    (node,) = [n for sg in partition(model, x).subgraphs for n in sg.nodes if n.kernel]
+    assert (node.operation, node.params, node.flops) == (operation, {"n": 1024}, per_element * 1024)
+
+
+def test_a_functional_tanh_gelu_is_the_tanh_kernel():
+    class Act(nn.Module):
+        def forward(self, x):
+            return F.gelu(x, approximate="tanh") + F.gelu(x)
+
+    ops = sorted(n.operation for sg in partition(Act().eval(), torch.randn(8, 64)).subgraphs for n in sg.nodes
+                 if n.kernel and n.operation and n.operation.startswith("gelu"))
+    assert ops == ["gelu", "gelu_tanh"]
