@@ -9,5 +9,6 @@ test_add = cases.test_add
 test_mul = cases.test_mul
 test_relu = cases.test_relu
 test_gelu = cases.test_gelu
+test_gelu_tanh = cases.test_gelu_tanh
 test_sigmoid = cases.test_sigmoid
 test_silu = cases.test_silu
