@@ -80,10 +80,20 @@ def triad_sweep_elements(*, quick: bool) -> tuple[int, ...]:
             n <<= 2
         return tuple(sizes) + (dram,)
     points = []
-    for size in sorted(cache_sizes().values()):
+    sizes = sorted(cache_sizes().values())
+    for size in sizes:
         budget = size // 2 // (TRIAD_ARRAYS * STREAM_ITEMSIZE)
         if budget >= 1:
             points.append(1 << (budget.bit_length() - 1))
+    if len(sizes) >= 2:
+        # and the LLC's own rate: the smallest working set twice what the caches below hold
+        # over every usable CPU. The point at half the LLC can already be past what a VM's
+        # share of it holds (a 480 MiB-L3 Xeon's 192 MiB triad ran 34-40 GB/s, DRAM 31 and
+        # the L3 57), and without a point at the cache's rate no capacity can be read off it.
+        clear = 2 * usable_cpus() * sizes[-2] // (TRIAD_ARRAYS * STREAM_ITEMSIZE)
+        llc_point = 1 << max(clear - 1, 0).bit_length()
+        if llc_point < points[-1]:
+            points.append(llc_point)
     return tuple(sorted(set(points))) + (dram,)
 
 

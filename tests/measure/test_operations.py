@@ -199,7 +199,8 @@ def test_module_call_names_the_probes_it_has():
 
 def test_quick_is_a_small_subset():
     for op in OPERATIONS.values():
-        assert len(op.shapes(True)) <= 4
+        # the triad sweep: a point per cache level, one at the LLC's own rate, and DRAM
+        assert len(op.shapes(True)) <= (5 if op.name == "stream_triad" else 4)
         assert len(op.shapes(True)) <= len(op.shapes(False))
 
 
@@ -217,9 +218,20 @@ def test_stream_arrays_are_four_times_the_last_level_cache(monkeypatch):
     monkeypatch.setattr(host, "cache_sizes", lambda: {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20})
     n = host.stream_elements()
     assert n * 4 >= 4 * (32 << 20)
-    assert host.triad_sweep_elements(quick=True) == (1024, 16384, 1 << 20, n)
+    monkeypatch.setattr(host, "usable_cpus", lambda: 2)
+    # per level the largest triad in half of it, and the smallest clear of two 512 KiB L2s (3 MiB)
+    assert host.triad_sweep_elements(quick=True) == (1024, 16384, 1 << 18, 1 << 20, n)
     full = host.triad_sweep_elements(quick=False)
     assert full[0] == 1024 and full[-1] == n and len(full) >= 6
+
+
+def test_a_quick_sweep_has_a_point_at_the_llc_s_rate_below_half_of_it(monkeypatch):
+    # the 480 MiB-L3 Xeon: half the L3 is 192 MiB of triad, past what its share holds
+    monkeypatch.setattr(host, "cache_sizes", lambda: {"L1": 48 << 10, "L2": 2 << 20, "L3": 480 << 20})
+    monkeypatch.setattr(host, "usable_cpus", lambda: 2)
+    quick = host.triad_sweep_elements(quick=True)
+    assert (1 << 20) in quick and (1 << 24) in quick  # 12 MiB, clear of two 2 MiB L2s; 192 MiB
+    assert 12 * (1 << 19) < 2 * 2 * (2 << 20) <= 12 * (1 << 20)  # the smallest power of two clear of them
 
 
 def test_dtype_support_reasons():
