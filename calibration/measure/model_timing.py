@@ -72,7 +72,7 @@ def _triad_references(calibration, device: str) -> list[tuple[str, int]]:
         # DRAM's: the smallest that lives there, not the largest of the sweep (on a 480 MiB-L3
         # host the STREAM size's 6 GiB, 0.2 s a call, against the sweep's 3 GiB one)
         in_dram = [n for n in large if roofline.level_for_working_set(
-            host.TRIAD_ARRAYS * host.STREAM_ITEMSIZE * n, calibration.metadata.cache_sizes) == "DRAM"]
+            Case("stream_triad", (("n", n),), "float32", device).bytes, calibration.metadata.cache_sizes) == "DRAM"]
         chosen.append(("memory", in_dram[0] if in_dram else large[-1]))
     return list(dict.fromkeys(chosen))
 

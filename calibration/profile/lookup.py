@@ -173,7 +173,8 @@ def efficiency_at(
     # GEMV, held by two cores' 2 MiB L2s, sat between a 256 KB one (call-bound, 58 GB/s) and a
     # 4 MiB one (half in the L3, 91 GB/s) at 75 GB/s, where the sweep ran 160 against 95 and 145
     # (alone it ran 13.5 us: 119 GB/s).
-    triad = cal.triad_gbps if by_rate else None
+    sweep = cal.triad_sweep() if by_rate else []  # read once: at_query looks it up per entry
+    triad = (lambda ws: roofline.interpolate_log(ws, sweep)) if len(sweep) >= 2 else None
 
     def at_query(entries: list[OperationCalibration]) -> float:
         """The efficiency (or, by rate, the GB/s) of these entries' variant at the query's size."""
@@ -184,15 +185,13 @@ def efficiency_at(
             end = min(sizes) if query <= min(sizes) else max(sizes)
             held = [_value(e, metric) for e, at in zip(entries, sizes, strict=True) if at == end]
             return sum(held) / len(held) * ceiling  # type: ignore[operator,arg-type]
-        rates = [(size(e), e.bytes, _value(e, metric) * e.bandwidth_ceiling_gbps) for e in entries]  # type: ignore[operator]
-        shape = [triad(at) for _, at, _ in rates] + [triad(nbytes)] if triad is not None else [None]
-        if None in shape:
-            return roofline.interpolate_log(query, [(at, rate) for at, _, rate in rates])
-        relative = [(at, rate / sweep) for (at, _, rate), sweep in zip(rates, shape, strict=False)]
+        rates = [(e, _value(e, metric) * e.bandwidth_ceiling_gbps) for e in entries]  # type: ignore[operator]
+        if triad is None:
+            return roofline.interpolate_log(query, [(size(e), rate) for e, rate in rates])
+        relative = roofline.interpolate_log(query, [(size(e), rate / triad(e.bytes)) for e, rate in rates])
         # never above the fastest the variant ran: a kernel limited by its own arithmetic (a
         # SiLU at 40-44 GB/s in every cache) does not speed up where the triad does
-        return min(roofline.interpolate_log(query, relative) * shape[-1],  # type: ignore[operator]
-                   max(rate for _, _, rate in rates))
+        return min(relative * triad(nbytes), max(rate for _, rate in rates))
 
     if spec.scale is None:
         found = at_query(pool)
@@ -364,23 +363,24 @@ class ProfileQueries:
             return None
         llc_name, llc = max(sizes.items(), key=lambda item: item[1])
         below = max((size for name, size in sizes.items() if name != llc_name), default=0)
-        sweep = {entry.bytes: entry.gbps for entry in self.operation_profiles.values()
-                 if entry.operation == "stream_triad" and entry.dtype == "float32"
-                 and entry.device == self.metadata.device_type and not entry.busy}
         dram = self.measured.stream_gbps.get("stream_triad") or self.dram_bandwidth()
-        seen = roofline.effective_llc_bytes(sweep, llc, max(self.metadata.threads, 1) * below, dram)
+        seen = roofline.effective_llc_bytes(dict(self.triad_sweep()), llc, max(self.metadata.threads, 1) * below, dram)
         if seen is None:
             return llc, f"{llc_name} as the OS reports it"
         capacity, ws, gbps = seen
         return capacity, (f"{llc_name} as the triad sweep saw it: {ws / 2**20:.0f} MiB at {gbps:.1f} GB/s, between "
                           f"the cache's rate and DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
 
+    def triad_sweep(self) -> list[tuple[int, float]]:
+        """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""
+        return [(entry.bytes, entry.gbps) for entry in self.operation_profiles.values()
+                if entry.operation == "stream_triad" and entry.dtype == "float32"
+                and entry.device == self.metadata.device_type and not entry.busy and entry.gbps > 0]
+
     def triad_gbps(self, nbytes: int) -> float | None:
         """The triad sweep's rate at a working set of ``nbytes``, interpolated in log size
         between its points and held at its ends; None with fewer than two points."""
-        sweep = [(entry.bytes, entry.gbps) for entry in self.operation_profiles.values()
-                 if entry.operation == "stream_triad" and entry.dtype == "float32"
-                 and entry.device == self.metadata.device_type and not entry.busy and entry.gbps > 0]
+        sweep = self.triad_sweep()
         if len(sweep) < 2 or nbytes <= 0:
             return None
         return roofline.interpolate_log(nbytes, sweep)

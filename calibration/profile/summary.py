@@ -102,7 +102,7 @@ def _measured(cal: ProfileSummary) -> list[str]:
                      "size: partly cached, it sets no ceiling")
     lines += _dram_note(cal)
     llc = cal.last_level_cache()
-    if llc is not None and "triad sweep" in llc[1]:
+    if llc is not None and llc[0] < max(cal.metadata.cache_sizes.values()):  # read off the sweep
         lines.append(f"  last-level cache: {llc[0] / 2**20:.0f} MiB, the {llc[1]}; the cold-weights term "
                      "uses this size")
     if m.dispatch_overhead_us is not None:
