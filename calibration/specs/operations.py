@@ -229,10 +229,21 @@ LINEAR = Operation(
     # Widths of 1024 and 2048 floats run some few-row GEMMs up to 1.5x slower here than widths
     # that are not powers of two (8 rows: 1024x1024 at 32-43 GFLOPS, 768x768 at 48-52), so
     # the small-row grid has both kinds.
+    # A few-row GEMM's rate follows where its weights sit: on the 2-vCPU Xeon VM, 26 shapes at
+    # 8 rows ran 51-57 GB/s of weights up to 2.4 MB (the cores' L2s), 28-35 GB/s at 3-5 MB
+    # and 18.5 GB/s from 8 MB on; one row ran 90-120, 75-90 and 55. Each class has two shapes
+    # of different aspect here. MKL runs a few shapes at half their class's rate (8 rows:
+    # 640x640, 784x640, 1000x640), and a grid point at one of them priced every few-row
+    # GEMM of its size at that rate (784x512 at 8 rows at 1.9x its time), so the grid holds
+    # none: 768x768 ran at its class's rate on both VMs measured.
     shapes=fixed(full=(
         {"B": 1, "IN": 256, "OUT": 256},
         {"B": 8, "IN": 256, "OUT": 256},
-        {"B": 8, "IN": 640, "OUT": 640},
+        {"B": 1, "IN": 1536, "OUT": 384},
+        {"B": 8, "IN": 384, "OUT": 1536},
+        {"B": 8, "IN": 768, "OUT": 768},
+        {"B": 1, "IN": 512, "OUT": 2048},
+        {"B": 8, "IN": 2048, "OUT": 512},
         {"B": 1, "IN": 1024, "OUT": 1024},
         {"B": 8, "IN": 1024, "OUT": 1024},
         {"B": 8, "IN": 1280, "OUT": 2560},
