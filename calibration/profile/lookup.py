@@ -367,9 +367,9 @@ class ProfileQueries:
         seen = roofline.effective_llc_bytes(dict(self.triad_sweep()), llc, max(self.metadata.threads, 1) * below, dram)
         if seen is None:
             return llc, f"{llc_name} as the OS reports it"
-        capacity, ws, gbps = seen
-        return capacity, (f"{llc_name} as the triad sweep saw it: {ws / 2**20:.0f} MiB at {gbps:.1f} GB/s, between "
-                          f"the cache's rate and DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
+        points = ", ".join(f"{ws / 2**20:.0f} MiB at {gbps:.1f} GB/s" for ws, gbps in seen.points)
+        return seen.capacity, (f"{llc_name} as the triad sweep saw it: {points}, between the cache's rate and "
+                               f"DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
 
     def triad_sweep(self) -> list[tuple[int, float]]:
         """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 from calibration.specs.host import STREAM_CACHE_MULTIPLE, UNKNOWN_LLC_BYTES
@@ -166,11 +167,18 @@ def bandwidth_ceiling(
 HIT_SHARE_RANGE = (0.1, 0.9)
 
 
+@dataclass(frozen=True)
+class LLCReading:
+    """The last-level cache's capacity as a triad sweep saw it, and the points it was read off."""
+
+    capacity: int  # bytes
+    points: tuple[tuple[int, float], ...]  # (working set bytes, GB/s) of the points read
+
+
 def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes: int,
-                        dram_gbps: float | None) -> tuple[int, int, float] | None:
-    """The capacity of the last-level cache as the triad sweep saw it: (bytes, the working set
-    it was read off, that working set's GB/s), or None where the sweep does not show one
-    below ``llc_bytes`` (the size the OS reports).
+                        dram_gbps: float | None) -> LLCReading | None:
+    """The capacity of the last-level cache as the triad sweep saw it, or None where the sweep
+    does not show one below ``llc_bytes`` (the size the OS reports).
 
     A VM's LLC is shared with other tenants, and the OS reports the whole socket's: a 2-vCPU
     Xeon said 480 MiB while its triad fell from 57 GB/s at 12-48 MiB to 41 at 192 MiB and
@@ -180,9 +188,12 @@ def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes:
     a point between it and ``dram_gbps`` gives the share h of its traffic the LLC served
     (its time per byte is h at the LLC's rate and 1 - h at DRAM's), and under random
     replacement, the model the mapper's cold term uses, a line survives ``(1 - h) W`` bytes of
-    misses with probability ``exp(-(1 - h) W / C)`` = h, so ``C = -(1 - h) W / ln h``. The
-    point whose h is nearest one half is the best conditioned; the result is never above
-    ``llc_bytes``.
+    misses with probability ``exp(-(1 - h) W / C)`` = h, so ``C = -(1 - h) W / ln h``.
+
+    Every point with h in ``HIT_SHARE_RANGE`` gives a C; they are averaged in log, each
+    weighted by h (1 - h), how well a rate pins its C down (a point near either end moves C
+    most for a given error in its rate): one point alone, 10% slower, read 99 MiB where 132
+    had been read an hour before. The result is never above ``llc_bytes``.
     """
     above = {ws: gbps for ws, gbps in sweep.items() if ws > below_bytes and gbps > 0}
     if not above or not dram_gbps or dram_gbps <= 0:
@@ -190,17 +201,18 @@ def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes:
     llc_gbps = max(above.values())
     if llc_gbps <= dram_gbps:
         return None
-    best: tuple[float, int, int, float] | None = None  # (|h - 1/2|, capacity, working set, GB/s)
-    for ws, gbps in above.items():
+    readings: list[tuple[float, float, int, float]] = []  # (weight, log capacity, working set, GB/s)
+    for ws, gbps in sorted(above.items()):
         h = (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc_gbps)
         if not HIT_SHARE_RANGE[0] <= h <= HIT_SHARE_RANGE[1]:
             continue
-        capacity = int(-(1 - h) * ws / math.log(h))
-        if best is None or abs(h - 0.5) < best[0]:
-            best = (abs(h - 0.5), capacity, ws, gbps)
-    if best is None or best[1] >= llc_bytes:
+        readings.append((h * (1 - h), math.log(-(1 - h) * ws / math.log(h)), ws, gbps))
+    if not readings:
         return None
-    return best[1], best[2], best[3]
+    capacity = int(math.exp(sum(w * c for w, c, _, _ in readings) / sum(w for w, _, _, _ in readings)))
+    if capacity >= llc_bytes:
+        return None
+    return LLCReading(capacity=capacity, points=tuple((ws, gbps) for _, _, ws, gbps in readings))
 
 
 def interpolate_log(x: float, points: Sequence[tuple[float, float]]) -> float:

@@ -349,3 +349,13 @@ def test_the_stream_kernels_of_one_size_share_their_arrays_and_give_them_up_afte
     assert list(kernels._stream_arrays) == [(8192, "float32", "cpu")]  # one size held at a time
     kernels.build(Case("relu", (("n", 1024),), "float32", "cpu"))
     assert kernels._stream_arrays == {}  # past the STREAM cases
+
+
+def test_a_full_sweep_has_every_power_of_two_the_llc_s_capacity_is_read_off(monkeypatch):
+    # the 480 MiB-L3 Xeon: powers of four put one point (192 MiB) between its L3's rate and DRAM's
+    monkeypatch.setattr(host, "cache_sizes", lambda: {"L1": 48 << 10, "L2": 2 << 20, "L3": 480 << 20})
+    monkeypatch.setattr(host, "usable_cpus", lambda: 2)
+    full = host.triad_sweep_elements(quick=False)
+    working_sets_mib = [12 * n >> 20 for n in full if 12 * n >= 8 << 20 and 12 * n <= 960 << 20]
+    assert working_sets_mib == [12, 24, 48, 96, 192, 384, 768]
+    assert full[0] == 1024 and full == tuple(sorted(set(full)))

@@ -124,10 +124,10 @@ def test_the_llc_the_triad_sweep_saw_is_read_off_the_point_between_the_cache_and
     # the 480 MiB-L3 Xeon's sweep, with its 192 MiB point made by a 140 MiB cache
     point = _sweep_point(140 * MIB, 192 * MIB, 57.0, 31.0)
     sweep = {3 * MIB: 168.0, 12 * MIB: 57.0, 48 * MIB: 56.4, 192 * MIB: point, 768 * MIB: 30.5}
-    capacity, ws, gbps = roofline.effective_llc_bytes(sweep, 480 * MIB, 4 * MIB, 31.0)
-    assert capacity == pytest.approx(140 * MIB, rel=1e-3) and ws == 192 * MIB and gbps == point
+    seen = roofline.effective_llc_bytes(sweep, 480 * MIB, 4 * MIB, 31.0)
+    assert seen.capacity == pytest.approx(140 * MIB, rel=1e-3) and seen.points == ((192 * MIB, point),)
     # the 3 MiB point, held by two 2 MiB L2s, is no LLC rate: counted, the LLC would read 168 GB/s
-    assert roofline.effective_llc_bytes(sweep, 480 * MIB, 2 * MIB, 31.0)[0] != pytest.approx(140 * MIB, rel=0.05)
+    assert roofline.effective_llc_bytes(sweep, 480 * MIB, 2 * MIB, 31.0).capacity != pytest.approx(140 * MIB, rel=0.05)
 
 
 def test_the_llc_is_as_reported_where_the_sweep_shows_no_smaller_one():
@@ -143,9 +143,22 @@ def test_the_llc_is_as_reported_where_the_sweep_shows_no_smaller_one():
     assert roofline.effective_llc_bytes({12 * MIB: 30.0, 192 * MIB: 29.0}, 480 * MIB, 4 * MIB, 31.0) is None
 
 
-def test_of_several_points_the_one_nearest_half_served_by_the_cache_is_read():
-    llc, dram = 60.0, 30.0
-    sweep = {8 * MIB: llc, 100 * MIB: _sweep_point(80 * MIB, 100 * MIB, llc, dram),
-             300 * MIB: _sweep_point(80 * MIB, 300 * MIB, llc, dram) * 1.05}  # noisy: off the model
-    capacity, ws, _ = roofline.effective_llc_bytes(sweep, 480 * MIB, 4 * MIB, dram)
-    assert ws == 100 * MIB and capacity == pytest.approx(80 * MIB, rel=1e-3)
+def test_several_points_between_the_cache_and_dram_are_averaged():
+    llc, dram = 57.0, 30.0
+
+    def rate(h: float) -> float:  # the triad's GB/s with a share h of its traffic served by the LLC
+        return 1 / (h / llc + (1 - h) / dram)
+
+    # the Xeon VM an hour later: 96 MiB with 87.6% of its traffic from the LLC, 192 MiB with 15%
+    # (each reads 86-90 MiB); 48 MiB at the LLC's rate and 768 MiB at DRAM's read nothing
+    sweep = {12 * MIB: llc, 48 * MIB: llc, 96 * MIB: rate(0.876), 192 * MIB: rate(0.15), 768 * MIB: dram}
+    seen = roofline.effective_llc_bytes(sweep, 480 * MIB, 4 * MIB, dram)
+    assert 86 * MIB < seen.capacity < 90 * MIB
+    assert [ws for ws, _ in seen.points] == [96 * MIB, 192 * MIB]
+    # the 192 MiB point 10% slower falls out of the readable range: alone the LLC would be the
+    # OS's 480 MiB, with the 96 MiB point it still reads 90
+    slow = {**sweep, 192 * MIB: sweep[192 * MIB] * 0.9}
+    assert roofline.effective_llc_bytes({12 * MIB: llc, 192 * MIB: slow[192 * MIB]}, 480 * MIB, 4 * MIB, dram) is None
+    assert roofline.effective_llc_bytes(slow, 480 * MIB, 4 * MIB, dram).capacity == pytest.approx(90 * MIB, rel=0.01)
+
+
