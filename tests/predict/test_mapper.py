@@ -747,3 +747,28 @@ def test_in_fused_mode_a_fused_group_is_one_call_and_pays_once():
     # eager: two calls, each after the other
     assert eager.after_busy_ms == pytest.approx((mapper._after_busy_seconds(0.002e-3)
                                                  + mapper._after_busy_seconds(0.010e-3)) * 1e3)
+
+
+def test_after_busy_keeps_the_probe_that_touches_no_data():
+    """The probes that move data pay for it evicted from the L2s too, which the LLC-operand
+    term prices per byte; after a busy kernel a call pays the view's extra alone."""
+    from dataclasses import replace
+
+    records = []
+    for preceding_ms, view_us, data_us in ((0.1, 1.0, 5.0), (2.0, 12.0, 50.0)):
+        for probe in ("view", "relu_inplace", "add", "batch_norm"):
+            extra = view_us if probe == "view" else data_us
+            r = record("after_busy", 0.005 + extra / 1e3, N=int(64 * (1 + preceding_ms)), probe=probe)
+            records.append(replace(r, warm_ms=0.005, preceding_ms=preceding_ms))
+    cal = fold(ceilings() + records, metadata(cache_sizes={}))
+    # the profile's own points average every probe
+    assert [p.extra_us for p in cal.measured.after_busy] == pytest.approx([4.0, 40.5])
+    mapper = CPUMapper(cal)
+    points = mapper._after_busy_points()
+    assert [p.preceding_ms for p in points] == pytest.approx([0.1, 2.0])
+    assert [p.extra_us for p in points] == pytest.approx([1.0, 12.0])
+    assert mapper._after_busy_seconds(2e-3) == pytest.approx(12e-6)
+    # a profile without the view's entries (its points only) keeps its averaged points
+    without = cal.model_copy(update={"operation_profiles": {k: e for k, e in cal.operation_profiles.items()
+                                                            if e.params.get("probe") != "view"}})
+    assert [p.extra_us for p in CPUMapper(without)._after_busy_points()] == pytest.approx([4.0, 40.5])
