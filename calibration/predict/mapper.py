@@ -295,11 +295,12 @@ class Mapper:
 
     def _private_caches(self) -> tuple[int, float]:
         """(bytes the cores' own caches hold over every thread, the LLC's triad GB/s); (0, 0.0)
-        where the profile lacks the cache sizes or a sweep point past those caches."""
+        where the profile lacks the cache sizes or a sweep point past those caches, and on a
+        GPU (the cache sizes a profile records are its host CPU's)."""
         if self._private is None:
             self._private = (0, 0.0)
             cal = self.calibration
-            sizes = sorted(cal.metadata.cache_sizes.values()) if cal is not None else []
+            sizes = sorted(cal.metadata.cache_sizes.values()) if cal is not None and self.device == "cpu" else []
             if len(sizes) >= 2:
                 private = max(cal.metadata.threads, 1) * sizes[-2]
                 above = [gbps for ws, gbps in cal.triad_sweep() if ws > private]

@@ -8,7 +8,7 @@ from factories import metadata, record
 from torch import nn
 
 from calibration.measure.fold import fold
-from calibration.predict.mapper import CPUMapper, predict_latency
+from calibration.predict.mapper import CPUMapper, GPUMapper, predict_latency
 from calibration.predict.plan import partition
 
 CACHES = {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20}  # two threads: 1 MiB of private caches
@@ -51,6 +51,8 @@ def test_nothing_is_added_without_the_caches_or_the_sweep_to_price_it():
     # no sweep point past the private caches: no LLC rate
     only_small = _profile(sweep=((1 << 10, 10.0), (1 << 14, 150.0)))
     assert CPUMapper(only_small)._from_the_llc_seconds(1 << 16, 1 << 40) == 0.0
+    # a GPU's profile records its host's CPU caches: nothing of them applies to its kernels
+    assert GPUMapper(_profile())._from_the_llc_seconds(1 << 16, 1 << 40) == 0.0
     # without a forward's footprint (allocations not recorded) nothing is known of what it evicts
     assert CPUMapper(_profile())._from_the_llc_seconds(1 << 16, None) == 0.0
     # a size the sweep ran slower than the LLC (call-bound, 4 Ki elements at 10 GB/s) is no cache's rate
