@@ -161,7 +161,8 @@ class Mapper:
         self.notes: list[str] = []
         self._replayed: dict[tuple[tuple[int, int], ...], allocator.FaultReplay | None] = {}
         self._llc: tuple[int | None, str] | None = None  # (bytes, where from), read once
-        self._private: tuple[int, float] | None = None  # (bytes, the LLC's triad GB/s), read once
+        # (bytes, the LLC's triad GB/s, the triad sweep), read once: every kernel looks them up
+        self._private: tuple[int, float, list[tuple[int, float]]] | None = None
         self._busy_points: list[AfterBusyPoint] | None = None  # read once
 
     def _note(self, text: str) -> None:
@@ -293,19 +294,19 @@ class Mapper:
             self._llc = self.calibration.last_level_cache() or (None, "")
         return self._llc[0]
 
-    def _private_caches(self) -> tuple[int, float]:
-        """(bytes the cores' own caches hold over every thread, the LLC's triad GB/s); (0, 0.0)
-        where the profile lacks the cache sizes or a sweep point past those caches, and on a
-        GPU (the cache sizes a profile records are its host CPU's)."""
+    def _private_caches(self) -> tuple[int, float, list[tuple[int, float]]]:
+        """(bytes the cores' own caches hold over every thread, the LLC's triad GB/s, the triad
+        sweep); (0, 0.0, []) where the profile lacks the cache sizes or a sweep point past
+        those caches, and on a GPU (the cache sizes a profile records are its host CPU's)."""
         if self._private is None:
-            self._private = (0, 0.0)
+            self._private = (0, 0.0, [])
             cal = self.calibration
-            sizes = sorted(cal.metadata.cache_sizes.values()) if cal is not None and self.device == "cpu" else []
-            if len(sizes) >= 2:
-                private = max(cal.metadata.threads, 1) * sizes[-2]
-                above = [gbps for ws, gbps in cal.triad_sweep() if ws > private]
-                if above:
-                    self._private = (private, max(above))
+            private = cal.private_cache_bytes() if cal is not None and self.device == "cpu" else None
+            if private:
+                sweep = cal.triad_sweep()
+                llc = roofline.llc_gbps(dict(sweep), private)
+                if llc is not None:
+                    self._private = (private, llc, sweep)
         return self._private
 
     def _from_the_llc_seconds(self, nbytes: int, footprint: int | None) -> float:
@@ -327,10 +328,10 @@ class Mapper:
         keeps most of them. A working set larger than the private caches was read from the
         LLC by its benchmark already, and pays nothing here.
         """
-        private, llc_gbps = self._private_caches()
+        private, llc_gbps, sweep = self._private_caches()
         if not private or not footprint or nbytes <= 0 or nbytes > private:
             return 0.0
-        bench_gbps = self.calibration.triad_gbps(nbytes) if self.calibration is not None else None
+        bench_gbps = roofline.sweep_gbps(sweep, nbytes)
         if not bench_gbps or bench_gbps <= llc_gbps:  # a call-bound size: its rate is no cache's
             return 0.0
         share = 1.0 - math.exp(-footprint / private)

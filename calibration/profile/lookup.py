@@ -362,14 +362,23 @@ class ProfileQueries:
         if not sizes:
             return None
         llc_name, llc = max(sizes.items(), key=lambda item: item[1])
-        below = max((size for name, size in sizes.items() if name != llc_name), default=0)
         dram = self.measured.stream_gbps.get("stream_triad") or self.dram_bandwidth()
-        seen = roofline.effective_llc_bytes(dict(self.triad_sweep()), llc, max(self.metadata.threads, 1) * below, dram)
+        seen = roofline.effective_llc_bytes(dict(self.triad_sweep()), llc, self.private_cache_bytes() or 0, dram)
         if seen is None:
             return llc, f"{llc_name} as the OS reports it"
         points = ", ".join(f"{ws / 2**20:.0f} MiB at {gbps:.1f} GB/s" for ws, gbps in seen.points)
         return seen.capacity, (f"{llc_name} as the triad sweep saw it: {points}, between the cache's rate and "
                                f"DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
+
+    def private_cache_bytes(self) -> int | None:
+        """What the cache level below the last one holds over the run's threads (a core's L2
+        each: what a benchmark's working set stays in between calls); None with fewer than
+        two levels known."""
+        sizes = self.metadata.cache_sizes
+        if len(sizes) < 2:
+            return None
+        llc_name = max(sizes, key=lambda name: sizes[name])
+        return max(self.metadata.threads, 1) * max(size for name, size in sizes.items() if name != llc_name)
 
     def triad_sweep(self) -> list[tuple[int, float]]:
         """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""
@@ -380,10 +389,7 @@ class ProfileQueries:
     def triad_gbps(self, nbytes: int) -> float | None:
         """The triad sweep's rate at a working set of ``nbytes``, interpolated in log size
         between its points and held at its ends; None with fewer than two points."""
-        sweep = self.triad_sweep()
-        if len(sweep) < 2 or nbytes <= 0:
-            return None
-        return roofline.interpolate_log(nbytes, sweep)
+        return roofline.sweep_gbps(self.triad_sweep(), nbytes)
 
     def roofline_seconds(self, flops: int, nbytes: int, dtype: str = "float32") -> float | None:
         """A kernel's time at this profile's roofs (no efficiency); None where a needed roof is unknown."""

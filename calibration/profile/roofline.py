@@ -175,6 +175,22 @@ class LLCReading:
     points: tuple[tuple[int, float], ...]  # (working set bytes, GB/s) of the points read
 
 
+def sweep_gbps(sweep: Sequence[tuple[int, float]], nbytes: int) -> float | None:
+    """A triad sweep's rate (``sweep``: working-set bytes, GB/s) at a working set of ``nbytes``,
+    interpolated in log size between its points and held at its ends; None with fewer than
+    two points."""
+    if len(sweep) < 2 or nbytes <= 0:
+        return None
+    return interpolate_log(nbytes, sweep)
+
+
+def llc_gbps(sweep: Mapping[int, float], below_bytes: int) -> float | None:
+    """The LLC's triad rate: the best sweep point the caches below it (every thread's,
+    ``below_bytes``) cannot hold; None where the sweep has none."""
+    above = [gbps for ws, gbps in sweep.items() if ws > below_bytes and gbps > 0]
+    return max(above) if above else None
+
+
 def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes: int,
                         dram_gbps: float | None) -> LLCReading | None:
     """The capacity of the last-level cache as the triad sweep saw it, or None where the sweep
@@ -195,15 +211,14 @@ def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes:
     most for a given error in its rate): one point alone, 10% slower, read 99 MiB where 132
     had been read an hour before. The result is never above ``llc_bytes``.
     """
-    above = {ws: gbps for ws, gbps in sweep.items() if ws > below_bytes and gbps > 0}
-    if not above or not dram_gbps or dram_gbps <= 0:
-        return None
-    llc_gbps = max(above.values())
-    if llc_gbps <= dram_gbps:
+    llc = llc_gbps(sweep, below_bytes)
+    if llc is None or not dram_gbps or dram_gbps <= 0 or llc <= dram_gbps:
         return None
     readings: list[tuple[float, float, int, float]] = []  # (weight, log capacity, working set, GB/s)
-    for ws, gbps in sorted(above.items()):
-        h = (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc_gbps)
+    for ws, gbps in sorted(sweep.items()):
+        if ws <= below_bytes or gbps <= 0:
+            continue
+        h = (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc)
         if not HIT_SHARE_RANGE[0] <= h <= HIT_SHARE_RANGE[1]:
             continue
         readings.append((h * (1 - h), math.log(-(1 - h) * ws / math.log(h)), ws, gbps))

@@ -77,14 +77,15 @@ def triad_sweep_elements(*, quick: bool) -> tuple[int, ...]:
     """
     dram = stream_elements()
     sizes = sorted(cache_sizes().values())
+    # the smallest working set twice what the caches below the LLC hold over every usable CPU
+    clear = 2 * usable_cpus() * sizes[-2] if len(sizes) >= 2 else None
     if not quick:
         points = set()
         n = 1 << 10
         while n < dram:
             points.add(n)
             n <<= 2
-        if len(sizes) >= 2:
-            clear = 2 * usable_cpus() * sizes[-2]
+        if clear is not None:
             n = 1 << 10
             while n < dram and TRIAD_ARRAYS * STREAM_ITEMSIZE * n <= 2 * sizes[-1]:
                 if TRIAD_ARRAYS * STREAM_ITEMSIZE * n >= clear:
@@ -96,13 +97,12 @@ def triad_sweep_elements(*, quick: bool) -> tuple[int, ...]:
         budget = size // 2 // (TRIAD_ARRAYS * STREAM_ITEMSIZE)
         if budget >= 1:
             points.append(1 << (budget.bit_length() - 1))
-    if len(sizes) >= 2:
-        # and the LLC's own rate: the smallest working set twice what the caches below hold
-        # over every usable CPU. The point at half the LLC can already be past what a VM's
-        # share of it holds (a 480 MiB-L3 Xeon's 192 MiB triad ran 34-40 GB/s, DRAM 31 and
-        # the L3 57), and without a point at the cache's rate no capacity can be read off it.
-        clear = 2 * usable_cpus() * sizes[-2] // (TRIAD_ARRAYS * STREAM_ITEMSIZE)
-        llc_point = 1 << max(clear - 1, 0).bit_length()
+    if clear is not None:
+        # and the LLC's own rate, at the smallest power of two clear of the caches below. The
+        # point at half the LLC can already be past what a VM's share of it holds (a 480
+        # MiB-L3 Xeon's 192 MiB triad ran 34-40 GB/s, DRAM 31 and the L3 57), and without a
+        # point at the cache's rate no capacity can be read off it.
+        llc_point = 1 << max(clear // (TRIAD_ARRAYS * STREAM_ITEMSIZE) - 1, 0).bit_length()
         if llc_point < points[-1]:
             points.append(llc_point)
     return tuple(sorted(set(points))) + (dram,)
