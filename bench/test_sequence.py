@@ -6,3 +6,4 @@ Assigned in their definition order, the order pytest collects them in.
 from calibration.bench import test_sequence as cases
 
 test_after_busy = cases.test_after_busy
+test_reread = cases.test_reread

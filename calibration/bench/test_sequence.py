@@ -7,3 +7,8 @@ import pytest
 @pytest.mark.operation("after_busy")
 def test_after_busy(op_case, calibrate):
     calibrate(op_case)
+
+
+@pytest.mark.operation("reread")
+def test_reread(op_case, calibrate):
+    calibrate(op_case)

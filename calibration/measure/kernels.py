@@ -251,6 +251,31 @@ def _after_busy(p: Params, dtype: str, device: torch.device) -> Kernel:
     return AfterBusyKernel(run, int(p["N"]), device)
 
 
+
+class RereadKernel(PreparedKernel):
+    """A GEMV timed right after ``prepare()`` reads ``between`` bytes of other data (a sum:
+    every thread reads its share, as a forward's kernels pass through every core's cache)."""
+
+    context = "re-read: other data read before each call"
+
+    def __init__(self, run: Kernel, between: int, device: torch.device):
+        self.run = run
+        with heap.operands_mapped():
+            self.other = torch.ones(max(between // 4, 1), device=device)
+
+    def prepare(self) -> None:
+        self.other.sum()
+
+
+def _reread(p: Params, dtype: str, device: torch.device) -> Kernel:
+    if device.type != "cpu":
+        raise ValueError("reread cases time what a CPU's own caches keep between calls; CPU only")
+    if p["between"] < 0:
+        raise ValueError(f"reread: 'between' is the bytes read between calls, >= 0; got {p['between']}")
+    x, _, run = _linear_operands({"B": 1, "IN": p["IN"], "OUT": p["OUT"]}, dtype, device)
+    return RereadKernel(run, int(p["between"]), device)
+
+
 def _cpu_only_cold(device: torch.device) -> None:
     if device.type != "cpu":
         raise ValueError("cold cases evict a CPU's caches; on a GPU the weights stream from memory anyway")
@@ -406,6 +431,7 @@ BUILDERS: dict[str, Builder] = {
     "conv2d": _build_conv,
     "conv2d_cold": _cold_conv,
     "linear_cold": _cold_linear,
+    "reread": _reread,
     "after_busy": _after_busy,
     "add": _build_elementwise(torch.add, 2),
     "mul": _build_elementwise(torch.mul, 2),

@@ -21,7 +21,7 @@ from calibration.profile.entries import LEGACY_FAMILY, FusionCalibration, Operat
 from calibration.profile.fusion import best_per_shape, median
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
 from calibration.specs.keys import ParamValue
-from calibration.specs.operations import OPERATIONS
+from calibration.specs.operations import OPERATIONS, private_cache_bytes
 from calibration.specs.patterns import PATTERNS, VARIANTS, current_name
 
 Metric = Literal["compute", "bandwidth"]
@@ -374,11 +374,25 @@ class ProfileQueries:
         """What the cache level below the last one holds over the run's threads (a core's L2
         each: what a benchmark's working set stays in between calls); None with fewer than
         two levels known."""
-        sizes = self.metadata.cache_sizes
-        if len(sizes) < 2:
-            return None
-        llc_name = max(sizes, key=lambda name: sizes[name])
-        return max(self.metadata.threads, 1) * max(size for name, size in sizes.items() if name != llc_name)
+        return private_cache_bytes(self.metadata.cache_sizes, self.metadata.threads)
+
+    def private_cache_losses(self) -> list[tuple[int, float]]:
+        """(bytes of other data read, share of a working set the cores' own caches lose to
+        them), from the profile's ``reread`` cases, fewest bytes first: each case's time over
+        its warm twin's (timed in its own rounds), as a share of that at the most bytes read
+        (all of it gone from the private caches; there the share is 1). A running maximum (more
+        traffic loses no less). [] with fewer than two cases or nothing lost at the most."""
+        added = sorted((int(entry.params["between"]), entry.latency.median_ms - entry.warm_ms)
+                       for entry in self.operation_profiles.values()
+                       if entry.operation == "reread" and entry.device == self.metadata.device_type
+                       and entry.warm_ms is not None and not entry.busy)
+        if len(added) < 2 or added[-1][1] <= 0:
+            return []
+        losses, most = [], 0.0
+        for between, ms in added[:-1]:
+            most = min(max(most, ms / added[-1][1]), 1.0)
+            losses.append((between, most))
+        return losses + [(added[-1][0], 1.0)]
 
     def triad_sweep(self) -> list[tuple[int, float]]:
         """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""

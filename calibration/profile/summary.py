@@ -117,6 +117,10 @@ def _measured(cal: ProfileSummary) -> list[str]:
     if m.after_busy:
         points = "  ".join(f"{p.preceding_ms:.3g} ms {p.extra_us:+.1f}" for p in m.after_busy)
         lines.append(f"  a call after a busy kernel, us over its repeated time, by the kernel's time: {points}")
+    losses = cal.private_cache_losses()
+    if losses:
+        points = "  ".join(f"{_mib(between)} {100 * share:.0f}%" for between, share in losses)
+        lines.append(f"  share of a working set the cores' own caches lose to other reads, by the bytes read: {points}")
     return lines
 
 

@@ -862,11 +862,61 @@ AFTER_BUSY = Operation(
 )
 
 
+
+# --------------------------------------------------------------------------- what the cores' caches keep
+
+# A benchmark repeats one call, so a working set that fits the cores' own caches (their L2s)
+# stays there; in a forward the rest of the forward passes through them between two of its
+# calls. How much of it they lose is not what random replacement gives: on the 2-vCPU Xeon VM
+# (2 MiB of L2 a core, 4 over the two) a 1 MiB GEMV re-read after 2 MiB of other reads had
+# lost 5-20% of what it lost after 16 MiB (4x), after 4 MiB 30-35%, after 8 MiB 60-70% (random
+# replacement: 39, 63 and 86%), and an MLP whose forward touches 2 MiB ran its GEMVs at their
+# repeated times. Each case reads ``between`` bytes of other data (over all threads, as a
+# forward's kernels do) right before a GEMV whose weights fill a quarter of the private caches,
+# and times the GEMV again right after itself; a mapper reads the share of a working set lost
+# to a forward's other traffic off these points (predict.mapper).
+# the last: all of it gone from the private caches, and the LLC still holding it (after 16x, 64
+# MiB, the Xeon VM's GEMV ran 10 us slower again than after 4x: the LLC losing part of it)
+REREAD_PRIVATE_MULTIPLES = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4)
+REREAD_QUICK_MULTIPLES = (1 / 2, 1, 2, 4)
+REREAD_IN = 512
+
+
+def private_cache_bytes(cache_sizes: Mapping[str, int], threads: int) -> int | None:
+    """What the cache level below the last one holds over ``threads`` (a core's L2 each: what a
+    benchmark's working set stays in between calls); None with fewer than two levels known."""
+    if len(cache_sizes) < 2:
+        return None
+    llc_name = max(cache_sizes, key=lambda name: cache_sizes[name])
+    return max(threads, 1) * max(size for name, size in cache_sizes.items() if name != llc_name)
+
+
+def _reread_shapes(quick: bool) -> tuple[Params, ...]:
+    # without the cache sizes (no sysfs), points for 1 MiB a CPU: a mapper does not use them
+    # then (it needs the sizes to place a forward's footprint), but the shapes stay defined
+    private = private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+    out = max(64, 1 << ((private // 4 // (REREAD_IN * 4)).bit_length() - 1))
+    multiples = REREAD_QUICK_MULTIPLES if quick else REREAD_PRIVATE_MULTIPLES
+    return tuple({"IN": REREAD_IN, "OUT": out, "between": int(private * m)} for m in multiples)
+
+
+REREAD = Operation(
+    name="reread",
+    family="sequence",
+    description="a GEMV right after 'between' bytes of other data were read, against the same GEMV right after "
+                "itself: how much of a working set the cores' own caches lose to a forward's other traffic",
+    flops=lambda p: 2 * p["IN"] * p["OUT"],
+    bytes_moved=lambda p, size: (p["IN"] * p["OUT"] + p["IN"] + p["OUT"]) * size,
+    shapes=_reread_shapes,
+    cpu_only=lambda p: True,
+)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (MATMUL, LINEAR, LSTM, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
                BATCHNORM, MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH,
-               CONV2D_COLD, LINEAR_COLD, AFTER_BUSY)
+               CONV2D_COLD, LINEAR_COLD, AFTER_BUSY, REREAD)
 }
 FAMILIES: dict[str, tuple[str, ...]] = {}
 for _op in OPERATIONS.values():

@@ -8,6 +8,7 @@ from calibration.measure.kernels import (
     DTYPES,
     PROBE_MODULES,
     AfterBusyKernel,
+    RereadKernel,
     build,
     dtype_unsupported_reason,
 )
@@ -19,6 +20,7 @@ from calibration.specs.operations import (
     MODULE_PROBES,
     OPERATIONS,
     Case,
+    private_cache_bytes,
     resolve_selection,
 )
 
@@ -359,3 +361,35 @@ def test_a_full_sweep_has_every_power_of_two_the_llc_s_capacity_is_read_off(monk
     working_sets_mib = [12 * n >> 20 for n in full if 12 * n >= 8 << 20 and 12 * n <= 960 << 20]
     assert working_sets_mib == [12, 24, 48, 96, 192, 384, 768]
     assert full[0] == 1024 and full == tuple(sorted(set(full)))
+
+
+def test_reread_points_are_multiples_of_the_private_caches_around_a_gemv_of_a_quarter_of_them(monkeypatch):
+    # the 2-vCPU Xeon: 2 MiB of L2 a core, 4 MiB over the two
+    monkeypatch.setattr(host, "cache_sizes", lambda: {"L1": 48 << 10, "L2": 2 << 20, "L3": 480 << 20})
+    monkeypatch.setattr(host, "usable_cpus", lambda: 2)
+    private = 4 << 20
+    assert private_cache_bytes(host.cache_sizes(), 2) == private
+    full = OPERATIONS["reread"].cases(quick=False, device="cpu")
+    assert [c.param_dict["between"] for c in full] == [private // 8, private // 4, private // 2, private,
+                                                       2 * private, 4 * private]
+    assert {(c.param_dict["IN"], c.param_dict["OUT"]) for c in full} == {(512, 512)}  # 1 MiB of weights
+    quick = [c.param_dict["between"] for c in OPERATIONS["reread"].cases(quick=True, device="cpu")]
+    assert set(quick) <= {c.param_dict["between"] for c in full} and max(quick) == 4 * private
+    assert OPERATIONS["reread"].cases(quick=False, device="cuda") == []
+    # 8 cores of 1 MiB: 2 MiB of weights
+    monkeypatch.setattr(host, "cache_sizes", lambda: {"L1": 32 << 10, "L2": 1 << 20, "L3": 32 << 20})
+    monkeypatch.setattr(host, "usable_cpus", lambda: 8)
+    assert {(c.param_dict["OUT"], c.param_dict["between"]) for c in OPERATIONS["reread"].cases(quick=True, device="cpu")
+            } == {(1024, m << 20) for m in (4, 8, 16, 32)}
+    assert private_cache_bytes({"L3": 32 << 20}, 2) is None
+
+
+def test_a_reread_case_reads_its_bytes_before_each_timed_gemv():
+    kernel = build(case("reread", IN=64, OUT=64, between=1 << 16))
+    assert isinstance(kernel, RereadKernel)
+    assert kernel.other.numel() * 4 == 1 << 16
+    kernel.prepare()
+    assert kernel().shape == (1, 64) and kernel.time_warm() > 0
+    assert kernel.context.startswith("re-read")
+    with pytest.raises(ValueError, match="'between' is the bytes read between calls, >= 0; got -1"):
+        build(case("reread", IN=64, OUT=64, between=-1))

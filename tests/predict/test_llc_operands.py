@@ -1,5 +1,6 @@
 """Operands a forward leaves in the LLC that a benchmark keeps in the cores' own caches."""
 
+import dataclasses
 import math
 
 import pytest
@@ -76,3 +77,45 @@ def test_a_forward_adds_it_to_each_kernel_and_reports_it():
     assert kernels[0].from_llc_seconds == pytest.approx(
         CPUMapper(cal)._from_the_llc_seconds(2 * 64 * 256 * 4, footprint))
     assert "operands the forward leaves in the LLC" in estimate.table()
+
+
+def _reread(points_us, warm_us=10.0):
+    """reread records: {bytes read between calls: us over the warm twin}."""
+    return [dataclasses.replace(record("reread", (warm_us + us) / 1e3, IN=512, OUT=64, between=between),
+                                warm_ms=warm_us / 1e3) for between, us in points_us.items()]
+
+
+def test_the_share_the_private_caches_lose_is_read_off_the_reread_points():
+    # lost: 10% of it after half the private caches' bytes, 40% after as many, all after 4x
+    cal = _profile(extra=_reread({PRIVATE // 2: 2.0, PRIVATE: 8.0, 2 * PRIVATE: 6.0, 4 * PRIVATE: 20.0}))
+    # a running maximum: 2x lost no less than 1x, whatever its median said
+    losses = cal.private_cache_losses()
+    assert [b for b, _ in losses] == [PRIVATE // 2, PRIVATE, 2 * PRIVATE, 4 * PRIVATE]
+    assert [s for _, s in losses] == pytest.approx([0.1, 0.4, 0.4, 1.0])
+    mapper = CPUMapper(cal)
+    assert mapper._private_share_lost(PRIVATE // 4) == pytest.approx(0.05)  # from none at 0 to the first point
+    assert mapper._private_share_lost(PRIVATE) == pytest.approx(0.4)
+    assert mapper._private_share_lost(3 * PRIVATE) == pytest.approx(0.4 + 0.6 * math.log(1.5) / math.log(2))
+    assert mapper._private_share_lost(64 * PRIVATE) == 1.0
+    nbytes = 12 * (1 << 14)
+    assert mapper._from_the_llc_seconds(nbytes, PRIVATE) == pytest.approx(0.4 * nbytes * (1 / 50 - 1 / 150) / 1e9)
+    # random replacement would have lost 1 - 1/e of it
+    assert CPUMapper(_profile())._from_the_llc_seconds(nbytes, PRIVATE) > 1.5 * mapper._from_the_llc_seconds(
+        nbytes, PRIVATE)
+
+
+def test_reread_points_that_lost_nothing_at_the_most_give_no_curve():
+    assert _profile(extra=_reread({PRIVATE: 3.0, 4 * PRIVATE: -1.0})).private_cache_losses() == []
+    assert _profile(extra=_reread({4 * PRIVATE: 20.0})).private_cache_losses() == []
+    # then random replacement stands in for them
+    mapper = CPUMapper(_profile(extra=_reread({4 * PRIVATE: 20.0})))
+    assert mapper._private_share_lost(PRIVATE) == pytest.approx(1 - math.exp(-1))
+
+
+def test_show_lists_the_share_lost_by_the_bytes_read():
+    from calibration.profile.summary import render_summary
+
+    text = render_summary(_profile(extra=_reread({PRIVATE // 2: 2.0, PRIVATE: 8.0, 4 * PRIVATE: 20.0})))
+    assert ("share of a working set the cores' own caches lose to other reads, by the bytes read: "
+            "0.5 MiB 10%  1 MiB 40%  4 MiB 100%") in text
+    assert "own caches lose" not in render_summary(_profile())
