@@ -12,3 +12,5 @@ test_gelu = cases.test_gelu
 test_gelu_tanh = cases.test_gelu_tanh
 test_sigmoid = cases.test_sigmoid
 test_silu = cases.test_silu
+test_masked_fill = cases.test_masked_fill
+test_where = cases.test_where

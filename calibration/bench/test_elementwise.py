@@ -36,3 +36,13 @@ def test_sigmoid(op_case, calibrate):
 @pytest.mark.operation("silu")
 def test_silu(op_case, calibrate):
     calibrate(op_case)
+
+
+@pytest.mark.operation("masked_fill")
+def test_masked_fill(op_case, calibrate):
+    calibrate(op_case)
+
+
+@pytest.mark.operation("where")
+def test_where(op_case, calibrate):
+    calibrate(op_case)

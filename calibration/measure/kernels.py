@@ -383,6 +383,30 @@ def _build_elementwise(kernel: Callable[..., object], inputs: int) -> Builder:
     return build
 
 
+# A causal attention mask's row length: masked_fill's time follows how its mask's runs fall
+# (a random mask ran 5x a causal one here), so it is timed with a mask an attention has.
+CAUSAL_ROW = 256
+
+
+def causal_mask(n: int, device: torch.device) -> torch.Tensor:
+    """``n`` bools as causal masks over rows of ``min(256, sqrt(n))``, flattened: each row's
+    elements past its index set (masked), as a decoder's future mask."""
+    row = max(1, min(CAUSAL_ROW, math.isqrt(n)))
+    i = torch.arange(n, device=device)
+    return (i % row) > ((i // row) % row)
+
+
+def _build_masked(kernel: Callable[..., object]) -> Builder:
+    def build(p: Params, dtype: str, device: torch.device) -> Kernel:
+        x = _randn((p["n"],), dtype, device)
+        mask = causal_mask(p["n"], device)
+        fill = torch.tensor(torch.finfo(DTYPES[dtype]).min, dtype=DTYPES[dtype], device=device)
+        out = torch.empty(p["n"], dtype=DTYPES[dtype], device=device)
+        return lambda: kernel(x, mask, fill, out)
+
+    return build
+
+
 # The arrays of the last STREAM size built: copy, scale, add and triad run one after another
 # at that size and only ever write ``a``, so they share them rather than each mapping and
 # faulting in 3 x 4x the LLC of its own (6 GiB on a 480 MiB-L3 host, about a second a case).
@@ -441,6 +465,8 @@ BUILDERS: dict[str, Builder] = {
     "gelu_tanh": _build_elementwise(lambda x, out: torch._C._nn.gelu(x, approximate="tanh", out=out), 1),
     "sigmoid": _build_elementwise(torch.sigmoid, 1),
     "silu": _build_elementwise(torch._C._nn.silu, 1),
+    "masked_fill": _build_masked(lambda x, mask, fill, out: out.copy_(x).masked_fill_(mask, fill)),
+    "where": _build_masked(lambda x, mask, fill, out: torch.where(mask, x, fill, out=out)),
     "stream_copy": _build_stream(lambda a, b, c: a.copy_(b)),
     "stream_scale": _build_stream(lambda a, b, c: torch.mul(b, STREAM_SCALAR, out=a)),
     "stream_add": _build_stream(lambda a, b, c: torch.add(b, c, out=a)),

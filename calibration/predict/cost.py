@@ -99,7 +99,7 @@ _ELEMENTWISE_OPERATION = {"add": "add", "mul": "mul", "relu": "relu", "gelu": "g
                           "abs": "relu", "neg": "relu", "tanh": "sigmoid", "exp": "sigmoid", "log": "sigmoid",
                           "erf": "sigmoid", "sqrt": "sigmoid", "rsqrt": "sigmoid", "elu": "sigmoid",
                           "softplus": "sigmoid", "mish": "silu", "maximum": "add", "minimum": "add",
-                          "masked_fill": "add", "where": "add", "clamp_min": "relu", "clamp_max": "relu",
+                          "masked_fill": "masked_fill", "where": "where", "clamp_min": "relu", "clamp_max": "relu",
                           "prelu": "relu", "_prelu_kernel": "relu"}
 # Ops that move data without arithmetic, and upsampling that reads each input element a few
 # times from cache and writes its output once: priced as the STREAM copy of their output.

@@ -50,6 +50,8 @@ ELEMENTWISE_FLOPS: dict[str, int] = {
     "softmax": 5,
     "layernorm": 8,
     "batchnorm": 2,  # eval mode: x * scale + shift per element, scale/shift per channel
+    "masked_fill": 1,  # a select per element
+    "where": 1,
 }
 
 
@@ -512,12 +514,13 @@ ELEMENTWISE_SIZES = ({"n": 1 << 12}, {"n": 1 << 16}, {"n": 1 << 20}, {"n": 1 << 
 ELEMENTWISE_QUICK = ({"n": 1 << 20}, {"n": 1 << 24})
 
 
-def _elementwise(name: str, inputs: int, description: str) -> Operation:
+def _elementwise(name: str, inputs: int, description: str, mask_bytes: int = 0) -> Operation:
+    """``inputs`` arrays of the dtype in, one out; ``mask_bytes`` a bool mask's per element."""
     def flops(p: Params) -> int:
         return ELEMENTWISE_FLOPS[name] * p["n"]
 
     def nbytes(p: Params, size: int) -> int:
-        return (inputs + 1) * p["n"] * size
+        return ((inputs + 1) * size + mask_bytes) * p["n"]
 
     return Operation(name, "elementwise", description, flops, nbytes,
                      fixed(ELEMENTWISE_SIZES, ELEMENTWISE_QUICK))
@@ -532,6 +535,14 @@ ELEMENTWISE = (
     _elementwise("gelu_tanh", 1, "y = gelu(x, approximate='tanh'), tanh form"),
     _elementwise("sigmoid", 1, "y = 1 / (1 + exp(-x))"),
     _elementwise("silu", 1, "y = x * sigmoid(x)"),
+    # an attention mask's select: priced as an add it came out at half its time (a GPT-2 block's
+    # 12x256x256 scores: 329 us against 162), as ATen copies x then fills in place. Timed with a
+    # causal mask (runs of set and unset): a random one ran the same fill 5x slower here, its
+    # branches mispredicted
+    _elementwise("masked_fill", 1, "y = x with a value where a bool mask is set (a causal mask over rows of up to "
+                 "256: runs, as an attention mask has)", mask_bytes=1),
+    _elementwise("where", 1, "y = x where a bool mask is set, else a scalar (the causal mask masked_fill times)",
+                 mask_bytes=1),
 )
 
 

@@ -108,6 +108,35 @@ def test_the_tanh_gelu_kernel_is_torch_s_tanh_approximation():
     assert not torch.allclose(out, torch.nn.functional.gelu(args[0]), rtol=0, atol=1e-7)  # not the erf form
 
 
+@pytest.mark.parametrize("operation", ["masked_fill", "where"])
+def test_a_masked_select_moves_its_mask_s_bytes_and_runs_torch_s_op(operation):
+    n = 4096
+    assert case(operation, n=n).bytes == (4 + 1 + 4) * n and case(operation, n=n).flops == n
+    assert case(operation, dtype="bfloat16", n=n).bytes == (2 + 1 + 2) * n
+    from calibration.measure import kernels
+
+    run = kernels.build(Case(operation, (("n", n),), "float32", "cpu"))
+    out = run()
+    operands = [c.cell_contents for c in run.__closure__ if isinstance(c.cell_contents, torch.Tensor)]
+    # the builder's input: the float array of n that is not the output
+    (x,) = [t for t in operands if t.dtype == torch.float32 and t.numel() == n and t is not out]
+    mask = kernels.causal_mask(n, torch.device("cpu"))
+    lowest = torch.finfo(torch.float32).min
+    expected = x.masked_fill(mask, lowest) if operation == "masked_fill" else torch.where(mask, x, lowest)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_the_masked_ops_are_timed_with_a_causal_mask():
+    from calibration.measure.kernels import causal_mask
+
+    rows = causal_mask(256 * 256, torch.device("cpu")).view(256, 256)
+    assert torch.equal(rows, torch.ones(256, 256, dtype=torch.bool).triu(1))  # the future of each row
+    # rows of at most 256, repeated: a 4096-element mask is 64-wide rows' causal mask
+    small = causal_mask(4096, torch.device("cpu")).view(64, 64)
+    assert torch.equal(small, torch.ones(64, 64, dtype=torch.bool).triu(1))
+    assert torch.equal(causal_mask(512 * 256, torch.device("cpu")).view(2, 256, 256)[1], rows)
+
+
 def test_norm_and_softmax_counts():
     assert case("softmax", ROWS=10, COLS=20).bytes == 2 * 200 * 4
     assert case("layernorm", ROWS=10, COLS=20).bytes == (2 * 200 + 2 * 20) * 4

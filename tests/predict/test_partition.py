@@ -547,6 +547,21 @@ def test_a_tanh_gelu_is_its_own_kernel(model, operation, per_element):
     assert (node.operation, node.params, node.flops) == (operation, {"n": 1024}, per_element * 1024)
 
 
+def test_an_attention_mask_s_select_is_its_own_kernel_not_an_add():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("future", torch.ones(1, 1, 64, 64, dtype=torch.bool).triu(1))
+
+        def forward(self, scores):
+            return scores.masked_fill(self.future, -1e4) + torch.where(self.future, scores, -1e4)
+
+    ops = [(n.operation, n.params) for sg in partition(Masked().eval(), torch.randn(2, 4, 64, 64)).subgraphs
+           for n in sg.nodes if n.kernel]
+    assert ops == [("masked_fill", {"n": 2 * 4 * 64 * 64}), ("where", {"n": 2 * 4 * 64 * 64}),
+                   ("add", {"n": 2 * 4 * 64 * 64})]
+
+
 def test_a_functional_tanh_gelu_is_the_tanh_kernel():
     class Act(nn.Module):
         def forward(self, x):
