@@ -847,12 +847,17 @@ COLD_TWINS: dict[str, str] = {CONV2D.name: CONV2D_COLD.name, LINEAR.name: LINEAR
 # the probes, on a 1x64x56x56 activation, and how many arrays of its size each reads and writes
 AFTER_BUSY_PROBES: dict[str, int] = {"view": 0, "relu_inplace": 2, "add": 3, "batch_norm": 2}
 AFTER_BUSY_SIZES = (64, 128, 256, 384, 512, 768, 1024)
-AFTER_BUSY_QUICK = (768,)  # one point: a mapper scales it down to zero below
+# a quick run: a short matmul and a long one, with the probe a mapper takes (the view) and one
+# that moves data. With the long one alone a mapper scaled its point down to zero below, where
+# a call after a few-us kernel still paid +0.6-1.3 us (the full grid's view probe after 6-100
+# us), an MLP's five calls 5 us of its 41
+AFTER_BUSY_QUICK = (64, 768)
+AFTER_BUSY_QUICK_PROBES = ("view", "batch_norm")
 AFTER_BUSY_SHAPE = (1, 64, 56, 56)
 
 
-def _after_busy(sizes: tuple[int, ...]) -> tuple[Params, ...]:
-    return tuple({"N": n, "probe": probe} for n in sizes for probe in AFTER_BUSY_PROBES)
+def _after_busy(sizes: tuple[int, ...], probes: Iterable[str] = tuple(AFTER_BUSY_PROBES)) -> tuple[Params, ...]:
+    return tuple({"N": n, "probe": probe} for n in sizes for probe in probes)
 
 
 def _probe_bytes(p: Params, size: int) -> int:
@@ -868,7 +873,7 @@ AFTER_BUSY = Operation(
                 "right after itself: what a call in a forward pays for following a longer kernel",
     flops=lambda p: 0,
     bytes_moved=_probe_bytes,
-    shapes=fixed(full=_after_busy(AFTER_BUSY_SIZES), quick=_after_busy(AFTER_BUSY_QUICK)),
+    shapes=fixed(full=_after_busy(AFTER_BUSY_SIZES), quick=_after_busy(AFTER_BUSY_QUICK, AFTER_BUSY_QUICK_PROBES)),
     cpu_only=lambda p: True,
 )
 

@@ -422,3 +422,11 @@ def test_a_reread_case_reads_its_bytes_before_each_timed_gemv():
     assert kernel.context.startswith("re-read")
     with pytest.raises(ValueError, match="'between' is the bytes read between calls, >= 0; got -1"):
         build(case("reread", IN=64, OUT=64, between=-1))
+
+
+def test_a_quick_run_times_the_view_probe_after_a_short_matmul_and_a_long_one():
+    # with the long one alone a mapper scaled its point down to zero below it, where a call
+    # after a few-us kernel still pays about a microsecond
+    quick = OPERATIONS["after_busy"].shapes(True)
+    assert {p["N"] for p in quick if p["probe"] == "view"} == {64, 768}
+    assert {p["N"] for p in OPERATIONS["after_busy"].shapes(False)} >= {64, 768}
