@@ -272,7 +272,7 @@ def _reread(p: Params, dtype: str, device: torch.device) -> Kernel:
         raise ValueError("reread cases time what a CPU's own caches keep between calls; CPU only")
     if p["between"] < 0:
         raise ValueError(f"reread: 'between' is the bytes read between calls, >= 0; got {p['between']}")
-    x, _, run = _linear_operands({"B": 1, "IN": p["IN"], "OUT": p["OUT"]}, dtype, device)
+    *_, run = _linear_operands({"B": 1, "IN": p["IN"], "OUT": p["OUT"]}, dtype, device)
     return RereadKernel(run, int(p["between"]), device)
 
 

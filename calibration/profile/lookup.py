@@ -20,8 +20,9 @@ from calibration.profile import roofline
 from calibration.profile.entries import LEGACY_FAMILY, FusionCalibration, OperationCalibration
 from calibration.profile.fusion import best_per_shape, median
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
+from calibration.specs.host import private_cache_bytes
 from calibration.specs.keys import ParamValue
-from calibration.specs.operations import OPERATIONS, private_cache_bytes
+from calibration.specs.operations import OPERATIONS
 from calibration.specs.patterns import PATTERNS, VARIANTS, current_name
 
 Metric = Literal["compute", "bandwidth"]

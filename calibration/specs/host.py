@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -65,6 +65,15 @@ def stream_elements() -> int:
     return 1 << (target - 1).bit_length()
 
 
+def private_cache_bytes(cache_sizes: Mapping[str, int], threads: int) -> int | None:
+    """What the cache level below the last one holds over ``threads`` (a core's L2 each: what a
+    benchmark's working set stays in between calls); None with fewer than two levels known."""
+    if len(cache_sizes) < 2:
+        return None
+    llc_name = max(cache_sizes, key=lambda name: cache_sizes[name])
+    return max(threads, 1) * max(size for name, size in cache_sizes.items() if name != llc_name)
+
+
 def triad_sweep_elements(*, quick: bool) -> tuple[int, ...]:
     """Triad array lengths from L1-resident to DRAM-sized working sets.
 
@@ -78,7 +87,8 @@ def triad_sweep_elements(*, quick: bool) -> tuple[int, ...]:
     dram = stream_elements()
     sizes = sorted(cache_sizes().values())
     # the smallest working set twice what the caches below the LLC hold over every usable CPU
-    clear = 2 * usable_cpus() * sizes[-2] if len(sizes) >= 2 else None
+    private = private_cache_bytes(cache_sizes(), usable_cpus())
+    clear = 2 * private if private is not None else None
     if not quick:
         points = set()
         n = 1 << 10

@@ -898,19 +898,10 @@ REREAD_QUICK_MULTIPLES = (1 / 2, 1, 2, 4)
 REREAD_IN = 512
 
 
-def private_cache_bytes(cache_sizes: Mapping[str, int], threads: int) -> int | None:
-    """What the cache level below the last one holds over ``threads`` (a core's L2 each: what a
-    benchmark's working set stays in between calls); None with fewer than two levels known."""
-    if len(cache_sizes) < 2:
-        return None
-    llc_name = max(cache_sizes, key=lambda name: cache_sizes[name])
-    return max(threads, 1) * max(size for name, size in cache_sizes.items() if name != llc_name)
-
-
 def _reread_shapes(quick: bool) -> tuple[Params, ...]:
     # without the cache sizes (no sysfs), points for 1 MiB a CPU: a mapper does not use them
     # then (it needs the sizes to place a forward's footprint), but the shapes stay defined
-    private = private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+    private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
     out = max(64, 1 << ((private // 4 // (REREAD_IN * 4)).bit_length() - 1))
     multiples = REREAD_QUICK_MULTIPLES if quick else REREAD_PRIVATE_MULTIPLES
     return tuple({"IN": REREAD_IN, "OUT": out, "between": int(private * m)} for m in multiples)

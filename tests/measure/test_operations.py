@@ -20,7 +20,6 @@ from calibration.specs.operations import (
     MODULE_PROBES,
     OPERATIONS,
     Case,
-    private_cache_bytes,
     resolve_selection,
 )
 
@@ -397,7 +396,7 @@ def test_reread_points_are_multiples_of_the_private_caches_around_a_gemv_of_a_qu
     monkeypatch.setattr(host, "cache_sizes", lambda: {"L1": 48 << 10, "L2": 2 << 20, "L3": 480 << 20})
     monkeypatch.setattr(host, "usable_cpus", lambda: 2)
     private = 4 << 20
-    assert private_cache_bytes(host.cache_sizes(), 2) == private
+    assert host.private_cache_bytes(host.cache_sizes(), 2) == private
     full = OPERATIONS["reread"].cases(quick=False, device="cpu")
     assert [c.param_dict["between"] for c in full] == [private // 8, private // 4, private // 2, private,
                                                        2 * private, 4 * private]
@@ -410,7 +409,7 @@ def test_reread_points_are_multiples_of_the_private_caches_around_a_gemv_of_a_qu
     monkeypatch.setattr(host, "usable_cpus", lambda: 8)
     assert {(c.param_dict["OUT"], c.param_dict["between"]) for c in OPERATIONS["reread"].cases(quick=True, device="cpu")
             } == {(1024, m << 20) for m in (4, 8, 16, 32)}
-    assert private_cache_bytes({"L3": 32 << 20}, 2) is None
+    assert host.private_cache_bytes({"L3": 32 << 20}, 2) is None
 
 
 def test_a_reread_case_reads_its_bytes_before_each_timed_gemv():
