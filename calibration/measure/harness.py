@@ -42,13 +42,20 @@ class Budget:
 
     seconds: float
     min_rounds: int
+    # The most rounds of a case timed after a context (time_prepared), whose setup is not
+    # timed. A cold case's rounds each rewrite twice the LLC first (51 ms for the 960 MiB of a
+    # 480 MiB L3), an after_busy case's run a matmul of up to tens of ms; a full run's 25 (a
+    # quick run's 15) are enough for a median (each round has its warm twin) and keep the conv
+    # and linear grids' cold twins to about a second each: at 40 their 55 cases took 2 of a
+    # full run's 10 minutes.
+    prepared_rounds: int = 25
 
     @classmethod
     def for_run(cls, quick: bool) -> Budget:
         # 0.8 s a case keeps the full grid (440 cases, half of them fusion pairs, inductor
         # compiling 72) within 10 minutes on a 2-vCPU AVX2 EPYC with a cold compile cache
         # (1.0 s took 10 min 43 s there)
-        return cls(seconds=0.25, min_rounds=5) if quick else cls(seconds=0.8, min_rounds=7)
+        return cls(seconds=0.25, min_rounds=5, prepared_rounds=15) if quick else cls(seconds=0.8, min_rounds=7)
 
 
 @dataclass(frozen=True)
@@ -217,12 +224,6 @@ def time_interleaved(
     return fused, latency_from_samples(samples[warmup:])
 
 
-# A cold case's rounds each rewrite twice the LLC first (a few ms), an after_busy case's run a
-# matmul of up to tens of ms; this many are enough for a median and keep the conv and linear
-# grids' cold twins to seconds.
-MAX_PREPARED_ROUNDS = 40
-
-
 def time_prepared(benchmark, kernel: PreparedKernel, *, budget: Budget) -> tuple[LatencyStats, float] | None:
     """One call per round, each after ``kernel.prepare()`` (untimed: pytest-benchmark's setup),
     and the warm twin in the same rounds: the setup first times the kernel once more
@@ -232,7 +233,7 @@ def time_prepared(benchmark, kernel: PreparedKernel, *, budget: Budget) -> tuple
         benchmark(kernel)
         return None
     call = estimate_call_seconds(kernel, lambda: None)
-    rounds = min(MAX_PREPARED_ROUNDS, rounds_for(call, budget))
+    rounds = min(budget.prepared_rounds, rounds_for(call, budget))
     warm: list[float] = []
 
     def setup() -> None:

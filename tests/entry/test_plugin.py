@@ -483,3 +483,18 @@ def test_the_bench_directory_runs_every_case_the_package_installs():
         wanted = [name for name in vars(cases) if name.startswith("test_") and callable(getattr(cases, name))]
         missing = [name for name in wanted if f"{name} = cases.{name}" not in shim]
         assert not missing, f"bench/{stem}.py does not run {', '.join(missing)}"
+
+
+def test_a_case_test_whose_grid_is_empty_in_this_run_is_deselected(pytester):
+    # a quick run times STREAM's triad alone at DRAM size: the copy has no quick case
+    pytester.makepyfile(test_memory="""
+        import pytest
+
+        @pytest.mark.operation("stream_copy")
+        def test_stream_copy(op_case, calibrate):
+            calibrate(op_case)
+    """)
+    result = run(pytester, "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(["*1 deselected*"])
+    assert "INTERNALERROR" not in result.stdout.str() and "skipped" not in result.stdout.str()

@@ -189,17 +189,33 @@ def test_onednn_matmul_paths_compute_the_same_product(path):
 # ------------------------------------------------------------------ every registered case
 
 
+QUICK_TRIAD_ONLY = ("stream_copy", "stream_scale", "stream_add")
+
+
+def test_a_quick_run_times_stream_s_triad_alone_at_dram_size():
+    # each STREAM array is 4x the LLC: copy, scale and add there were 12-16 s of a quick run
+    assert [c.param_dict["n"] for c in OPERATIONS["stream_triad"].cases(quick=True, device="cpu")][-1] == \
+        host.stream_elements()
+    for name in QUICK_TRIAD_ONLY:
+        assert OPERATIONS[name].cases(quick=True, device="cpu") == []
+        full = OPERATIONS[name].cases(quick=False, device="cpu")
+        assert [c.param_dict["n"] for c in full] == [host.stream_elements()]
+
+
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
 def test_every_operation_builds_runs_and_counts(name):
     op = OPERATIONS[name]
     for quick in (True, False):
         cases = op.cases(quick=quick, device="cpu")
+        if quick and name in QUICK_TRIAD_ONLY:
+            assert cases == []  # a quick run's DRAM ceiling is the triad's
+            continue
         assert cases, f"{name} has no {'quick' if quick else 'full'} cases"
         for c in cases:
             # a view probe (after_busy) moves no data: its bytes are truly zero
             assert c.flops >= 0 and (c.bytes > 0 or c.param_dict.get("probe") == "view")
             assert c.key.startswith(f"{name}[") and c.key.endswith("/cpu")
-    smallest = min(op.cases(quick=True, device="cpu"), key=lambda c: c.bytes)
+    smallest = min(op.cases(quick=name not in QUICK_TRIAD_ONLY, device="cpu"), key=lambda c: c.bytes)
     if dtype_unsupported_reason(smallest.dtype, "cpu") is None and smallest.bytes < 64 << 20:
         build(smallest)()
 
@@ -316,6 +332,17 @@ def test_a_cold_twin_counts_and_runs_what_its_warm_twin_does():
     assert kernel().shape == (1, 16, 10, 10)
 
 
+def test_cold_cases_in_a_row_share_one_flush_buffer_given_back_after_them():
+    from calibration.measure import kernels
+
+    linear = build(Case("linear_cold", (("B", 2), ("IN", 16), ("OUT", 8)), "float32", "cpu"))
+    conv = build(Case("conv2d_cold", (("N", 1), ("CIN", 4), ("COUT", 4), ("H", 8), ("W", 8), ("K", 3), ("STRIDE", 1),
+                                      ("PAD", 1), ("GROUPS", 1)), "float32", "cpu"))
+    assert conv.flush is linear.flush and kernels._flush_buffers
+    build(Case("relu", (("n", 64),), "float32", "cpu"))
+    assert not kernels._flush_buffers  # the next family's case releases it
+
+
 def test_a_cold_case_runs_one_call_per_round_after_evicting():
     from calibration.measure import harness
 
@@ -337,9 +364,12 @@ def test_a_cold_case_runs_one_call_per_round_after_evicting():
     kernel = build(Case("linear_cold", tuple(params.items()), "float32", "cpu"))
     kernel.prepare = lambda: prepared.append(1)
     bench = Recorder()
-    latency, warm_ms = harness.time_prepared(bench, kernel, budget=harness.Budget(seconds=10.0, min_rounds=7))
+    budget = harness.Budget(seconds=10.0, min_rounds=7)
+    latency, warm_ms = harness.time_prepared(bench, kernel, budget=budget)
     setup, rounds, iterations = bench.args
-    assert iterations == 1 and rounds == harness.MAX_PREPARED_ROUNDS and len(prepared) == rounds + 1
+    assert iterations == 1 and rounds == budget.prepared_rounds and len(prepared) == rounds + 1
+    # a quick run's cold cases take fewer rounds (each rewrites twice the LLC first)
+    assert harness.Budget.for_run(quick=True).prepared_rounds < harness.Budget.for_run(quick=False).prepared_rounds
     assert latency.median_ms == pytest.approx(1.0) and "cold" in latency.source
     assert 0 < warm_ms < 100  # the same tiny linear, timed hot in each round's setup
 
