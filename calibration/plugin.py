@@ -343,11 +343,11 @@ def _case_of(item: pytest.Item) -> Case | fusion.FusionCase | None:
     return case if isinstance(case, Case | fusion.FusionCase) else None
 
 
-def _no_case(item: pytest.Item) -> bool:
-    """pytest's skipped placeholder for a case test whose grid is empty in this run: deselected,
-    not reported as a skip."""
+def _placeholder(item: pytest.Item, case: Case | fusion.FusionCase | None) -> bool:
+    """Whether ``item`` (whose case is ``case``) is pytest's skipped placeholder for a case
+    test whose grid is empty in this run: deselected, not reported as a skip."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return any(name in params and _case_of(item) is None for name in ("op_case", "fusion_case"))
+    return case is None and ("op_case" in params or "fusion_case" in params)
 
 
 def _selected(state: CalibrationState, case) -> bool:
@@ -398,7 +398,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep, drop = [], []
     for item in items:
         case = _case_of(item)
-        if (case is not None and not _selected(state, case)) or _no_case(item):
+        if _placeholder(item, case) or (case is not None and not _selected(state, case)):
             drop.append(item)
             continue
         if case is not None and state.device == "cuda":
