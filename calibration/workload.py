@@ -2,7 +2,8 @@
 
 ``pytest bench/ --calibrate-model resnet18 --calibrate-model-batch 1,8`` partitions each
 model at each batch and adds every kernel the operation registry models (at the model's own
-shapes and dtype), and every fusion group the partitioner formed, to the run's cases. The
+shapes and dtype), the cold twin of each conv and linear, the module-call probe of each
+nn.Module class it calls, and every fusion group the partitioner formed, to the run's cases. The
 profile then holds exact entries for that model, so predicting it is composition alone;
 each such entry records the models it came from (``origin``).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from calibration.predict.models import load_model
 from calibration.predict.plan import partition
 from calibration.predict.results import NodeCost
-from calibration.specs.operations import COLD_TWINS, OPERATIONS, Case
+from calibration.specs.operations import COLD_TWINS, MODULE_CALL_FORMS, MODULE_PROBES, OPERATIONS, Case
 from calibration.specs.patterns import PATTERNS, FusionCase
 
 
@@ -53,6 +54,17 @@ def _kernels(nodes: Iterable[NodeCost]) -> Iterator[NodeCost]:
             yield node
             if node.operation not in OPERATIONS:
                 yield from _kernels(node.inner)
+
+
+def _add_module_call(found: WorkloadCases, module: str, device: str, label: str) -> None:
+    """The module-call probe of an nn.Module class the model calls (both forms): what calling
+    that class costs over its kernel, which the mapper adds to every such call. A quick grid
+    probes Conv2d and ReLU alone; the others then take a ReLU module's cost, and an MLP of
+    0.04 ms, whose Linears cost 2.9 us more as modules, came out 11-16% under."""
+    spec = OPERATIONS["module_call"]
+    for dtype in spec.dtypes(device)[:1]:
+        for form in MODULE_CALL_FORMS:
+            found.add(Case("module_call", (("module", module), ("form", form)), dtype, device), label)
 
 
 def _attention_shape(node: NodeCost) -> tuple[tuple[str, int], ...] | None:
@@ -94,6 +106,8 @@ def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
             part = partition(model, example)
             for sg in part.subgraphs:
                 for node in _kernels(sg.nodes):
+                    if node.kind == "call_module" and node.module in MODULE_PROBES:
+                        _add_module_call(found, node.module, device, label)
                     if node.op == "scaled_dot_product_attention":
                         # priced as its unfused kernels over the library's measured speedup
                         for dtype in dtypes:

@@ -41,6 +41,20 @@ def test_a_model_gives_its_distinct_kernels_and_fusion_groups_at_its_own_shapes(
     assert "relu_cold" not in found.operations
 
 
+def test_each_module_class_the_model_calls_gets_its_module_call_probe():
+    """What calling the class costs over its kernel: a quick grid probes two classes only."""
+    found = model_cases(["resnet18"], [1], device="cpu")
+    probed = {c.param_dict["module"] for c in found.operations["module_call"]}
+    assert probed == {"Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AdaptiveAvgPool2d", "Linear"}
+    forms = [c.param_dict["form"] for c in found.operations["module_call"] if c.param_dict["module"] == "Linear"]
+    assert sorted(forms) == ["kernel", "module"]
+    assert found.origin["module_call[module=Linear,form=module]/float32/cpu"] == ["resnet18 b1"]
+    # a class with no probe (the token model's nn.Embedding, nn.LSTM) adds none
+    text = model_cases(["calibration.predict.coverage_models:lstm_text"], [1], device="cpu", input_shape=(64,),
+                       input_dtype="int64")
+    assert {c.param_dict["module"] for c in text.operations["module_call"]} == {"Linear"}
+
+
 def test_the_kernels_inside_a_composite_module_and_an_attention_s_speedup_become_cases():
     found = model_cases(["calibration.predict.coverage_models:mha_blocks"], [2], device="cpu", input_shape=(64, 256))
     # the blocks' MLP Linears and, inside each nn.MultiheadAttention, its out-projection ...
