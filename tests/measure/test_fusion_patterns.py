@@ -132,7 +132,7 @@ def test_case_keys_are_unique():
 
 
 def test_twins_share_a_shape_key():
-    cases = PATTERNS["Add_ReLU"].cases(quick=True, device="cpu")
+    cases = [c for c in PATTERNS["Add_ReLU"].cases(quick=False, device="cpu") if c.param_dict["n"] == 1 << 20]
     assert [c.variant for c in cases] == ["unfused", "library", "compiled"]
     assert len({c.shape_key for c in cases}) == 1
     assert cases[0].key == "Add_ReLU[n=1048576]/float32/cpu/unfused"
@@ -229,6 +229,18 @@ def test_a_wrong_library_kernel_fails_the_check(monkeypatch, name):
         with torch.no_grad():
             prepare(fcase(broken.name, "library", **small))
     prepare(fcase(broken.name, "unfused", **small))  # the unfused form is not checked against anything
+
+
+def test_a_quick_run_compiles_only_the_patterns_without_a_library_kernel():
+    quick = {(c.pattern, c.variant) for p in PATTERNS.values() for c in p.cases(quick=True, device="cpu")}
+    full = {(c.pattern, c.variant) for p in PATTERNS.values() for c in p.cases(quick=False, device="cpu")}
+    assert ("Conv2d_BN_ReLU", "library") in quick and ("Conv2d_BN_ReLU", "compiled") not in quick
+    assert ("Conv2d_BN_ReLU", "compiled") in full
+    assert {("QK_Softmax", "unfused"), ("QK_Softmax", "compiled")} <= quick
+    compiled = {name for name, variant in quick if variant == "compiled"}
+    assert compiled == {name for name, p in PATTERNS.items() if "cpu" not in p.library_devices}
+    # every pattern keeps a fused variant and its unfused twin
+    assert {name for name, variant in quick if variant != "unfused"} == {name for name, _ in quick}
 
 
 def test_library_variant_without_a_library_kernel_is_an_error():
