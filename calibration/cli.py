@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fusion-patterns", metavar="LIST", type=lambda s: sorted(options.parse_fusion_patterns(s)),
                      help="fusion families (linear, conv, attention, elementwise, all) or pattern names; the "
                           "operations run too unless --operations says otherwise (--operations none: fusion only)")
-    run.add_argument("--quick", action="store_true", help="one or two sizes per operation")
+    run.add_argument("--quick", action="store_true",
+                     help="one or two sizes per operation and pattern; compiles only the patterns without a "
+                          "library kernel")
     run.add_argument("--device", type=options.parse_device, help="cpu or cuda (default: cuda if available)")
     run.add_argument("--threads", type=options.parse_threads, metavar="N", help="torch threads")
     run.add_argument("--windows", type=options.parse_windows, metavar="N",

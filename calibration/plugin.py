@@ -28,7 +28,8 @@ HELP_OUT = (
     "Write the calibration profile (JSON) to PATH, atomically; an existing file there must be a profile, "
     "and a symlink is written through to its target. Default: %(default)r (no profile)."
 )
-HELP_QUICK = "Calibrate one or two representative sizes per operation. Default: %(default)r."
+HELP_QUICK = ("Calibrate one or two representative sizes per operation and pattern, compiling only the patterns "
+              "the library has no fused kernel for. Default: %(default)r.")
 HELP_HARDWARE = "Hardware name recorded in the profile. Default: the detected CPU or GPU name."
 HELP_PEAK_GFLOPS = (
     "Theoretical peak GFLOPS from a datasheet: a number (float32) or DTYPE=N,... "
