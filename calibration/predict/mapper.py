@@ -34,6 +34,7 @@ from calibration.profile import lookup, roofline, shape_model
 from calibration.profile.entries import AfterBusyPoint, FrozenModel
 from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
+from calibration.specs import host
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
 from calibration.specs.operations import COLD_TWINS, DRIFT_CLASSES, OPERATIONS, SMALL_KERNEL_S, conv_geometry
 
@@ -448,7 +449,7 @@ class Mapper:
         dtype = node.dtype or "float32"
         if node.inner:  # a composite: from the kernels it runs (or, where timed whole, its entry)
             return self._inside(node)
-        calibrated = self._calibrated(node, dtype)
+        calibrated = self._narrow_conv(node, dtype) or self._calibrated(node, dtype)
         if calibrated is not None:
             return calibrated
         compute, bandwidth = self._compute_ceiling(dtype), self._bandwidth_ceiling(node.bytes)
@@ -579,6 +580,31 @@ class Mapper:
             bottleneck=Bottleneck.COMPUTE if metric == "compute" else Bottleneck.MEMORY, source=source,
         )
 
+    def _narrow_conv(self, node: NodeCost, dtype: str) -> KernelEstimate | None:
+        """A conv (groups 1) with fewer output channels than the library computes at once on
+        this vector ISA (specs.host.channel_block), which it pads to that block: the time of
+        the same conv with a whole block of output channels. None where the profile has this
+        shape (its own time), the ISA is not known, or the conv is not that narrow.
+
+        Priced by its own FLOPs, an RGB or mask head is a fraction of the block it runs as: a
+        3x3 conv of 8 to 3 channels was priced at 123 us and took 440."""
+        cal = self.calibration
+        if node.operation != "conv2d" or cal is None or self.device != "cpu":
+            return None
+        spec = OPERATIONS["conv2d"]
+        params = spec.complete(node.params)
+        block = host.channel_block(cal.metadata.cpu_capability)
+        cout = params.get("COUT")
+        if (not block or params.get("GROUPS", 1) != 1 or not isinstance(cout, int) or cout >= block
+                or cal.get_operation("conv2d", dtype=dtype, device=self.device, **node.params) is not None):
+            return None
+        padded = self._calibrated(self._with_params(node, spec, {"COUT": block}, dtype), dtype)
+        if padded is None:
+            return None
+        return padded.model_copy(update={
+            "name": node.name, "source": f"{cout} output channels, padded to the {block} the library computes "
+                                         f"at once on {cal.metadata.cpu_capability}: {padded.source}"})
+
     def _few_rows(self, node: NodeCost, dtype: str, candidates) -> KernelEstimate | None:
         """A GEMM with fewer rows than any calibrated one of its variant (but more than one):
         the lesser of a GEMV per row and the time of the fewest rows calibrated, each at this
@@ -612,10 +638,15 @@ class Mapper:
                               source=f"{rows} rows, fewer than any calibrated GEMM of its variant: {how}, "
                                      "the lesser of a GEMV a row and the fewest rows calibrated")
 
-    @staticmethod
-    def _with_rows(node: NodeCost, spec, rows: int, dtype: str) -> NodeCost:
+    @classmethod
+    def _with_rows(cls, node: NodeCost, spec, rows: int, dtype: str) -> NodeCost:
         """``node`` with its row count replaced (FLOPs and bytes to match)."""
-        params = {**node.params, spec.rows: rows}
+        return cls._with_params(node, spec, {spec.rows: rows}, dtype)
+
+    @staticmethod
+    def _with_params(node: NodeCost, spec, changed: dict, dtype: str) -> NodeCost:
+        """``node`` with some parameters replaced (FLOPs and bytes to match)."""
+        params = {**node.params, **changed}
         full = spec.complete(params)
         return node.model_copy(update={"params": params, "flops": spec.flops(full),
                                        "bytes": spec.bytes_moved(full, itemsize(dtype))})

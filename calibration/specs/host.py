@@ -74,6 +74,21 @@ def private_cache_bytes(cache_sizes: Mapping[str, int], threads: int) -> int | N
     return max(threads, 1) * max(size for name, size in cache_sizes.items() if name != llc_name)
 
 
+# The channels oneDNN computes an output block of on each ATen vector ISA: its direct convs
+# keep activations and weights in blocked layouts (nChw16c, Acdb16a on AVX-512; 8 on AVX2)
+# and pad the output channels to a whole block. A 3x3 conv of 8 to 3 channels ran "oc3" with
+# padded weights and output (ONEDNN_VERBOSE: wei Acdb16a "ap", dst aBcd16b "ap") and took as
+# long as 8 to 16: 430-580 us for 1, 3, 8 or 16 output channels on 2 x 128 x 128 on the
+# 2-vCPU Xeon, against 84-368 us priced by their FLOPs.
+CHANNEL_BLOCKS = {"AVX512": 16, "AVX2": 8}
+
+
+def channel_block(cpu_capability: str | None) -> int | None:
+    """The output channels a conv computes at once on this vector ISA (ATen's
+    ``get_cpu_capability``); None where it is not known."""
+    return CHANNEL_BLOCKS.get((cpu_capability or "").upper())
+
+
 def triad_sweep_elements(*, quick: bool) -> tuple[int, ...]:
     """Triad array lengths from L1-resident to DRAM-sized working sets.
 

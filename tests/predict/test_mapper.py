@@ -654,6 +654,47 @@ def test_a_conv_shape_the_grid_lacks_is_fitted_to_its_variant_s_calibrated_shape
     assert conv.source == "calibrated at this size" and conv.seconds == pytest.approx(made(grid[0]) / 1e3)
 
 
+@pytest.mark.parametrize("isa, block", [("AVX512", 16), ("AVX2", 8)])
+def test_a_conv_narrower_than_one_vector_block_is_priced_as_the_block_it_runs_as(isa, block):
+    """oneDNN pads a conv's output channels to its vector block (16 on AVX-512, 8 on AVX2)."""
+    grid = [_conv(1, 16, 16, 32), _conv(1, 32, 32, 16), _conv(1, 64, 64, 8), _conv(2, 16, 32, 16),
+            _conv(1, 32, 64, 32, s=2), _conv(4, 8, 8, 16)]
+
+    def made(p):
+        flops = 2 * p["N"] * p["COUT"] * (p["H"] // p["STRIDE"]) ** 2 * p["CIN"] * 9
+        return 0.004 + flops * 1e-9
+
+    cal = fold(ceilings() + [record("conv2d", made(p), **p) for p in grid],
+               metadata(cache_sizes={}, cpu_capability=isa))
+
+    def priced(cin, cout, groups=1, hw=24):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False, groups=groups)).eval()
+        (conv,) = [k for sg in predict_latency(model, torch.randn(1, cin, hw, hw), cal).subgraphs for k in sg.kernels]
+        return conv
+
+    whole = priced(16, block)
+    for cout in (1, 3, block - 1):
+        narrow = priced(16, cout)
+        assert narrow.seconds == pytest.approx(whole.seconds)
+        assert narrow.source.startswith(f"{cout} output channels, padded to the {block} the library computes at "
+                                        f"once on {isa}: fitted to 6 calibrated shapes")
+    assert priced(16, block + 8).seconds > whole.seconds  # wider than a block: its own shape
+    # a grouped conv is not padded so (a depthwise conv blocks over its groups)
+    assert "padded" not in priced(16, 4, groups=4).source
+    # the profile's own time at the narrow shape wins
+    exact = fold(ceilings() + [record("conv2d", made(p), **p) for p in grid]
+                 + [record("conv2d", 0.050, N=1, CIN=16, COUT=3, H=24, W=24, K=3, STRIDE=1, PAD=1, GROUPS=1)],
+                 metadata(cache_sizes={}, cpu_capability=isa))
+    model = nn.Sequential(nn.Conv2d(16, 3, 3, padding=1, bias=False)).eval()
+    (conv,) = [k for sg in predict_latency(model, torch.randn(1, 16, 24, 24), exact).subgraphs for k in sg.kernels]
+    assert conv.source == "calibrated at this size" and conv.seconds == pytest.approx(50e-6)
+    # an ISA whose block is not known prices the conv by its own shape
+    other = cal.model_copy(update={"metadata": cal.metadata.model_copy(update={"cpu_capability": "SVE256"})})
+    (conv,) = [k for sg in predict_latency(model, torch.randn(1, 16, 24, 24), other).subgraphs for k in sg.kernels]
+    assert "padded" not in conv.source and conv.seconds < whole.seconds
+
+
 def test_a_pool_is_priced_by_its_window_not_its_bytes():
     # a 2x2 and a 3x3 max pool moving similar bytes: ATen's NCHW kernel pays per window element
     def pool(n, c, hw, k, s, pad):
