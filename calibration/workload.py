@@ -114,7 +114,8 @@ def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
                             for variant in _attention_variants(variants_of, device):
                                 if shape := _attention_shape(node):
                                     found.add(FusionCase("Attention", shape, dtype, device, variant), label)
-                    if node.operation not in OPERATIONS:
+                    if node.operation not in OPERATIONS or node.op.startswith("conv_transpose"):
+                        # a transposed conv is priced as its direct conv, which is not its kernel
                         continue
                     op = OPERATIONS[node.operation]
                     params = op.complete(node.params)

@@ -199,6 +199,18 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
         in_bytes = out.nbytes // out.numel * n * cin * math.prod(size) if out.numel else 0
         scratch = ((in_bytes,) if cin >= 8 else ()) + (out.nbytes,)
         return {"operation": "conv2d", "params": params, "scratch_bytes": scratch}
+    if op in ("conv_transpose", "conv_transpose1d", "conv_transpose2d") and shapes and len(out.shape) in (3, 4):
+        # The direct conv whose input gradient it computes, over its output: the same FLOPs
+        # (each input element scattered over COUT/groups x kernel outputs is that conv's
+        # multiply-adds), and what oneDNN runs it as (a backward-data convolution).
+        conv = conv_args(node, gm, rec)
+        if module is not None:  # nn.ConvTranspose: its in_channels are the direct conv's output channels
+            conv = conv._replace(cin=conv.cout, cout=conv.cin)
+        n, channels, *size = out.shape
+        params = conv2d_params(n, channels, tuple(size), conv)
+        if params is None:
+            return {}
+        return {"operation": "conv2d", "params": params}
     if op == "linear" and shapes:
         fin = module.in_features if module is not None else shapes[0][-1]
         return {"operation": "linear",

@@ -450,6 +450,9 @@ class Mapper:
         if node.inner:  # a composite: from the kernels it runs (or, where timed whole, its entry)
             return self._inside(node)
         calibrated = self._narrow_conv(node, dtype) or self._calibrated(node, dtype)
+        if calibrated is not None and node.op.startswith("conv_transpose"):  # predict.cost: its direct conv
+            calibrated = calibrated.model_copy(update={
+                "source": f"as the direct conv whose input gradient it computes, {calibrated.source}"})
         if calibrated is not None:
             return calibrated
         compute, bandwidth = self._compute_ceiling(dtype), self._bandwidth_ceiling(node.bytes)

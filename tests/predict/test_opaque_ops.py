@@ -283,6 +283,40 @@ def test_a_transposed_convolution_counts_each_input_element_scattered_over_its_k
     assert module.flops == 2 * (2 * 8 * 10 * 10) * 4 * 9 + 2 * 4 * 20 * 20  # + bias
     assert function.flops == 2 * (2 * 4 * 20 * 20) * 6 * 4
     assert module.flops + function.flops - 2 * 4 * 20 * 20 == counted(Up().eval(), x)
+    # each priced as the direct conv whose input gradient it computes: over its output, its
+    # channels swapped, the same kernel, stride and padding, and the same multiply-adds
+    assert (module.inner[0].operation, module.inner[0].params) == (
+        "conv2d", {"N": 2, "CIN": 4, "COUT": 8, "H": 20, "W": 20, "K": 3, "STRIDE": 2, "PAD": 1, "GROUPS": 1})
+    assert (function.operation, function.params) == (
+        "conv2d", {"N": 2, "CIN": 6, "COUT": 4, "H": 40, "W": 40, "K": 2, "STRIDE": 2, "PAD": 0, "GROUPS": 1})
+    for node in (module.inner[0], function):
+        spec = OPERATIONS["conv2d"]
+        assert spec.flops(spec.complete(node.params)) == node.flops - (2 * 4 * 20 * 20 if node is not function else 0)
+
+
+def test_a_transposed_convolution_is_priced_by_the_profile_s_convs_and_adds_no_workload_case():
+    from calibration.workload import model_cases
+
+    direct = dict(N=1, CIN=32, COUT=64, H=32, W=32, K=4, STRIDE=2, PAD=1, GROUPS=1)
+    cal = fold(ceilings() + [record("conv2d", 0.150, **direct)], metadata(cache_sizes={}))
+    module = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1, bias=False)).eval()
+    (kernel,) = [k for sg in predict_latency(module, torch.randn(1, 64, 16, 16), cal).subgraphs for k in sg.kernels]
+    assert kernel.seconds == pytest.approx(150e-6)  # the direct conv's entry, not the roofline
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return F.conv_transpose2d(x, module[0].weight, stride=2, padding=1)
+
+    (kernel,) = [k for sg in predict_latency(Functional().eval(), torch.randn(1, 64, 16, 16), cal).subgraphs
+                 for k in sg.kernels]
+    assert kernel.seconds == pytest.approx(150e-6)
+    assert kernel.source == "as the direct conv whose input gradient it computes, calibrated at this size"
+    # --calibrate-model would time a forward conv, not this kernel: the UNet's one transposed
+    # conv (128 to 64 channels, 2x2, stride 2, at 32x32) adds no case, its other convs do
+    found = model_cases(["calibration.predict.coverage_models:unet"], [1], device="cpu", input_shape=(3, 128, 128))
+    keys = {c.key for c in found.operations["conv2d"]}
+    assert "conv2d[N=1,CIN=64,COUT=128,H=64,W=64,K=2,STRIDE=2,PAD=0,GROUPS=1]/float32/cpu" not in keys
+    assert "conv2d[N=1,CIN=32,COUT=2,H=128,W=128,K=1,STRIDE=1,PAD=0,GROUPS=1]/float32/cpu" in keys
 
 
 def test_a_model_of_opaque_modules_predicts_more_than_a_call_per_module():
