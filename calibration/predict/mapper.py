@@ -437,7 +437,8 @@ class Mapper:
         return 1.0 + added / warm_seconds
 
     def _copy_seconds(self, node: NodeCost) -> float:
-        """An operand the call copied before its GEMM, as the STREAM copy of its size."""
+        """An operand the call copied before its GEMM, or read in another layout than its kernel
+        runs in (trace.layout_copy_bytes), as the STREAM copy of its size."""
         dtype = node.dtype or "float32"
         elements = max(node.copy_bytes // itemsize(dtype), 1)
         copy = NodeCost(name=f"{node.name}/copy", kind="call_function", target="copy", op="copy", shape=(elements,),

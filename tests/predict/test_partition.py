@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from calibration.measure.fold import FusionRecord, fold
 from calibration.predict import models
 from calibration.predict.flops import sdpa_flop_formula
+from calibration.predict.mapper import predict_latency
 from calibration.predict.plan import fusion_benefit, partition, should_fuse
 from calibration.predict.results import Partition, render_report
 from calibration.specs.patterns import PATTERNS, FusionCase
@@ -523,6 +524,42 @@ def test_a_gemm_that_copies_its_operand_counts_the_copy():
 
     nodes = by_name(partition(Copies().eval(), torch.randn(4, 5)))
     assert nodes["contiguous"].op == "copy" and nodes["contiguous"].copy_bytes == 0
+
+
+class Relaid(nn.Module):
+    """A ConvNeXt-like block's layouts: a norm over permuted channels, a residual add of a
+    permuted tensor; then a chunk's slices, a broadcast and contiguous operands, which read
+    their operands in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm(24)
+
+    def forward(self, x, y):
+        normed = self.ln(x.permute(0, 2, 3, 1))
+        mixed = y + normed.permute(0, 3, 1, 2)
+        first, second = mixed.chunk(2, 1)
+        gated = first * torch.sigmoid(second)
+        biased = gated + torch.ones(12, 1, 1)
+        return (biased, torch.softmax(y, -1), torch.softmax(second, -1), torch.softmax(x.permute(0, 2, 3, 1), -1),
+                self.ln(x.permute(0, 2, 3, 1).contiguous()))
+
+
+def test_an_operand_in_another_layout_than_the_kernel_runs_in_counts_a_copy():
+    x, y = torch.randn(2, 24, 6, 5), torch.randn(2, 24, 6, 5)
+    nodes = by_name(partition(Relaid().eval(), (x, y)))
+    whole = x.numel() * F32
+    # a norm or softmax makes a non-contiguous input contiguous; an add reads the permuted operand out of order
+    assert nodes["ln"].copy_bytes == whole and nodes["add"].copy_bytes == whole
+    assert nodes["softmax_2"].copy_bytes == whole and nodes["softmax_1"].copy_bytes == whole // 2  # a slice too
+    # an elementwise op on a chunk's slices, a softmax over a contiguous tensor, a broadcast, a contiguous input: none
+    assert [nodes[name].copy_bytes for name in ("softmax", "mul", "add_1", "ln_1")] == [0, 0, 0, 0]
+    # and the mapper prices each copy as the STREAM copy of its bytes
+    estimate = predict_latency(Relaid().eval(), (x, y), full_profile())
+    priced = {k.name: k for sg in estimate.subgraphs for k in sg.kernels}
+    assert priced["ln"].copy_seconds > 0 and priced["add"].copy_seconds > 0
+    assert priced["ln_1"].copy_seconds == 0 and priced["mul"].copy_seconds == 0
+    assert priced["ln"].seconds == pytest.approx(priced["ln_1"].seconds + priced["ln"].copy_seconds, rel=0.2)
 
 
 def test_a_shape_or_dtype_the_registry_does_not_calibrate_is_fused_by_default_and_says_why():
