@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from calibration.predict.cost import TRANSPOSED_CONV_OPS
 from calibration.predict.models import load_model
 from calibration.predict.plan import partition
 from calibration.predict.results import NodeCost
-from calibration.specs.operations import COLD_TWINS, MODULE_CALL_FORMS, MODULE_PROBES, OPERATIONS, Case
+from calibration.specs.operations import COLD_TWINS, MODULE_PROBES, OPERATIONS, Case
 from calibration.specs.patterns import PATTERNS, FusionCase
 
 
@@ -61,10 +62,9 @@ def _add_module_call(found: WorkloadCases, module: str, device: str, label: str)
     that class costs over its kernel, which the mapper adds to every such call. A quick grid
     probes Conv2d and ReLU alone; the others then take a ReLU module's cost, and an MLP of
     0.04 ms, whose Linears cost 2.9 us more as modules, came out 11-16% under."""
-    spec = OPERATIONS["module_call"]
-    for dtype in spec.dtypes(device)[:1]:
-        for form in MODULE_CALL_FORMS:
-            found.add(Case("module_call", (("module", module), ("form", form)), dtype, device), label)
+    for case in OPERATIONS["module_call"].cases(quick=False, device=device):
+        if case.param_dict["module"] == module:
+            found.add(case, label)
 
 
 def _attention_shape(node: NodeCost) -> tuple[tuple[str, int], ...] | None:
@@ -114,7 +114,7 @@ def model_cases(models: Iterable[str], batches: Iterable[int], *, device: str,
                             for variant in _attention_variants(variants_of, device):
                                 if shape := _attention_shape(node):
                                     found.add(FusionCase("Attention", shape, dtype, device, variant), label)
-                    if node.operation not in OPERATIONS or node.op.startswith("conv_transpose"):
+                    if node.operation not in OPERATIONS or node.op in TRANSPOSED_CONV_OPS:
                         # a transposed conv is priced as its direct conv, which is not its kernel
                         continue
                     op = OPERATIONS[node.operation]

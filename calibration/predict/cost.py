@@ -38,6 +38,10 @@ def module_params(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t.is_floating_point())
 
 
+# A transposed conv's names: aten.convolution(transposed=True) (trace.op_name) and the functionals
+TRANSPOSED_CONV_OPS = frozenset({"conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+
+
 def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
     if len(args) > index:
         return args[index]
@@ -56,7 +60,7 @@ def _node_flops(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) -> in
         weight = tuple(module.weight.shape) if module is not None else shapes[1]
         has_bias = (module.bias is not None) if module is not None else arg(args, kwargs, 2, "bias") is not None
         return 2 * numel * math.prod(weight[1:]) + (numel if has_bias else 0)
-    if op in ("conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+    if op in TRANSPOSED_CONV_OPS:
         # weight (CIN, COUT / groups, *kernel): each input element scatters into COUT/groups x kernel outputs
         has_bias = arg(args, kwargs, 2, "bias") is not None
         return 2 * math.prod(shapes[0]) * math.prod(shapes[1][1:]) + (numel if has_bias else 0)
@@ -199,7 +203,7 @@ def _registry_params(op: str, node: fx.Node, gm: fx.GraphModule, rec: Recorder) 
         in_bytes = out.nbytes // out.numel * n * cin * math.prod(size) if out.numel else 0
         scratch = ((in_bytes,) if cin >= 8 else ()) + (out.nbytes,)
         return {"operation": "conv2d", "params": params, "scratch_bytes": scratch}
-    if op in ("conv_transpose", "conv_transpose1d", "conv_transpose2d") and shapes and len(out.shape) in (3, 4):
+    if op in TRANSPOSED_CONV_OPS and shapes and len(out.shape) in (3, 4):  # 1-D or 2-D; a 3-D one stays unpriced
         # The direct conv whose input gradient it computes, over its output: the same FLOPs
         # (each input element scattered over COUT/groups x kernel outputs is that conv's
         # multiply-adds), and what oneDNN runs it as (a backward-data convolution).

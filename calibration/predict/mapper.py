@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from calibration.predict import allocator
-from calibration.predict.cost import rnn_kernels
+from calibration.predict.cost import TRANSPOSED_CONV_OPS, rnn_kernels
 from calibration.predict.plan import partition
 from calibration.predict.results import NodeCost, Partition
 from calibration.profile import lookup, roofline, shape_model
@@ -451,7 +451,7 @@ class Mapper:
         if node.inner:  # a composite: from the kernels it runs (or, where timed whole, its entry)
             return self._inside(node)
         calibrated = self._narrow_conv(node, dtype) or self._calibrated(node, dtype)
-        if calibrated is not None and node.op.startswith("conv_transpose"):  # predict.cost: its direct conv
+        if calibrated is not None and node.op in TRANSPOSED_CONV_OPS:  # predict.cost prices its direct conv
             calibrated = calibrated.model_copy(update={
                 "source": f"as the direct conv whose input gradient it computes, {calibrated.source}"})
         if calibrated is not None:

@@ -315,7 +315,8 @@ class Recorder(ShapeProp):
         self.args: dict[fx.Node, tuple[Any, dict[str, Any]]] = {}
         # for calls of user functions fx keeps opaque (torch.fx.wrap): the aten ops they ran
         self.inner_ops: dict[fx.Node, list[str]] = {}
-        # bytes a GEMM node's call copied to make its operands readable (0 or absent: none)
+        # bytes a node's call copied to make its operands readable: a GEMM's (seen as aten
+        # copies), a norm's or elementwise op's in another layout (layout_copy_bytes); 0 or absent: none
         self.copied: dict[fx.Node, int] = {}
         # for calls no formula models (opaque torch.nn modules, einsum...): the aten graph of
         # the call, recorded on the same arguments
@@ -323,7 +324,8 @@ class Recorder(ShapeProp):
 
     def run_node(self, n: fx.Node) -> Any:
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        if _opaque(n) or (n.op.startswith("call_") and op_name(n, self.module) in GEMM_OPS):
+        name = op_name(n, self.module) if n.op.startswith("call_") else None
+        if _opaque(n) or name in GEMM_OPS:
             with _AtenRecorder() as seen:
                 result = super().run_node(n)
             if _opaque(n):
@@ -339,7 +341,7 @@ class Recorder(ShapeProp):
                 self.inner[n] = (traced[0], inner_rec)
         outputs = tensors(result)
         inputs = tensors((args, kwargs))
-        if n.op.startswith("call_") and (relaid := layout_copy_bytes(op_name(n, self.module), inputs, outputs)):
+        if name is not None and (relaid := layout_copy_bytes(name, inputs, outputs)):
             self.copied[n] = self.copied.get(n, 0) + relaid
         storages = {t.untyped_storage().data_ptr() for t in inputs if t.untyped_storage().nbytes()}
         self.values[n] = [TensorInfo.of(t) for t in outputs]
