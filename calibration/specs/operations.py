@@ -658,6 +658,11 @@ def _pool_features(p: Params) -> tuple[float, ...]:
     return (math.log2(_pool_out(p)), math.log2(p["K"] * p["K"]), math.log2(p["H"] * p["W"]))
 
 
+# Pools of a late stage's or a small input's maps, tens of kB: without them every grid shape
+# took 110 us or more and the fit read a call as 54-100 us (nothing in the grid told a call
+# from bytes), so a 16x16 2x2 max pool of 24 us came out 124 (2-vCPU Xeon VM)
+_SMALL_POOLS = (_pool(1, 16, 16, 3, 2, 1), _pool(1, 256, 14, 2, 2, 0))
+
 # max and average pooling share one cost model (profile.shape_model fits it per operation)
 _POOL_COST_MODEL = {"cost_terms": _pool_terms, "cost_units": ("call", "bytes", "flops"),
                     "shape_features": _pool_features}
@@ -670,7 +675,7 @@ MAXPOOL = Operation(
     flops=lambda p: _pool_out(p) * (p["K"] * p["K"] - 1),
     bytes_moved=lambda p, size: _nchw(p) * size + _pool_out(p) * (size + 8),
     shapes=fixed(full=(_pool(1, 32, 128, 3, 2, 1), _pool(8, 32, 128, 3, 2, 1), _pool(1, 128, 32, 2, 2, 0),
-                       _pool(8, 64, 48, 2, 2, 0), _pool(1, 192, 28, 3, 1, 1)),
+                       _pool(8, 64, 48, 2, 2, 0), _pool(1, 192, 28, 3, 1, 1), *_SMALL_POOLS),
                  quick=(_pool(1, 32, 128, 3, 2, 1),)),
     **_POOL_COST_MODEL,
 )
@@ -682,7 +687,7 @@ AVGPOOL = Operation(
     flops=lambda p: _pool_out(p) * p["K"] * p["K"],
     bytes_moved=lambda p, size: (_nchw(p) + _pool_out(p)) * size,
     shapes=fixed(full=(_pool(1, 96, 40, 3, 2, 1), _pool(1, 32, 64, 2, 2, 0), _pool(8, 128, 32, 2, 2, 0),
-                       _pool(8, 48, 64, 3, 2, 1), _pool(1, 320, 14, 3, 1, 1)),
+                       _pool(8, 48, 64, 3, 2, 1), _pool(1, 320, 14, 3, 1, 1), *_SMALL_POOLS),
                  quick=(_pool(1, 32, 64, 2, 2, 0),)),
     **_POOL_COST_MODEL,
 )
