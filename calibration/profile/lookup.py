@@ -371,6 +371,16 @@ class ProfileQueries:
         return seen.capacity, (f"{llc_name} as the triad sweep saw it: {points}, between the cache's rate and "
                                f"DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
 
+    def llc_losses(self) -> list[tuple[int, float]]:
+        """(working-set bytes, share of it the LLC loses to one pass of itself), read off the
+        profile's triad sweep (:func:`roofline.llc_losses`); [] without cache sizes or a sweep
+        that shows the LLC."""
+        below = self.private_cache_bytes()
+        if not below:
+            return []
+        dram = self.measured.stream_gbps.get("stream_triad") or self.dram_bandwidth()
+        return roofline.llc_losses(dict(self.triad_sweep()), below, dram)
+
     def private_cache_bytes(self) -> int | None:
         """What the cache level below the last one holds over the run's threads (a core's L2
         each: what a benchmark's working set stays in between calls); None with fewer than

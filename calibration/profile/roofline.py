@@ -230,6 +230,30 @@ def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes:
     return LLCReading(capacity=capacity, points=tuple((ws, gbps) for _, _, ws, gbps in readings))
 
 
+def llc_losses(sweep: Mapping[int, float], below_bytes: int, dram_gbps: float | None) -> list[tuple[int, float]]:
+    """(working-set bytes, share of it the LLC does not keep) along the triad sweep, from its
+    best point past the caches below (``below_bytes``, every thread's) upward; [] where the
+    sweep shows no LLC faster than ``dram_gbps``.
+
+    A triad point streams its working set again and again, as a forward streams its weights
+    once a forward, so the share of its traffic the LLC served (h, from its rate between the
+    LLC's and DRAM's: its time per byte is h at the one and 1 - h at the other) is how much of
+    a working set that size survives one pass of itself. The loss is 1 - h, 0 at the best
+    point, clamped to [0, 1] and made non-decreasing with size (a slower point below a faster
+    one is noise, not a smaller cache)."""
+    llc = llc_gbps(sweep, below_bytes)
+    if llc is None or not dram_gbps or dram_gbps <= 0 or llc <= dram_gbps:
+        return []
+    points = sorted((ws, gbps) for ws, gbps in sweep.items() if ws > below_bytes and gbps > 0)
+    best = max(range(len(points)), key=lambda i: points[i][1])
+    losses, most = [], 0.0
+    for ws, gbps in points[best:]:
+        h = (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc)
+        most = max(most, min(max(1.0 - h, 0.0), 1.0))
+        losses.append((ws, most))
+    return losses
+
+
 def interpolate_log(x: float, points: Sequence[tuple[float, float]]) -> float:
     """Piecewise-linear interpolation of ``y`` over ``log(x)``, clamped at both ends.
 

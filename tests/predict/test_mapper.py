@@ -557,6 +557,43 @@ def test_a_warm_call_of_the_cold_rounds_far_slower_than_the_warm_entry_was_not_w
     assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(0.225 / 0.075)
 
 
+def test_a_one_row_linear_pays_for_what_the_triad_sweep_says_the_llc_loses_at_its_working_set():
+    mib = 2**20
+
+    def rate(h):  # a triad rate with share h served by the LLC's 56 GB/s, the rest by DRAM's 30
+        return 1 / (h / 56.0 + (1 - h) / 30.0)
+
+    # working-set bytes: GB/s, the last a STREAM-sized triad (arrays four times the reported LLC)
+    sweep = {48 * mib: 56.0, 96 * mib: rate(0.9), 192 * mib: rate(0.4), 768 * mib: 30.0, 12 * 480 * mib: 30.0}
+    triads = [record("stream_triad", ws / (gbps * 1e9) * 1e3, n=ws // 12) for ws, gbps in sweep.items()]
+    matmul, _, dispatch = ceilings()
+    records = [matmul, dispatch] + triads
+    for rows in (1, 8):
+        params = dict(B=rows, IN=4096, OUT=4096)
+        records += [record("linear", 1.0, **params), record("linear_cold", 2.0, **params)]
+    cal = fold(records, metadata(cache_sizes={"L2": 2 * mib, "L3": 480 * mib}))
+    assert cal.llc_losses()[:3] == [(48 * mib, 0.0), (96 * mib, pytest.approx(0.1)), (192 * mib, pytest.approx(0.6))]
+    capacity = cal.last_level_cache()[0]
+    assert capacity < 480 * mib
+    mapper = CPUMapper(cal)
+    weights = 4096 * 4096 * 4
+
+    def node(rows):
+        part = partition(nn.Sequential(nn.Linear(4096, 4096)).eval(), torch.randn(rows, 4096))
+        (n,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+        return n
+
+    gemv, gemm = node(1), node(8)
+    # 96 MiB touched a forward (its 64 MiB of weights and 32 more): a tenth of what a cold call adds
+    assert mapper._cold_factor(gemv, reuse_bytes=96 * mib - weights, warm_seconds=1e-3) == pytest.approx(1.1, rel=1e-3)
+    # a forward the LLC keeps whole (at or under the sweep's best point) finds nothing cold
+    assert mapper._cold_factor(gemv, reuse_bytes=48 * mib - weights, warm_seconds=1e-3) == 1.0
+    # eight rows are not one pass over the weights: random replacement over the sweep's capacity
+    reuse = 96 * mib - weights
+    assert mapper._cold_factor(gemm, reuse_bytes=reuse, warm_seconds=1e-3) == pytest.approx(
+        1 + (1 - math.exp(-reuse / capacity)), rel=1e-3)
+
+
 def _gemv_evicted(width, rows=1):
     return (width * width + width + rows * width) * 4  # weights, bias, output
 

@@ -162,3 +162,22 @@ def test_several_points_between_the_cache_and_dram_are_averaged():
     assert roofline.effective_llc_bytes(slow, 480 * MIB, 4 * MIB, dram).capacity == pytest.approx(90 * MIB, rel=0.01)
 
 
+
+
+def test_the_llc_loses_what_the_triad_sweep_did_not_serve_from_it_at_each_working_set():
+    # rates between the LLC's 56 and DRAM's 30: h = (1/30 - 1/g) / (1/30 - 1/56)
+    def rate(h):
+        return 1 / (h / 56.0 + (1 - h) / 30.0)
+
+    sweep = {3 * MIB: 168.0, 12 * MIB: 54.0, 48 * MIB: 56.0, 96 * MIB: rate(0.9), 192 * MIB: rate(0.4),
+             384 * MIB: rate(0.45), 768 * MIB: 29.0}
+    losses = roofline.llc_losses(sweep, 4 * MIB, 30.0)
+    # from the best point up: nothing lost there, then 1 - h, never less at a larger set (the
+    # 384 MiB point's 0.45 is noise under the 192's 0.4) and never past all of it (29 < DRAM's 30)
+    assert [ws for ws, _ in losses] == [48 * MIB, 96 * MIB, 192 * MIB, 384 * MIB, 768 * MIB]
+    assert [round(lost, 6) for _, lost in losses] == [0.0, 0.1, 0.6, 0.6, 1.0]
+    # the L2-held 3 MiB point is no LLC rate; with it counted the LLC would read 168 GB/s
+    assert roofline.llc_losses(sweep, 2 * MIB, 30.0)[0] == (3 * MIB, 0.0)
+    # no LLC faster than DRAM, or no DRAM rate: nothing to read
+    assert roofline.llc_losses({12 * MIB: 29.0, 768 * MIB: 30.0}, 4 * MIB, 30.0) == []
+    assert roofline.llc_losses(sweep, 4 * MIB, None) == []
