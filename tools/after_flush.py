@@ -3,12 +3,13 @@
     python tools/after_flush.py                 # read 4x the cores' L2s (over every thread) before each call
     python tools/after_flush.py --read-mb 64 --rounds 100
 
-Each kind's call is tiny (a 16-channel 8x8 map, a 64-wide row), so what it pays after the read
+Each kind's call is the profile's ``after_evict`` call of it (a 16-channel 8x8 map, a 64-wide
+row: ``measure.kernels.tiny_call``), so what it pays after the read
 is not its data: it is timed right after a read of ``--read-mb`` MB, right after that read and a
 view and an add (the dispatch path every call shares, warm again, as a forward keeps it), and
 right after itself (its repeated time, what a benchmark measures). On the 2-vCPU Xeon VM a
 batch norm paid +65 us after a 16 MB read and +43 with the shared path warm again, a 3x3 conv
-+80 and +54, a view +16 and +2.5. Prints the medians. Not a test: it times things. Run it alone
++80 and +54. Prints the medians. Not a test: it times things. Run it alone
 on the machine.
 """
 
@@ -20,25 +21,16 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from calibration.measure.kernels import tiny_call
 from calibration.specs import host
+from calibration.specs.operations import AFTER_EVICT_KINDS
 
 
 def tiny_calls() -> dict[str, Callable[[], object]]:
+    """The profile's after_evict calls, one per op kind (``AFTER_EVICT_KINDS``)."""
     torch.manual_seed(0)
-    x, y = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
-    row, scores = torch.randn(1, 64), torch.randn(1, 4, 16, 16)
-    conv = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False).eval()
-    depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False).eval()
-    bn, linear, ln = torch.nn.BatchNorm2d(16).eval(), torch.nn.Linear(64, 64).eval(), torch.nn.LayerNorm(64).eval()
-    return {
-        "conv2d": lambda: conv(x), "conv2d depthwise": lambda: depthwise(x), "linear": lambda: linear(row),
-        "batch_norm": lambda: bn(x), "layer_norm": lambda: ln(row), "gelu": lambda: F.gelu(row),
-        "matmul": lambda: scores @ scores, "mean": lambda: x.mean((2, 3)), "max_pool2d": lambda: F.max_pool2d(x, 2, 2),
-        "silu": lambda: F.silu(x), "softmax": lambda: scores.softmax(-1), "relu": lambda: torch.relu(x),
-        "add": lambda: x + y, "view": lambda: x.flatten(1),
-    }
+    return {kind: tiny_call(kind, torch.device("cpu")) for kind in AFTER_EVICT_KINDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,3 +12,8 @@ def test_after_busy(op_case, calibrate):
 @pytest.mark.operation("reread")
 def test_reread(op_case, calibrate):
     calibrate(op_case)
+
+
+@pytest.mark.operation("after_evict")
+def test_after_evict(op_case, calibrate):
+    calibrate(op_case)

@@ -20,6 +20,7 @@ from calibration.specs import host
 from calibration.specs.operations import (
     AFTER_BUSY_PROBES,
     AFTER_BUSY_SHAPE,
+    AFTER_EVICT_PRIVATE_MULTIPLE,
     MATMUL_PATHS,
     MODULE_CALL_FORMS,
     OPERATIONS,
@@ -287,6 +288,68 @@ def _reread(p: Params, dtype: str, device: torch.device) -> Kernel:
     return RereadKernel(run, int(p["between"]), device)
 
 
+def tiny_call(kind: str, device: torch.device, dtype: str = "float32") -> Kernel:
+    """A call of op ``kind`` (an ``AFTER_EVICT_KINDS`` registry operation) on an input of at
+    most 1,024 elements: what it costs after the caches were evicted is its code's, not its data's."""
+    f = torch.nn.functional
+    x, y = _randn((1, 16, 8, 8), dtype, device), _randn((1, 16, 8, 8), dtype, device)
+    row, weight, bias = _randn((1, 64), dtype, device), _randn((64, 64), dtype, device), _randn((64,), dtype, device)
+    channels = [_randn((16,), dtype, device).abs() + 0.5 for _ in range(4)]
+    filters, batched = _randn((16, 16, 3, 3), dtype, device), _randn((4, 16, 16), dtype, device)
+    calls: dict[str, Kernel] = {
+        "conv2d": lambda: f.conv2d(x, filters, padding=1),
+        "linear": lambda: f.linear(row, weight, bias),
+        "batchnorm": lambda: torch.batch_norm(x, *channels, False, 0.1, 1e-5, False),
+        "layernorm": lambda: f.layer_norm(row, (64,), bias, bias),
+        "relu": lambda: torch.relu(x),
+        "add": lambda: x + y,
+        "mul": lambda: x * y,
+        "gelu": lambda: f.gelu(row),
+        "silu": lambda: f.silu(x),
+        "sigmoid": lambda: torch.sigmoid(x),
+        "softmax": lambda: batched.softmax(-1),
+        "maxpool": lambda: f.max_pool2d(x, 2, 2),
+        "global_avgpool": lambda: f.adaptive_avg_pool2d(x, 1),
+        "bmm": lambda: torch.bmm(batched, batched),
+        "stream_copy": lambda: y.copy_(x),
+    }
+    if kind not in calls:
+        raise ValueError(f"after_evict op {kind!r}; kinds: {', '.join(calls)}")
+    return calls[kind]
+
+
+class AfterEvictKernel(PreparedKernel):
+    """A tiny call timed as a forward makes it once its own code has been evicted:
+    ``prepare()`` reads four times what the cores' own caches hold, then runs a view and an
+    add (the dispatch path every call shares, which the forward keeps warm)."""
+
+    context = "after an eviction: 4x the private caches read, then a view and an add, before each call"
+
+    def __init__(self, run: Kernel, read_bytes: int, device: torch.device):
+        self.run = run
+        with heap.operands_mapped():
+            self.other = torch.ones(max(read_bytes // 4, 1), device=device)
+        self.shared = torch.ones(4, device=device)
+
+    def prepare(self) -> None:
+        self.other.sum()
+        self.shared.flatten()
+        self.shared.add(1.0)
+
+    def time_warm(self) -> float:
+        # the call as a benchmark times it: its third in a row
+        self.run()
+        self.run()
+        return super().time_warm()
+
+
+def _after_evict(p: Params, dtype: str, device: torch.device) -> Kernel:
+    if device.type != "cpu":
+        raise ValueError("after_evict cases time what a CPU's caches lose of a call's code; CPU only")
+    private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+    return AfterEvictKernel(tiny_call(str(p["op"]), device, dtype), AFTER_EVICT_PRIVATE_MULTIPLE * private, device)
+
+
 def _cpu_only_cold(device: torch.device) -> None:
     if device.type != "cpu":
         raise ValueError("cold cases evict a CPU's caches; on a GPU the weights stream from memory anyway")
@@ -468,6 +531,7 @@ BUILDERS: dict[str, Builder] = {
     "linear_cold": _cold_linear,
     "reread": _reread,
     "after_busy": _after_busy,
+    "after_evict": _after_evict,
     "add": _build_elementwise(torch.add, 2),
     "mul": _build_elementwise(torch.mul, 2),
     # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.

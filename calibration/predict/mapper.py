@@ -61,6 +61,9 @@ class KernelEstimate(FrozenModel):
     # what the call pays for finding in the LLC the operands its benchmark kept in the cores'
     # own caches (Mapper._from_the_llc_seconds), included in seconds
     from_llc_seconds: float = 0.0
+    # what the call pays for fetching its op's code again after the forward's traffic since the
+    # last call of its kind evicted it (the profile's after_evict probes), included in seconds
+    refetch_seconds: float = 0.0
 
     @property
     def drift_class(self) -> str:
@@ -108,6 +111,8 @@ class LatencyEstimate(FrozenModel):
     after_busy_ms: float = 0.0
     # of steady_ms: operands a forward finds in the LLC that a benchmark keeps in the cores' caches
     from_llc_ms: float = 0.0
+    # of steady_ms: each call's code fetched again (KernelEstimate.refetch_seconds)
+    refetch_ms: float = 0.0
     allocator: AllocatorTerm | None = None
     subgraphs: tuple[SubgraphEstimate, ...]
     notes: tuple[str, ...]  # fallbacks taken, stated once each
@@ -140,6 +145,9 @@ class LatencyEstimate(FrozenModel):
         if self.from_llc_ms:
             rows.append(f"  of which {self.from_llc_ms:.3f} ms for operands the forward leaves in the LLC that a "
                         "benchmark keeps in the cores' own caches (the triad sweep's rates)")
+        if self.refetch_ms:
+            rows.append(f"  of which {self.refetch_ms:.3f} ms for calls whose op's code the forward's traffic evicted "
+                        "since the last call of the kind (the profile's after_evict probes)")
         if self.allocator is not None and self.allocator.ms:
             rows.append(f"  of which {self.steady_ms:.3f} ms steady state and {self.allocator.ms:.3f} ms page faults "
                         f"({self.allocator.allocator})")
@@ -168,6 +176,7 @@ class Mapper:
         self._losses: list[tuple[int, float]] | None = None
         # (working-set bytes, share the LLC loses to one pass of it): the triad sweep, read once
         self._llc_curve: list[tuple[int, float]] | None = None
+        self._evict_probes: dict[str, float] | None = None  # op kind -> us (after_evict), read once
         self._busy_points: list[AfterBusyPoint] | None = None  # read once
 
     def _note(self, text: str) -> None:
@@ -268,6 +277,66 @@ class Mapper:
                     "seconds": k.seconds + extra, "after_busy_seconds": extra,
                     "source": f"{k.source}, +{extra / speedups[g] * 1e6:.1f} us after a {preceding * 1e3:.3g} ms "
                               "call"})
+        return [tuple(ks) for ks in out]
+
+    def _refetch_us(self) -> dict[str, float]:
+        if self._evict_probes is None:
+            cal = self.calibration
+            self._evict_probes = cal.after_evict_us() if cal is not None and self.device == "cpu" else {}
+        return self._evict_probes
+
+    def _refetch(self, kernels: list[tuple[KernelEstimate, ...]], nodes: list[list[NodeCost]],
+                 speedups: list[float]) -> list[tuple[KernelEstimate, ...]]:
+        """Each call plus what fetching its op's code again costs it: the profile's after_evict
+        probe of its kind (its registry operation; a kind no probe covers takes the probes'
+        median) times the share of the cores' own caches (``_private_share_lost``) that the
+        traffic of the calls since the last call of the same kind evicted (the bytes they
+        move; cyclic, as in a loop of forwards; a kind called once sees the rest of the
+        forward). A call of a kind just run keeps its code; one after megabytes of other
+        calls fetches it again: on the 2-vCPU Xeon VM a batch norm over 128 KB ran 12.8 us
+        repeated and 92.8 after a 16 MB read, 21.0 with a batch norm on a 2x2 map in between,
+        and a BERT layer's linears paid 48-75 us each in its forward at batch 1, its GELU 100.
+        A subgraph with a speedup other than 1 (fused mode) is one call, of its first kernel's kind."""
+        probes = self._refetch_us()
+        private = self._private_caches()[0] or (self.calibration.private_cache_bytes() if self.calibration else None)
+        if not probes or not private:
+            return kernels
+        fallback = statistics.median(probes.values())
+        calls: list[tuple[int, int, str, int]] = []  # (subgraph, its kernel that pays, kind, bytes moved)
+        for g, (ns, speedup) in enumerate(zip(nodes, speedups, strict=True)):
+            if ns and speedup != 1.0:
+                calls.append((g, 0, ns[0].operation or ns[0].op, sum(n.bytes for n in ns)))
+            else:
+                calls += [(g, j, n.operation or n.op, n.bytes) for j, n in enumerate(ns)]
+        if not calls:
+            return kernels
+        if any(kind not in probes for _, _, kind, _ in calls):
+            self._note("op kinds the profile's after_evict probes do not cover pay the probes' median for "
+                       "fetching their code again")
+        count = len(calls)
+        total = sum(nbytes for *_, nbytes in calls)
+        last: dict[str, int] = {}  # kind -> index of its last call, over two passes of the forward
+        prefix = [0]
+        for i in range(2 * count):
+            prefix.append(prefix[-1] + calls[i % count][3])
+        traffic: list[int] = [0] * count
+        for i in range(2 * count):
+            kind = calls[i % count][2]
+            if i >= count:
+                before = last.get(kind)
+                # the bytes the calls between the two moved; a kind called once sees the rest of the forward
+                traffic[i - count] = prefix[i] - prefix[before + 1] if before is not None and before != i - count \
+                    else total - calls[i - count][3]
+            last[kind] = i
+        out = [list(ks) for ks in kernels]
+        for (g, j, kind, _), moved in zip(calls, traffic, strict=True):
+            extra = probes.get(kind, fallback) / 1e6 * self._private_share_lost(moved) * speedups[g]
+            if extra > 0:
+                k = out[g][j]
+                out[g][j] = k.model_copy(update={
+                    "seconds": k.seconds + extra, "refetch_seconds": extra,
+                    "source": f"{k.source}, +{extra / speedups[g] * 1e6:.1f} us for its code after "
+                              f"{moved / 1e6:.3g} MB of other calls"})
         return [tuple(ks) for ks in out]
 
     # ------------------------------------------------------------------ kernels
@@ -409,6 +478,7 @@ class Mapper:
             return max(float(spec.scale(spec.complete(params))), 1.0) if spec.scale else 1.0
 
         groups: dict[float, list[tuple[float, float]]] = {}  # scale -> (evicted bytes, added ms per byte)
+        refetch_ms = self._refetch_us().get(node.operation or "", 0.0) / 1e3
         for cold in lookup.candidates(cal, cold_name, dtype, self.device, node.params):
             # cold / warm from the warm call timed in the cold case's own rounds (the warm entry
             # was timed minutes apart: 10-25% of drift in the ratio on a shared machine), unless
@@ -422,7 +492,8 @@ class Mapper:
             twin_evicted = evicted_bytes(node.operation, cold.params, dtype)
             if warm_ms and twin_evicted > 0:
                 entry_ms = warm.latency.median_ms if warm is not None else warm_ms
-                added = (cold.latency.median_ms / warm_ms - 1.0) * entry_ms
+                # less what its code cost it to fetch again after the flush, which _refetch prices
+                added = (cold.latency.median_ms / warm_ms - 1.0) * entry_ms - refetch_ms
                 groups.setdefault(scale(cold.params), []).append((twin_evicted, added / twin_evicted))
         if not groups:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
@@ -740,6 +811,8 @@ class Mapper:
                 footprint)
                   for node in sg.nodes if node.kernel)
             for sg in part.subgraphs], speedups)
+        per_subgraph = self._refetch(per_subgraph, [[n for n in sg.nodes if n.kernel] for sg in part.subgraphs],
+                                     speedups)
         for sg, kernels, speedup in zip(part.subgraphs, per_subgraph, speedups, strict=True):
             seconds = sum(k.seconds for k in kernels)
             if mode == "fused" and sg.fused and sg.speedup == 1.0:
@@ -754,6 +827,7 @@ class Mapper:
         calls_ms = part.flattened_module_calls * self._module_call_seconds(None) * 1e3
         after_busy_ms = sum(k.after_busy_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
         from_llc_ms = sum(k.from_llc_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
+        refetch_ms = sum(k.refetch_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
         steady = sum(s.total_ms for s in subgraphs) + calls_ms
         term = self.allocator_term(part)
         if mode == "fused" and term is not None and term.ms:
@@ -762,7 +836,7 @@ class Mapper:
         faults = term.ms if term is not None and term.ms is not None else 0.0
         return LatencyEstimate(model=part.model, mode=mode, total_ms=steady + faults, steady_ms=steady,
                                module_calls_ms=calls_ms, after_busy_ms=after_busy_ms, from_llc_ms=from_llc_ms,
-                               allocator=term,
+                               refetch_ms=refetch_ms, allocator=term,
                                subgraphs=tuple(subgraphs), notes=tuple(self.notes))
 
     # ------------------------------------------------------------------ allocator

@@ -371,6 +371,15 @@ class ProfileQueries:
         return seen.capacity, (f"{llc_name} as the triad sweep saw it: {points}, between the cache's rate and "
                                f"DRAM's (the OS reports {llc / 2**20:.0f} MiB)")
 
+    def after_evict_us(self) -> dict[str, float]:
+        """Op kind (a registry operation) -> what its call paid, in us, right after the cores'
+        own caches were evicted, over the same call repeated (the ``after_evict`` cases: its
+        code fetched again); never below 0 (a faster call is noise)."""
+        return {str(entry.params["op"]): max(0.0, entry.latency.median_ms - entry.warm_ms) * 1e3
+                for entry in self.operation_profiles.values()
+                if entry.operation == "after_evict" and entry.device == self.metadata.device_type
+                and entry.warm_ms is not None and not entry.busy}
+
     def llc_losses(self) -> list[tuple[int, float]]:
         """(working-set bytes, share of it the LLC loses to one pass of itself), read off the
         profile's triad sweep (:func:`roofline.llc_losses`); [] without cache sizes or a sweep

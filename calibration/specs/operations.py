@@ -928,11 +928,39 @@ REREAD = Operation(
 )
 
 
+# --------------------------------------------------------------------------- a call's own code, evicted
+
+# What a call pays in a forward is mostly not its data: on the 2-vCPU Xeon VM a batch norm over
+# 128 KB ran 12.8 us repeated and 92.8 right after a 16 MB read, 74.1 with its input read back
+# after the read and 21.0 with the same op called on a 2x2 map in between. The traffic evicts
+# the op's instructions and what they touch (its dispatch path, the pages of both), and a call
+# fetches them again. Each case calls one op kind on a tiny input right after reading four
+# times what the cores' own caches hold and then running a view and an add (the dispatch path
+# every call shares, which a forward keeps warm), against the same call repeated; a mapper adds
+# it for the share of those caches the forward's traffic since the last call of that kind
+# evicted (predict.mapper). The kinds are registry operations, a forward's calls keyed by them.
+AFTER_EVICT_KINDS = ("conv2d", "linear", "batchnorm", "layernorm", "relu", "add", "mul", "gelu", "silu",
+                     "sigmoid", "softmax", "maxpool", "global_avgpool", "bmm", "stream_copy")
+AFTER_EVICT_PRIVATE_MULTIPLE = 4
+AFTER_EVICT_ELEMENTS = 1024  # the most elements a tiny call's input or output has
+AFTER_EVICT = Operation(
+    name="after_evict",
+    family="sequence",
+    description="a tiny call of one op kind right after the cores' own caches were evicted (the shared dispatch "
+                "path warm again), against the same call repeated: what a call's code costs it to fetch again",
+    flops=lambda p: 0,
+    bytes_moved=lambda p, size: 2 * AFTER_EVICT_ELEMENTS * size,  # an input and an output, at most
+    shapes=fixed(full=tuple({"op": kind} for kind in AFTER_EVICT_KINDS),
+                 quick=tuple({"op": kind} for kind in AFTER_EVICT_KINDS)),
+    cpu_only=lambda p: True,
+)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (MATMUL, LINEAR, LSTM, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
                BATCHNORM, MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH,
-               CONV2D_COLD, LINEAR_COLD, AFTER_BUSY, REREAD)
+               CONV2D_COLD, LINEAR_COLD, AFTER_BUSY, REREAD, AFTER_EVICT)
 }
 FAMILIES: dict[str, tuple[str, ...]] = {}
 for _op in OPERATIONS.values():

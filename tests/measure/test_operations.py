@@ -245,6 +245,11 @@ def test_module_call_names_the_probes_it_has():
 
 def test_quick_is_a_small_subset():
     for op in OPERATIONS.values():
+        if op.name == "after_evict":
+            # one tiny call per op kind, not a shape grid: a mapper keys a forward's calls by
+            # kind, so a quick run times them all (15 cases in 1.6 s here)
+            assert op.shapes(True) == op.shapes(False)
+            continue
         # the triad sweep: a point per cache level, one at the LLC's own rate, and DRAM
         assert len(op.shapes(True)) <= (5 if op.name == "stream_triad" else 4)
         assert len(op.shapes(True)) <= len(op.shapes(False))
