@@ -650,6 +650,11 @@ class Mapper:
         bound = roofline.classify(flops, nbytes, compute, bandwidth)
         candidates = lookup.candidates(cal, node.operation, dtype, self.device, node.params)
         exact = cal.get_operation(node.operation, dtype=dtype, device=self.device, **node.params)
+        if exact is not None and exact.busy:
+            # a workload run's 768-wide linears timed while another process ran took 16 ms, 0.57 quiet
+            self._note("some kernels are priced from entries timed while other processes kept the CPUs busy (the "
+                       "profile marks them 'busy'; such an entry can be many times its quiet time): calibrate them "
+                       "again on a quiet machine")
         if exact is None and (few := self._few_rows(node, dtype, candidates)) is not None:
             return few
         # A shape the grid has not timed, of an operation with a cost model: from the variant's

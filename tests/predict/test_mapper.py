@@ -850,3 +850,17 @@ def test_after_busy_keeps_the_probe_that_touches_no_data():
     without = cal.model_copy(update={"operation_profiles": {k: e for k, e in cal.operation_profiles.items()
                                                             if e.params.get("probe") != "view"}})
     assert [p.extra_us for p in CPUMapper(without)._after_busy_points()] == pytest.approx([4.0, 40.5])
+
+
+def test_a_kernel_priced_from_an_entry_timed_while_the_machine_was_busy_says_so():
+    import dataclasses
+
+    params = dict(B=4, IN=64, OUT=32)
+    quiet = fold(ceilings() + [record("linear", 0.010, **params)], metadata(cache_sizes={}))
+    busy = fold(ceilings() + [dataclasses.replace(record("linear", 0.360, **params), other_cpus=0.9)],
+                metadata(cache_sizes={}))
+    assert busy.get_operation("linear", dtype="float32", device="cpu", **params).busy
+    estimate = predict_latency(nn.Sequential(nn.Linear(64, 32)).eval(), torch.randn(4, 64), busy)
+    assert any("timed while other processes kept the CPUs busy" in note for note in estimate.notes)
+    assert not any("busy" in note for note in predict_latency(
+        nn.Sequential(nn.Linear(64, 32)).eval(), torch.randn(4, 64), quiet).notes)
