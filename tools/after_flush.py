@@ -8,8 +8,8 @@ row: ``measure.kernels.tiny_call``), so what it pays after the read
 is not its data: it is timed right after a read of ``--read-mb`` MB, right after that read and a
 view and an add (the dispatch path every call shares, warm again, as a forward keeps it), and
 right after itself (its repeated time, what a benchmark measures). On the 2-vCPU Xeon VM a
-batch norm paid +65 us after a 16 MB read and +43 with the shared path warm again, a 3x3 conv
-+80 and +54. Prints the medians. Not a test: it times things. Run it alone
+batch norm paid +44 us after a 16.8 MB read and +24 with the shared path warm again, a 3x3 conv
++55 and +36. Prints the medians. Not a test: it times things. Run it alone
 on the machine.
 """
 
