@@ -211,7 +211,18 @@ class ColdKernel(PreparedKernel):
         self.touch_output()
 
 
-class AfterBusyKernel(PreparedKernel):
+class ThirdCallWarm(PreparedKernel):
+    """A prepared probe whose warm twin is its third call in a row, as a benchmark times it
+    (one call after the context is not enough to warm everything a call touches: an add took
+    113 us on its second call after a 7 ms matmul, 25 us repeated)."""
+
+    def time_warm(self) -> float:
+        self.run()
+        self.run()
+        return super().time_warm()
+
+
+class AfterBusyKernel(ThirdCallWarm):
     """A probe timed as a forward calls it: ``prepare()`` runs an NxN matmul (timed: its
     median is the busy time) right before each call."""
 
@@ -228,14 +239,6 @@ class AfterBusyKernel(PreparedKernel):
         start = time.perf_counter()
         self.busy()
         self.busy_seconds.append(time.perf_counter() - start)
-
-    def time_warm(self) -> float:
-        # the probe as a benchmark times it: its third call in a row (one call after the busy
-        # kernel is not enough to warm everything a call touches: an add took 113 us on its
-        # second call after a 7 ms matmul, 25 us repeated)
-        self.run()
-        self.run()
-        return super().time_warm()
 
     def preceding_ms(self) -> float | None:
         return statistics.median(self.busy_seconds) * 1e3 if self.busy_seconds else None
@@ -318,29 +321,22 @@ def tiny_call(kind: str, device: torch.device, dtype: str = "float32") -> Kernel
     return calls[kind]
 
 
-class AfterEvictKernel(PreparedKernel):
+class AfterEvictKernel(RereadKernel, ThirdCallWarm):
     """A tiny call timed as a forward makes it once its own code has been evicted:
-    ``prepare()`` reads four times what the cores' own caches hold, then runs a view and an
-    add (the dispatch path every call shares, which the forward keeps warm)."""
+    ``prepare()`` reads four times what the cores' own caches hold (a reread's read), then
+    runs a view and an add (the dispatch path every call shares, which the forward keeps
+    warm); its warm twin is its third call in a row."""
 
     context = "after an eviction: 4x the private caches read, then a view and an add, before each call"
 
     def __init__(self, run: Kernel, read_bytes: int, device: torch.device):
-        self.run = run
-        with heap.operands_mapped():
-            self.other = torch.ones(max(read_bytes // 4, 1), device=device)
+        super().__init__(run, read_bytes, device)
         self.shared = torch.ones(4, device=device)
 
     def prepare(self) -> None:
-        self.other.sum()
+        super().prepare()
         self.shared.flatten()
         self.shared.add(1.0)
-
-    def time_warm(self) -> float:
-        # the call as a benchmark times it: its third in a row
-        self.run()
-        self.run()
-        return super().time_warm()
 
 
 def _after_evict(p: Params, dtype: str, device: torch.device) -> Kernel:

@@ -261,12 +261,9 @@ class Mapper:
         in a loop of forwards. A subgraph with a speedup other than 1 (fused mode) is one call,
         of its kernels' time over the speedup, and its first kernel pays for it (times the
         speedup, which the subgraph's time is divided by); otherwise each kernel is a call."""
-        calls: list[tuple[int, int, float]] = []  # (subgraph, its kernel that pays, the call's seconds)
-        for g, (ks, speedup) in enumerate(zip(kernels, speedups, strict=True)):
-            if ks and speedup != 1.0:
-                calls.append((g, 0, sum(k.seconds for k in ks) / speedup))
-            elif ks:
-                calls += [(g, j, k.seconds) for j, k in enumerate(ks)]
+        # (subgraph, its kernel that pays, the call's seconds)
+        calls = [(g, j, sum(kernels[g][i].seconds for i in members) / speedups[g])
+                 for g, j, members in forward_calls([len(ks) for ks in kernels], speedups)]
         out = [list(ks) for ks in kernels]
         for c, (g, j, _) in enumerate(calls):
             preceding = calls[c - 1][2]  # calls[-1] for the first: the forward before ended with it
@@ -302,12 +299,10 @@ class Mapper:
         if not probes or not private:
             return kernels
         fallback = statistics.median(probes.values())
-        calls: list[tuple[int, int, str, int]] = []  # (subgraph, its kernel that pays, kind, bytes moved)
-        for g, (ns, speedup) in enumerate(zip(nodes, speedups, strict=True)):
-            if ns and speedup != 1.0:
-                calls.append((g, 0, ns[0].operation or ns[0].op, sum(n.bytes for n in ns)))
-            else:
-                calls += [(g, j, n.operation or n.op, n.bytes) for j, n in enumerate(ns)]
+        # (subgraph, its kernel that pays, kind, bytes moved)
+        calls = [(g, j, nodes[g][members[0]].operation or nodes[g][members[0]].op,
+                  sum(nodes[g][i].bytes for i in members))
+                 for g, j, members in forward_calls([len(ns) for ns in nodes], speedups)]
         if not calls:
             return kernels
         if any(kind not in probes for _, _, kind, _ in calls):
@@ -927,6 +922,19 @@ def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Seque
     check_mode(mode)
     mapper = mapper_for(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)
+
+
+def forward_calls(sizes: Sequence[int], speedups: Sequence[float]) -> list[tuple[int, int, range]]:
+    """The calls of a forward whose subgraphs run ``sizes`` kernels each: (subgraph, its kernel
+    that pays for the call, the kernels the call runs). A subgraph with a speedup other than 1
+    (fused mode) is one call of all its kernels, its first paying; otherwise each kernel is a call."""
+    calls: list[tuple[int, int, range]] = []
+    for g, (size, speedup) in enumerate(zip(sizes, speedups, strict=True)):
+        if size and speedup != 1.0:
+            calls.append((g, 0, range(size)))
+        else:
+            calls += [(g, j, range(j, j + 1)) for j in range(size)]
+    return calls
 
 
 def weight_bytes(node: NodeCost) -> int:

@@ -363,8 +363,8 @@ class ProfileQueries:
         if not sizes:
             return None
         llc_name, llc = max(sizes.items(), key=lambda item: item[1])
-        dram = self.measured.stream_gbps.get("stream_triad") or self.dram_bandwidth()
-        seen = roofline.effective_llc_bytes(dict(self.triad_sweep()), llc, self.private_cache_bytes() or 0, dram)
+        seen = roofline.effective_llc_bytes(dict(self.triad_sweep()), llc, self.private_cache_bytes() or 0,
+                                            self._sweep_dram_gbps())
         if seen is None:
             return llc, f"{llc_name} as the OS reports it"
         points = ", ".join(f"{ws / 2**20:.0f} MiB at {gbps:.1f} GB/s" for ws, gbps in seen.points)
@@ -376,9 +376,17 @@ class ProfileQueries:
         own caches were evicted, over the same call repeated (the ``after_evict`` cases: its
         code fetched again); never below 0 (a faster call is noise)."""
         return {str(entry.params["op"]): max(0.0, entry.latency.median_ms - entry.warm_ms) * 1e3
-                for entry in self.operation_profiles.values()
-                if entry.operation == "after_evict" and entry.device == self.metadata.device_type
-                and entry.warm_ms is not None and not entry.busy}
+                for entry in self._against_warm_twin("after_evict")}
+
+    def _against_warm_twin(self, operation: str) -> list[OperationCalibration]:
+        """This device's quiet entries of ``operation`` timed with a warm twin in their own rounds."""
+        return [entry for entry in self.operation_profiles.values()
+                if entry.operation == operation and entry.device == self.metadata.device_type
+                and entry.warm_ms is not None and not entry.busy]
+
+    def _sweep_dram_gbps(self) -> float | None:
+        """DRAM's rate for reading the triad sweep: STREAM's triad, else the DRAM ceiling."""
+        return self.measured.stream_gbps.get("stream_triad") or self.dram_bandwidth()
 
     def llc_losses(self) -> list[tuple[int, float]]:
         """(working-set bytes, share of it the LLC loses to one pass of itself), read off the
@@ -387,8 +395,7 @@ class ProfileQueries:
         below = self.private_cache_bytes()
         if not below:
             return []
-        dram = self.measured.stream_gbps.get("stream_triad") or self.dram_bandwidth()
-        return roofline.llc_losses(dict(self.triad_sweep()), below, dram)
+        return roofline.llc_losses(dict(self.triad_sweep()), below, self._sweep_dram_gbps())
 
     def private_cache_bytes(self) -> int | None:
         """What the cache level below the last one holds over the run's threads (a core's L2
@@ -403,9 +410,7 @@ class ProfileQueries:
         (all of it gone from the private caches; there the share is 1). A running maximum (more
         traffic loses no less). [] with fewer than two cases or nothing lost at the most."""
         added = sorted((int(entry.params["between"]), entry.latency.median_ms - entry.warm_ms)
-                       for entry in self.operation_profiles.values()
-                       if entry.operation == "reread" and entry.device == self.metadata.device_type
-                       and entry.warm_ms is not None and not entry.busy)
+                       for entry in self._against_warm_twin("reread"))
         if len(added) < 2 or added[-1][1] <= 0:
             return []
         losses, most = [], 0.0

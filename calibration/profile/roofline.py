@@ -191,6 +191,12 @@ def llc_gbps(sweep: Mapping[int, float], below_bytes: int) -> float | None:
     return max(above) if above else None
 
 
+def llc_hit_share(gbps: float, llc: float, dram_gbps: float) -> float:
+    """The share of a triad point's traffic the LLC served, from its rate between the LLC's
+    (``llc``) and DRAM's: its time per byte is h at the one and 1 - h at the other (unclamped)."""
+    return (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc)
+
+
 def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes: int,
                         dram_gbps: float | None) -> LLCReading | None:
     """The capacity of the last-level cache as the triad sweep saw it, or None where the sweep
@@ -218,7 +224,7 @@ def effective_llc_bytes(sweep: Mapping[int, float], llc_bytes: int, below_bytes:
     for ws, gbps in sorted(sweep.items()):
         if ws <= below_bytes or gbps <= 0:
             continue
-        h = (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc)
+        h = llc_hit_share(gbps, llc, dram_gbps)
         if not HIT_SHARE_RANGE[0] <= h <= HIT_SHARE_RANGE[1]:
             continue
         readings.append((h * (1 - h), math.log(-(1 - h) * ws / math.log(h)), ws, gbps))
@@ -248,8 +254,7 @@ def llc_losses(sweep: Mapping[int, float], below_bytes: int, dram_gbps: float | 
     best = max(range(len(points)), key=lambda i: points[i][1])
     losses, most = [], 0.0
     for ws, gbps in points[best:]:
-        h = (1 / dram_gbps - 1 / gbps) / (1 / dram_gbps - 1 / llc)
-        most = max(most, min(max(1.0 - h, 0.0), 1.0))
+        most = max(most, min(max(1.0 - llc_hit_share(gbps, llc, dram_gbps), 0.0), 1.0))
         losses.append((ws, most))
     return losses
 

@@ -950,8 +950,7 @@ AFTER_EVICT = Operation(
                 "path warm again), against the same call repeated: what a call's code costs it to fetch again",
     flops=lambda p: 0,
     bytes_moved=lambda p, size: 2 * AFTER_EVICT_ELEMENTS * size,  # an input and an output, at most
-    shapes=fixed(full=tuple({"op": kind} for kind in AFTER_EVICT_KINDS),
-                 quick=tuple({"op": kind} for kind in AFTER_EVICT_KINDS)),
+    shapes=lambda quick: tuple({"op": kind} for kind in AFTER_EVICT_KINDS),  # every kind, quick or full
     cpu_only=lambda p: True,
 )
 
