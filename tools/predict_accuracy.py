@@ -146,7 +146,13 @@ def main() -> int:
             "predicted_ms": estimate.total_ms, "steady_ms": estimate.steady_ms, "measured_ms": m.model_ms,
             "rounds_ms": times, "set_aside": len(m.rounds) - len(m.kept), "drift": factors, "refused": refusal,
             "error_raw": None if refusal else statistics.median(raw),
-            "error_corrected": None if refusal or not corrected else statistics.median(corrected)}
+            "error_corrected": None if refusal or not corrected else statistics.median(corrected),
+            # what the drift stood on: each reference's now / profile in every kept round, its
+            # class and the predicted ms it stands for (0 for the generic ones)
+            "time_by_class_ms": weights,
+            "references": {label: {"class": ref.kind, "weight_ms": ref.weight_ms,
+                                   "ratios": [r.drift.get(label) for r in m.kept]}
+                           for label, ref in kernels[c].items()}}
     print(f"\nthreads {torch.get_num_threads()}; other processes kept {busy_cpus} CPUs busy during the rounds")
     for label, errors in (("raw", raw_all), ("drift-corrected", corrected_all)):
         summarize(label, errors)
