@@ -150,9 +150,7 @@ def main() -> int:
             # what the drift stood on: each reference's now / profile in every kept round, its
             # class and the predicted ms it stands for (0 for the generic ones)
             "time_by_class_ms": weights,
-            "references": {label: {"class": ref.kind, "weight_ms": ref.weight_ms,
-                                   "ratios": [r.drift.get(label) for r in m.kept]}
-                           for label, ref in kernels[c].items()}}
+            "references": m.references()}
     print(f"\nthreads {torch.get_num_threads()}; other processes kept {busy_cpus} CPUs busy during the rounds")
     for label, errors in (("raw", raw_all), ("drift-corrected", corrected_all)):
         summarize(label, errors)

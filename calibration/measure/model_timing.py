@@ -291,6 +291,16 @@ class Measurement:
             return raw, None
         return raw, [predicted_ms * f / r.model_ms - 1 for f, r in zip(factors, rounds, strict=True)]
 
+    def references(self) -> dict[str, dict]:
+        """What the drift stood on, for a report: each reference label -> its drift class, the
+        model's predicted ms it stands for (0 for a generic one) and its now / profile ratio in
+        every kept round (None in a round that did not re-time it)."""
+        labels = dict.fromkeys(label for r in self.kept for label in r.drift)
+        return {label: {"class": next((r.classes[label] for r in self.kept if label in r.classes), "compute"),
+                        "weight_ms": next((r.weights[label] for r in self.kept if label in r.weights), 0.0),
+                        "ratios": [r.drift.get(label) for r in self.kept]}
+                for label in labels}
+
     def refusal(self, calibration) -> str | None:
         """Why no error should be reported from this measurement, or None."""
         md = calibration.metadata

@@ -58,6 +58,18 @@ def test_rounds_outside_the_drift_limits_are_set_aside_and_a_majority_of_them_re
     assert len(mostly_loud.kept) == 1
 
 
+def test_a_report_shows_each_reference_ratio_in_the_kept_rounds_with_its_class_and_weight():
+    own = "for the model: linear[B=8,IN=1024,OUT=1024]"
+    kept = Round(10.0, {"matmul": 0.9, own: 1.2}, classes={"matmul": "compute", own: "memory"}, weights={own: 0.7})
+    loud = Round(30.0, {"matmul": 1.9, own: 1.9}, classes={"matmul": "compute", own: "memory"}, weights={own: 0.7})
+    without_own = Round(11.0, {"matmul": 1.1}, classes={"matmul": "compute"})
+    refs = Measurement((kept, loud, without_own), busy_cpus=0.0).references()
+    # the loud round is set aside and shows nowhere; a round that did not re-time a reference shows None
+    assert refs == {"matmul": {"class": "compute", "weight_ms": 0.0, "ratios": [0.9, 1.1]},
+                    own: {"class": "memory", "weight_ms": 0.7, "ratios": [1.2, None]}}
+    assert Measurement((Round(10.0, {}),), 0.0).references() == {}
+
+
 def test_errors_raw_and_corrected_by_the_drift_of_the_same_round():
     m = Measurement((Round(10.0, {"matmul": 1.1}), Round(12.0, {"matmul": 1.2})), busy_cpus=0.0)
     raw, corrected = m.errors(9.0)
