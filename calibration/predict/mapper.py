@@ -174,6 +174,7 @@ class Mapper:
         self._private: tuple[int, float, list[tuple[int, float]]] | None = None
         # (bytes read, share of a working set the private caches lose to them): reread points
         self._losses: list[tuple[int, float]] | None = None
+        self._busy: list[tuple[int, float]] | None = None
         # (working-set bytes, share the LLC loses to one pass of it): the triad sweep, read once
         self._llc_curve: list[tuple[int, float]] | None = None
         self._evict_probes: dict[str, float] | None = None  # op kind -> us (after_evict), read once
@@ -286,53 +287,87 @@ class Mapper:
                  speedups: list[float]) -> list[tuple[KernelEstimate, ...]]:
         """Each call plus what fetching its op's code again costs it: the profile's after_evict
         probe of its kind (its registry operation; a kind no probe covers takes the probes'
-        median) times the share of the cores' own caches (``_private_share_lost``) that the
-        traffic of the calls since the last call of the same kind evicted (the bytes they
-        move; cyclic, as in a loop of forwards; a kind called once sees the rest of the
-        forward). A call of a kind just run keeps its code; one after megabytes of other
-        calls fetches it again: on the 2-vCPU Xeon VM a batch norm over 128 KB ran 12.8 us
-        repeated and 92.8 after a 16 MB read, 21.0 with a batch norm on a 2x2 map in between,
-        and a BERT layer's linears paid 48-75 us each in its forward at batch 1, its GELU 100.
-        A subgraph with a speedup other than 1 (fused mode) is one call, of its first kernel's kind."""
+        median) times the share of it the calls since the last call of the same kind took
+        (cyclic, as in a loop of forwards; a kind called once sees the rest of the forward).
+        A call of a kind just run keeps its code; one after megabytes of other calls fetches it
+        again: on the 2-vCPU Xeon VM a batch norm over 128 KB ran 12.8 us repeated and 92.8
+        after a 16 MB read, 21.0 with a batch norm on a 2x2 map in between, and a BERT layer's
+        linears paid 48-75 us each in its forward at batch 1, its GELU 100.
+
+        The share is :meth:`_share_taken` of the bytes the compute-bound and the memory-bound
+        calls in between moved. A subgraph with a speedup other than 1 (fused mode) is one
+        call, of its first kernel's kind."""
         probes = self._refetch_us()
         private = self._private_caches()[0] or (self.calibration.private_cache_bytes() if self.calibration else None)
         if not probes or not private:
             return kernels
         fallback = statistics.median(probes.values())
-        # (subgraph, its kernel that pays, kind, bytes moved)
-        calls = [(g, j, nodes[g][members[0]].operation or nodes[g][members[0]].op,
-                  sum(nodes[g][i].bytes for i in members))
-                 for g, j, members in forward_calls([len(ns) for ns in nodes], speedups)]
+        # (subgraph, its kernel that pays, kind, bytes its compute-bound and memory-bound kernels move)
+        calls = []
+        for g, j, members in forward_calls([len(ns) for ns in nodes], speedups):
+            moved = [0, 0]
+            for i in members:
+                moved[kernels[g][i].bottleneck != Bottleneck.COMPUTE] += nodes[g][i].bytes
+            calls.append((g, j, nodes[g][members[0]].operation or nodes[g][members[0]].op, tuple(moved)))
         if not calls:
             return kernels
         if any(kind not in probes for _, _, kind, _ in calls):
             self._note("op kinds the profile's after_evict probes do not cover pay the probes' median for "
                        "fetching their code again")
         count = len(calls)
-        total = sum(nbytes for *_, nbytes in calls)
+        totals = tuple(sum(c[3][k] for c in calls) for k in (0, 1))
         last: dict[str, int] = {}  # kind -> index of its last call, over two passes of the forward
-        prefix = [0]
+        prefix = [(0, 0)]
         for i in range(2 * count):
-            prefix.append(prefix[-1] + calls[i % count][3])
-        traffic: list[int] = [0] * count
+            prefix.append(tuple(a + b for a, b in zip(prefix[-1], calls[i % count][3], strict=True)))
+        between: list[tuple[int, ...]] = [(0, 0)] * count
         for i in range(2 * count):
             kind = calls[i % count][2]
             if i >= count:
                 before = last.get(kind)
                 # the bytes the calls between the two moved; a kind called once sees the rest of the forward
-                traffic[i - count] = prefix[i] - prefix[before + 1] if before is not None and before != i - count \
-                    else total - calls[i - count][3]
+                between[i - count] = (tuple(a - b for a, b in zip(prefix[i], prefix[before + 1], strict=True))
+                                      if before is not None and before != i - count
+                                      else tuple(t - own for t, own in zip(totals, calls[i - count][3], strict=True)))
             last[kind] = i
         out = [list(ks) for ks in kernels]
-        for (g, j, kind, _), moved in zip(calls, traffic, strict=True):
-            extra = probes.get(kind, fallback) / 1e6 * self._private_share_lost(moved) * speedups[g]
+        for (g, j, kind, _), (compute, memory) in zip(calls, between, strict=True):
+            extra = probes.get(kind, fallback) / 1e6 * self._share_taken(compute, memory) * speedups[g]
             if extra > 0:
                 k = out[g][j]
                 out[g][j] = k.model_copy(update={
                     "seconds": k.seconds + extra, "refetch_seconds": extra,
                     "source": f"{k.source}, +{extra / speedups[g] * 1e6:.1f} us for its code after "
-                              f"{moved / 1e6:.3g} MB of other calls"})
+                              f"{(compute + memory) / 1e6:.3g} MB of other calls"})
         return [tuple(ks) for ks in out]
+
+    def _share_taken(self, compute_bytes: int, memory_bytes: int) -> float:
+        """The share of a call's cached code and data that the calls since its last one took:
+        those that stream memory by the bytes they moved through the ``reread`` points
+        (:meth:`_private_share_lost`), the compute-bound ones by the bytes through the
+        ``after_busy`` probes' (a square matmul's three operands; ``busy_losses``), each
+        keeping what the other left. Without after_busy probes, all through the reread points.
+
+        The two differ: a tiny call lost nothing of its code to 2 MB of reads, 10-15% to 4 MB
+        and 40-100% to 8 MB, where a 1 ms conv moving 1.7 MB took all of it, and a matmul over
+        1.8 MB 40-60%. An MLP at batch 1, all GEMVs streaming 1.6 MB of weights between two
+        calls of a kind, ran its calls at their repeated times; taken all through the after_busy
+        points it came out 20-40% over."""
+        if self._busy is None:
+            self._busy = self.calibration.busy_losses() if self.calibration is not None and self.device == "cpu" else []
+        if not self._busy:
+            return self._private_share_lost(compute_bytes + memory_bytes) if compute_bytes + memory_bytes else 0.0
+        kept = 1.0 - (self._private_share_lost(memory_bytes) if memory_bytes > 0 else 0.0)
+        if compute_bytes > 0:
+            first, first_share = self._busy[0]
+            if compute_bytes <= first:
+                taken = first_share * compute_bytes / first
+            elif compute_bytes >= self._busy[-1][0]:
+                taken = 1.0
+            else:
+                taken = min(max(roofline.interpolate_log(compute_bytes, self._busy), 0.0), 1.0)
+            kept *= 1.0 - taken
+        return 1.0 - kept
 
     # ------------------------------------------------------------------ kernels
     def kernel(self, node: NodeCost, *, reuse_bytes: int | None = None) -> KernelEstimate:

@@ -1,6 +1,7 @@
 """A call's code fetched again after the forward's traffic since the last call of its kind."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -102,3 +103,63 @@ def test_the_cold_twin_s_added_time_leaves_out_what_its_code_cost_it():
     # 0.2 ms added by the cold call; 0.05 of it the code's: 0.15 left for the evicted bytes
     assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9, warm_seconds=1e-4) == pytest.approx(3.0)
     assert CPUMapper(with_probe)._cold_factor(node, reuse_bytes=10**9, warm_seconds=1e-4) == pytest.approx(2.5)
+
+
+def _busy(points, warm_us=20.0):
+    """after_busy records: {matmul N: {probe: us over the warm call}}."""
+    return [dataclasses.replace(record("after_busy", (warm_us + us) / 1e3, N=n, probe=probe),
+                                warm_ms=warm_us / 1e3, preceding_ms=n**3 / 1e8)
+            for n, by_probe in points.items() for probe, us in by_probe.items()]
+
+
+def test_what_a_matmul_takes_is_the_data_probes_median_share_of_the_largest_by_its_operands_bytes():
+    cal = _profile(extra=_busy({
+        128: {"view": 50.0, "relu_inplace": 1.0, "add": 2.0, "batch_norm": 3.0},  # the view is left out
+        384: {"relu_inplace": 10.0, "add": 40.0, "batch_norm": 40.0},
+        512: {"relu_inplace": 30.0, "add": 35.0, "batch_norm": 70.0},  # 35 of 100, less than at 384: held
+        1024: {"relu_inplace": 100.0, "add": 100.0, "batch_norm": 100.0}}))
+    assert cal.busy_losses() == [(3 * 128**2 * 4, pytest.approx(0.02)), (3 * 384**2 * 4, pytest.approx(0.4)),
+                                 (3 * 512**2 * 4, pytest.approx(0.4)), (3 * 1024**2 * 4, 1.0)]
+    assert _profile(extra=_busy({128: {"add": 5.0}})).busy_losses() == []  # one size: no curve
+    assert _profile(extra=_busy({128: {"add": 5.0}, 256: {"add": -1.0}})).busy_losses() == []  # nothing lost
+    assert _profile().busy_losses() == []
+
+
+def test_compute_bound_calls_take_through_the_matmul_points_and_streaming_ones_through_the_reread_points():
+    losses = _reread({PRIVATE: 8.0, 4 * PRIVATE: 20.0})  # 40% lost to as many bytes as the private caches
+    busy = _busy({128: {"batch_norm": 10.0}, 512: {"batch_norm": 100.0}})  # 10% at 196 KiB, all at 3 MiB
+    mapper = CPUMapper(_profile(extra=[*losses, *busy]))
+    reread = mapper._private_share_lost
+    assert mapper._share_taken(0, PRIVATE) == pytest.approx(0.4) == pytest.approx(reread(PRIVATE))
+    assert mapper._share_taken(3 * 128**2 * 4, 0) == pytest.approx(0.1)
+    assert mapper._share_taken(3 * 128**2 * 4 // 2, 0) == pytest.approx(0.05)  # below the first point: to 0
+    assert mapper._share_taken(3 * 512**2 * 4, 0) == 1.0
+    # each keeps what the other left
+    assert mapper._share_taken(3 * 128**2 * 4, PRIVATE) == pytest.approx(1 - 0.9 * 0.6)
+    assert mapper._share_taken(0, 0) == 0.0
+    # without after_busy probes every byte goes through the reread points
+    plain = CPUMapper(_profile(extra=losses))
+    assert plain._share_taken(PRIVATE // 2, PRIVATE // 2) == pytest.approx(plain._private_share_lost(PRIVATE))
+
+
+def test_a_batch_norm_after_a_conv_pays_the_conv_s_bytes_through_the_matmul_points():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(64), nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)).eval()
+    x = torch.randn(1, 64, 32, 32)
+    losses = _reread({PRIVATE: 8.0, 4 * PRIVATE: 20.0})
+    busy = _busy({128: {"batch_norm": 10.0}, 512: {"batch_norm": 100.0}})
+    conv = record("conv2d", 1.0, N=1, CIN=64, COUT=64, H=32, W=32, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    cal = _profile(extra=[*losses, *busy, conv, *_evict({"batchnorm": 40.0, "conv2d": 30.0})])
+    part = partition(model, x, cal)
+    kernels = [k for sg in CPUMapper(cal).estimate(part).subgraphs for k in sg.kernels]
+    nodes = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert kernels[1].bottleneck.value == "compute" and kernels[2].bottleneck.value == "memory"
+    mapper = CPUMapper(cal)
+    # the second batch norm: the conv between, compute-bound, through the matmul points
+    assert kernels[2].refetch_seconds == pytest.approx(40e-6 * mapper._share_taken(nodes[1].bytes, 0))
+    low, high = 3 * 128**2 * 4, 3 * 512**2 * 4
+    t = math.log(nodes[1].bytes / low) / math.log(high / low)
+    assert mapper._share_taken(nodes[1].bytes, 0) == pytest.approx(0.1 + 0.9 * t)
+    assert mapper._share_taken(nodes[1].bytes, 0) > 1.5 * mapper._private_share_lost(nodes[1].bytes)
+    # the conv, called once, sees both batch norms (streaming) through the reread points
+    assert kernels[1].refetch_seconds == pytest.approx(30e-6 * mapper._share_taken(0, nodes[0].bytes + nodes[2].bytes))
