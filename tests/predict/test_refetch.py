@@ -163,3 +163,42 @@ def test_a_batch_norm_after_a_conv_pays_the_conv_s_bytes_through_the_matmul_poin
     assert mapper._share_taken(nodes[1].bytes, 0) > 1.5 * mapper._private_share_lost(nodes[1].bytes)
     # the conv, called once, sees both batch norms (streaming) through the reread points
     assert kernels[1].refetch_seconds == pytest.approx(30e-6 * mapper._share_taken(0, nodes[0].bytes + nodes[2].bytes))
+
+
+def test_a_composite_module_s_calls_pay_inside_it_for_the_call_before_and_for_their_code():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True, dropout=0.0)
+    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    x = torch.randn(1, 16, 64)
+    losses = _reread({PRIVATE // 8: 1.0, PRIVATE: 8.0, 4 * PRIVATE: 20.0})
+    probes = _evict({"linear": 30.0, "layernorm": 20.0, "add": 5.0, "relu": 5.0, "softmax": 10.0})
+    cal = _profile(extra=[*losses, *probes])
+    part = partition(nn.Sequential(encoder).eval(), x, cal)  # a submodule: fx keeps it one node
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.module == "TransformerEncoder"]
+    assert len([k for k in node.inner if k.kernel]) > 10
+    mapper = CPUMapper(cal)
+    inside = mapper._inside(node)
+    parts = sum(mapper._kernel(k).seconds for k in node.inner)
+    # its calls, in a loop of forwards, find their code taken by the others: more than their parts
+    assert inside.refetch_seconds > 0
+    assert inside.seconds == pytest.approx(parts + inside.refetch_seconds + inside.after_busy_seconds)
+    assert "us for their code" in inside.source
+    # without probes the same kernels cost their parts alone
+    plain = CPUMapper(_profile(extra=losses))._inside(node)
+    assert plain.refetch_seconds == 0.0 and plain.seconds == pytest.approx(parts)
+    # and the forward's total carries them in its breakdown
+    estimate = mapper.estimate(part)
+    assert estimate.refetch_ms >= inside.refetch_seconds * 1e3
+
+
+def test_a_fused_kernel_priced_from_its_parts_pays_nothing_inside():
+    class Attend(nn.Module):
+        def forward(self, q):
+            return nn.functional.scaled_dot_product_attention(q, q, q)
+
+    q = torch.randn(1, 4, 16, 32)
+    cal = _profile(extra=[*_reread({PRIVATE: 8.0, 4 * PRIVATE: 20.0}), *_evict({"bmm": 30.0, "softmax": 10.0})])
+    part = partition(Attend().eval(), q, cal)
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.inner]
+    inside = CPUMapper(cal)._inside(node)
+    assert inside.refetch_seconds == 0.0 and inside.after_busy_seconds == 0.0
