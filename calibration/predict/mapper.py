@@ -359,14 +359,7 @@ class Mapper:
             return self._private_share_lost(compute_bytes + memory_bytes) if compute_bytes + memory_bytes else 0.0
         kept = 1.0 - (self._private_share_lost(memory_bytes) if memory_bytes > 0 else 0.0)
         if compute_bytes > 0:
-            first, first_share = self._busy[0]
-            if compute_bytes <= first:
-                taken = first_share * compute_bytes / first
-            elif compute_bytes >= self._busy[-1][0]:
-                taken = 1.0
-            else:
-                taken = min(max(roofline.interpolate_log(compute_bytes, self._busy), 0.0), 1.0)
-            kept *= 1.0 - taken
+            kept *= 1.0 - _share_on(self._busy, compute_bytes)
         return 1.0 - kept
 
     # ------------------------------------------------------------------ kernels
@@ -456,12 +449,7 @@ class Mapper:
         if not self._losses:
             private = self._private_caches()[0]
             return 1.0 - math.exp(-footprint / private) if private else 0.0
-        first, first_share = self._losses[0]
-        if footprint <= first:
-            return first_share * footprint / first
-        if footprint >= self._losses[-1][0]:
-            return 1.0
-        return min(max(roofline.interpolate_log(footprint, self._losses), 0.0), 1.0)
+        return _share_on(self._losses, footprint)
 
     def _with_llc_operands(self, node: NodeCost, estimate: KernelEstimate, footprint: int | None) -> KernelEstimate:
         """``estimate`` plus _from_the_llc_seconds for each kernel the node runs (a composite's inner ones)."""
@@ -972,6 +960,17 @@ def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Seque
     check_mode(mode)
     mapper = mapper_for(calibration, peak_gflops=peak_gflops, peak_bandwidth_gbps=peak_bandwidth_gbps)
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)
+
+
+def _share_on(curve: Sequence[tuple[int, float]], nbytes: int) -> float:
+    """A (bytes, share) curve's share at ``nbytes``: from 0 at none to its first point, in log
+    bytes between its points, all of it past the last."""
+    first, first_share = curve[0]
+    if nbytes <= first:
+        return first_share * nbytes / first
+    if nbytes >= curve[-1][0]:
+        return 1.0
+    return min(max(roofline.interpolate_log(nbytes, curve), 0.0), 1.0)
 
 
 def forward_calls(sizes: Sequence[int], speedups: Sequence[float]) -> list[tuple[int, int, range]]:

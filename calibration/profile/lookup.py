@@ -228,6 +228,19 @@ def _query_flops(pattern: str, shape: Mapping[str, ParamValue]) -> int | None:
         raise NotCalibrated(f"{pattern} needs parameter {exc.args[0]} to find the nearest calibrated size") from None
 
 
+def _shares_of_the_most(added: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(bytes, ms added) points, fewest bytes first, as (bytes, share of the ms added at the
+    most bytes), where the share is 1; a running maximum (more traffic takes no less). [] with
+    fewer than two points or nothing added at the most."""
+    if len(added) < 2 or added[-1][1] <= 0:
+        return []
+    shares, most = [], 0.0
+    for nbytes, ms in added[:-1]:
+        most = min(max(most, ms / added[-1][1]), 1.0)
+        shares.append((nbytes, most))
+    return shares + [(added[-1][0], 1.0)]
+
+
 def _matches(entry: FusionCalibration, shape: Mapping[str, ParamValue]) -> bool:
     return bool(shape) and all(entry.params.get(k) == v for k, v in shape.items())
 
@@ -409,15 +422,8 @@ class ProfileQueries:
         its warm twin's (timed in its own rounds), as a share of that at the most bytes read
         (all of it gone from the private caches; there the share is 1). A running maximum (more
         traffic loses no less). [] with fewer than two cases or nothing lost at the most."""
-        added = sorted((int(entry.params["between"]), entry.latency.median_ms - entry.warm_ms)
-                       for entry in self._against_warm_twin("reread"))
-        if len(added) < 2 or added[-1][1] <= 0:
-            return []
-        losses, most = [], 0.0
-        for between, ms in added[:-1]:
-            most = min(max(most, ms / added[-1][1]), 1.0)
-            losses.append((between, most))
-        return losses + [(added[-1][0], 1.0)]
+        return _shares_of_the_most(sorted((int(entry.params["between"]), entry.latency.median_ms - entry.warm_ms)
+                                          for entry in self._against_warm_twin("reread")))
 
     def busy_losses(self) -> list[tuple[int, float]]:
         """(bytes a square matmul touches, share of what a call keeps in the cores' own caches
@@ -436,15 +442,8 @@ class ProfileQueries:
             if entry.params.get("probe") == "view" or entry.dtype != "float32":
                 continue
             by_n.setdefault(int(entry.params["N"]), []).append(entry.latency.median_ms - entry.warm_ms)
-        points = sorted((n, median(ms)) for n, ms in by_n.items())
-        if len(points) < 2 or points[-1][1] <= 0:
-            return []
         size = itemsize("float32")
-        losses, most = [], 0.0
-        for n, ms in points[:-1]:
-            most = min(max(most, ms / points[-1][1]), 1.0)
-            losses.append((3 * n * n * size, most))
-        return losses + [(3 * points[-1][0] ** 2 * size, 1.0)]
+        return _shares_of_the_most(sorted((3 * n * n * size, median(ms)) for n, ms in by_n.items()))
 
     def triad_sweep(self) -> list[tuple[int, float]]:
         """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""
