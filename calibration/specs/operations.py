@@ -856,11 +856,14 @@ COLD_TWINS: dict[str, str] = {CONV2D.name: CONV2D_COLD.name, LINEAR.name: LINEAR
 # the probes, on a 1x64x56x56 activation, and how many arrays of its size each reads and writes
 AFTER_BUSY_PROBES: dict[str, int] = {"view": 0, "relu_inplace": 2, "add": 3, "batch_norm": 2}
 AFTER_BUSY_SIZES = (64, 128, 256, 384, 512, 768, 1024)
-# a quick run: a short matmul and a long one, with the probe a mapper takes (the view) and one
-# that moves data. With the long one alone a mapper scaled its point down to zero below, where
-# a call after a few-us kernel still paid +0.6-1.3 us (the full grid's view probe after 6-100
-# us), an MLP's five calls 5 us of its 41
-AFTER_BUSY_QUICK = (64, 768)
+# a quick run: a short matmul, a long one and one between, with the probe a mapper takes (the
+# view) and one that moves data. With the long one alone a mapper scaled its point down to zero
+# below, where a call after a few-us kernel still paid +0.6-1.3 us (the full grid's view probe
+# after 6-100 us), an MLP's five calls 5 us of its 41. Without the one between, it drew a line
+# in log time from +1.9 us after 7 us to +21 after 2.5 ms, where the full grid's view probe
+# stays at +1-2 up to 0.11 ms (N=256) and steps up to +13 at 0.36 (N=384): each of an MLP's
+# ReLUs after a 26 us GEMV took +6 us (it paid +3 in place) and the MLP came out 20-37% over
+AFTER_BUSY_QUICK = (64, 256, 768)
 AFTER_BUSY_QUICK_PROBES = ("view", "batch_norm")
 AFTER_BUSY_SHAPE = (1, 64, 56, 56)
 

@@ -9,6 +9,7 @@ from factories import metadata, record
 from torch import nn
 
 from calibration.measure.fold import fold
+from calibration.measure.harness import latency_from_samples
 from calibration.predict.mapper import CPUMapper, GPUMapper, predict_latency
 from calibration.predict.plan import partition
 
@@ -102,6 +103,18 @@ def test_the_share_the_private_caches_lose_is_read_off_the_reread_points():
     # random replacement would have lost 1 - 1/e of it
     assert CPUMapper(_profile())._from_the_llc_seconds(nbytes, PRIVATE) > 1.5 * mapper._from_the_llc_seconds(
         nbytes, PRIVATE)
+
+
+def test_a_reread_that_keeps_its_working_set_in_some_rounds_and_loses_it_in_others_counts_its_mean():
+    # after as many bytes as the private caches hold, 6 of 10 rounds keep the GEMV's weights
+    # (+1 us) and 4 lose them all (+30): the median says +1, the share a call pays on average
+    # is (6 * 1 + 4 * 30) / 10 = 12.6 of the 30 lost at 4x
+    bimodal = [10.0 + us for us in (1.0,) * 6 + (30.0,) * 4]
+    split = _reread({PRIVATE: 1.0, 4 * PRIVATE: 30.0})
+    split[0] = dataclasses.replace(split[0], latency=latency_from_samples([us / 1e6 for us in bimodal]))
+    assert split[0].latency.median_ms == pytest.approx(0.011)
+    losses = _profile(extra=split).private_cache_losses()
+    assert [s for _, s in losses] == pytest.approx([12.6 / 30, 1.0])
 
 
 def test_reread_points_that_lost_nothing_at_the_most_give_no_curve():
