@@ -482,6 +482,13 @@ CONV2D = Operation(
         _conv(1, 256, 64, 14, 1, 1),
         _conv(1, 512, 128, 1, 1, 1),  # a squeeze-excitation-style 1x1 on a 1x1 map
         _conv(1, 192, 192, 7, 3, 1, groups=192),
+        # CIFAR-scale 3x3 convs (32x32 inputs, a CIFAR ResNet's three stages): narrow on small
+        # maps, where the 224x224 layers above say nothing of a call's rate. The nearest the
+        # grid had to a 32-channel 3x3 on a 32x32 map were 32 channels on 112x112 (230
+        # GFLOP/s) and 64 on 7x7; such a conv ran 140 GFLOP/s and was predicted 25% fast
+        _conv(1, 16, 16, 32, 3, 1),
+        _conv(1, 32, 32, 16, 3, 1),
+        _conv(1, 64, 64, 8, 3, 1),
     ),
     quick=(
         _conv(1, 64, 64, 56, 3, 1),  # resnet18.layer1.conv3x3
