@@ -124,7 +124,7 @@ def test_a_transformer_encoder_layer_is_costed_from_the_profile_kernel_by_kernel
     assert module_call >= 0 and estimate.source == f"the {len(enc.inner)} kernels it runs inside, each priced"
 
 
-def test_scaled_dot_product_attention_takes_the_library_speedup_over_its_unfused_kernels():
+def test_scaled_dot_product_attention_is_its_unfused_kernels_scaled_to_the_library_s_time_at_a_calibrated_shape():
     torch.manual_seed(0)
 
     class Attention(nn.Module):
@@ -147,9 +147,18 @@ def test_scaled_dot_product_attention_takes_the_library_speedup_over_its_unfused
         Attention()(q)
     assert node.flops == counter.get_total_flops() + 12 * 128 * 128 * (1 + 5)
     unfused = CPUMapper(slow)._kernel(node)
+    assert unfused.source == "the 4 kernels it runs inside, each priced"  # no Attention entry: their sum
+    # at the calibrated shape: what the library's kernel measured there, whatever the parts price at
     fused = CPUMapper(fast)._kernel(node)
-    assert fused.seconds == pytest.approx(unfused.seconds / 3.0)
-    assert "library's measured x3.00" in fused.source
+    assert fused.seconds == pytest.approx(1e-3)
+    ratio = 1e-3 / unfused.seconds
+    assert f"x{ratio:.2f}: the library's fused kernel over the same kernels priced at the calibrated 1x12x128x64" \
+        in fused.source
+    # elsewhere: the parts priced there, times that ratio (not the unfused/fused speedup of 3)
+    (other,), _ = kernels(Attention(), torch.randn(1, 3, 197, 64))
+    parts = CPUMapper(slow)._kernel(other).seconds
+    assert CPUMapper(fast)._kernel(other).seconds == pytest.approx(parts * ratio)
+    assert ratio != pytest.approx(1 / 3.0, rel=0.05)
 
 
 def test_an_lstm_is_its_input_projection_one_recurrent_gemm_a_step_and_its_gates():
