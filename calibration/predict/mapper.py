@@ -593,8 +593,8 @@ class Mapper:
 
     def _inside(self, node: NodeCost) -> KernelEstimate:
         """An op no entry prices, from the kernels it runs inside, each priced as any kernel is.
-        Scaled dot-product attention runs them as one fused kernel: the library speedup the
-        profile measured for the Attention pattern divides their sum.
+        Scaled dot-product attention runs them as one fused kernel, priced against the library
+        kernel's measured time at the nearest calibrated Attention shape (:meth:`_attention`).
 
         Any other composite (``nn.TransformerEncoder``, ``nn.MultiheadAttention``, a traced
         function) runs them as calls one after another, and each pays what a forward's calls
