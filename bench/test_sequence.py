@@ -8,3 +8,4 @@ from calibration.bench import test_sequence as cases
 test_after_busy = cases.test_after_busy
 test_reread = cases.test_reread
 test_after_evict = cases.test_after_evict
+test_after_wait = cases.test_after_wait

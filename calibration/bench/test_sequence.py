@@ -17,3 +17,8 @@ def test_reread(op_case, calibrate):
 @pytest.mark.operation("after_evict")
 def test_after_evict(op_case, calibrate):
     calibrate(op_case)
+
+
+@pytest.mark.operation("after_wait")
+def test_after_wait(op_case, calibrate):
+    calibrate(op_case)

@@ -76,7 +76,7 @@ def summarize(records: Iterable[Record], cache_sizes: Mapping[str, int], threads
         # a level's ceilings come from working sets the caches below cannot hold
         sets_level = roofline.clear_of_the_level_below(case.bytes, level, cache_sizes, threads)
         if case.spec.family == "sequence":
-            if record.warm_ms is not None and record.preceding_ms is not None:
+            if case.operation == "after_busy" and record.warm_ms is not None and record.preceding_ms is not None:
                 after_busy.setdefault(int(case.param_dict["N"]), []).append(record)
             continue
         if case.flops:

@@ -291,6 +291,38 @@ def _reread(p: Params, dtype: str, device: torch.device) -> Kernel:
     return RereadKernel(run, int(p["between"]), device)
 
 
+class AfterWaitKernel(ThirdCallWarm):
+    """A GEMV timed right after ``prepare()`` spends ``wait_ms`` touching no memory (a spin
+    on the clock), or, with ``flush``, right after the LLC is flushed (the cold twins' write
+    over twice the LLC): what time alone takes of a working set the LLC held."""
+
+    def __init__(self, run: Kernel, wait_ms: float, flush: bool, device: torch.device):
+        self.run = run
+        self.wait_s = wait_ms / 1e3
+        self.flush = _flush_buffer(device) if flush else None
+        self.context = ("after the LLC was flushed, before each call" if flush
+                        else f"after {wait_ms:g} ms touching no memory, before each call")
+
+    def prepare(self) -> None:
+        if self.flush is not None:
+            self.flush.add_(1.0)
+            return
+        end = time.perf_counter() + self.wait_s
+        while time.perf_counter() < end:
+            pass
+
+
+def _after_wait(p: Params, dtype: str, device: torch.device) -> Kernel:
+    if device.type != "cpu":
+        raise ValueError("after_wait cases time what a CPU's LLC keeps over time; CPU only")
+    if p["after"] not in ("wait", "flush"):
+        raise ValueError(f"after_wait: 'after' is 'wait' or 'flush'; got {p['after']!r}")
+    if not isinstance(p["ms"], int | float) or p["ms"] < 0:
+        raise ValueError(f"after_wait: 'ms' is the milliseconds waited, >= 0; got {p['ms']!r}")
+    *_, run = _linear_operands({"B": 1, "IN": p["IN"], "OUT": p["OUT"]}, dtype, device)
+    return AfterWaitKernel(run, float(p["ms"]), p["after"] == "flush", device)
+
+
 def tiny_call(kind: str, device: torch.device, dtype: str = "float32") -> Kernel:
     """A call of op ``kind`` (an ``AFTER_EVICT_KINDS`` registry operation) on an input of at
     most 1,024 elements: what it costs after the caches were evicted is its code's, not its data's."""
@@ -528,6 +560,7 @@ BUILDERS: dict[str, Builder] = {
     "reread": _reread,
     "after_busy": _after_busy,
     "after_evict": _after_evict,
+    "after_wait": _after_wait,
     "add": _build_elementwise(torch.add, 2),
     "mul": _build_elementwise(torch.mul, 2),
     # ATen implements relu as clamp_min(x, 0); its out= form is the same kernel.

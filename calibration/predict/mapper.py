@@ -177,6 +177,8 @@ class Mapper:
         self._busy: list[tuple[int, float]] | None = None
         # (working-set bytes, share the LLC loses to one pass of it): the triad sweep, read once
         self._llc_curve: list[tuple[int, float]] | None = None
+        # (ms touching no memory, share of what the LLC held lost in them): after_wait, read once
+        self._waits: list[tuple[float, float]] | None = None
         self._evict_probes: dict[str, float] | None = None  # op kind -> us (after_evict), read once
         self._busy_points: list[AfterBusyPoint] | None = None  # read once
 
@@ -363,11 +365,14 @@ class Mapper:
         return 1.0 - kept
 
     # ------------------------------------------------------------------ kernels
-    def kernel(self, node: NodeCost, *, reuse_bytes: int | None = None) -> KernelEstimate:
+    def kernel(self, node: NodeCost, *, reuse_bytes: int | None = None, since_seconds: float | None = None,
+               warm: KernelEstimate | None = None) -> KernelEstimate:
         """One kernel's time; ``reuse_bytes`` (what the rest of the forward touches between two
-        of its calls) makes a conv or linear pay for the share of its weights it evicts."""
-        estimate = self._kernel(node)
-        factor = self._cold_factor(node, reuse_bytes, estimate.seconds)
+        of its calls) and ``since_seconds`` (how long the rest of it takes) make a conv or
+        linear pay for the share of its weights and output they evict. ``warm``: the kernel's
+        estimate alone, where the caller has it."""
+        estimate = self._kernel(node) if warm is None else warm
+        factor = self._cold_factor(node, reuse_bytes, estimate.seconds, since_seconds)
         if factor > 1.0:
             estimate = estimate.model_copy(update={
                 "seconds": estimate.seconds * factor, "cold_factor": factor,
@@ -461,11 +466,14 @@ class Mapper:
             "seconds": estimate.seconds + extra, "from_llc_seconds": extra,
             "source": f"{estimate.source}, +{extra * 1e6:.1f} us for operands found in the LLC"})
 
-    def _cold_factor(self, node: NodeCost, reuse_bytes: int | None, warm_seconds: float | None = None) -> float:
+    def _cold_factor(self, node: NodeCost, reuse_bytes: int | None, warm_seconds: float | None = None,
+                     since_seconds: float | None = None) -> float:
         """How much slower this conv or linear runs with the rest of the forward (``reuse_bytes``
-        touched between two of its calls) going through the last-level cache: 1 + what fetching
-        the share evicted of its weights and output adds, over its warm time (``warm_seconds``,
-        else its estimate alone); 1 for other kernels or a kernel alone.
+        touched between two of its calls, in ``since_seconds``) going through the last-level
+        cache: 1 + what fetching the share evicted of its weights and output adds, over its
+        warm time (``warm_seconds``, else its estimate alone); 1 for other kernels or a kernel
+        alone. Its weights lose to the time between two of its calls as well
+        (:meth:`_weights_share`).
 
         What an evicted byte adds is the profile's cold twins' (cold less warm, over the bytes
         they evict: weights and output): interpolated in log bytes among the twins at each
@@ -524,8 +532,40 @@ class Mapper:
         warm_seconds = self._kernel(node).seconds if warm_seconds is None else warm_seconds
         if warm_seconds <= 0:
             return 1.0
-        added = per_byte_ms * evicted / 1e3 * self._evicted_share(node, reuse_bytes, llc)
+        share = self._evicted_share(node, reuse_bytes, llc)
+        weights = min(weight_bytes(node), evicted)
+        if weights and since_seconds:
+            share = (weights * self._weights_share(share, since_seconds) + (evicted - weights) * share) / evicted
+        added = per_byte_ms * evicted / 1e3 * share
         return 1.0 + added / warm_seconds
+
+    def _weights_share(self, evicted_share: float, since_seconds: float) -> float:
+        """The share of a conv's or linear's weights gone from the LLC when it is called again
+        ``since_seconds`` later: what the forward's traffic evicts (``evicted_share``), and of
+        what that leaves, what the LLC loses to the time (the profile's ``after_wait`` cases,
+        :meth:`_wait_share`).
+
+        A VM's LLC is its host's, and the other tenants' traffic goes through it: on the
+        2-vCPU Xeon VM a GEMV over 16 MiB lost 21% of what a flush took after 5 ms in which the
+        process touched no memory, 52% after 20 and 93% after 50, and a 12.6 MB add ran x2
+        after 20 ms of matmul, spin or sleep alike. Its output is another matter: the caching
+        allocator hands it a block the forward freed a few calls before."""
+        return 1.0 - (1.0 - evicted_share) * (1.0 - self._wait_share(since_seconds))
+
+    def _wait_share(self, seconds: float) -> float:
+        """The share of a working set the LLC held that it loses in ``seconds``: the profile's
+        ``after_wait`` points, linear in log time between them, held beyond the longest and
+        scaled to zero below the shortest; 0 without them."""
+        if self._waits is None:
+            self._waits = (self.calibration.wait_losses()
+                           if self.calibration is not None and self.device == "cpu" else [])
+        if not self._waits or seconds <= 0:
+            return 0.0
+        ms = seconds * 1e3
+        first_ms, first = self._waits[0]
+        if ms <= first_ms:
+            return first * ms / first_ms
+        return min(max(roofline.interpolate_log(ms, self._waits), 0.0), 1.0)
 
     def _evicted_share(self, node: NodeCost, reuse_bytes: int, llc: int) -> float:
         """The share of a conv's or linear's weights and output the rest of a forward
@@ -861,9 +901,13 @@ class Mapper:
         # rest of it has gone through the caches (their reuse distance)
         footprint = part.footprint_bytes()
         speedups = [sg.speedup if (mode == "fused" and sg.fused and sg.pattern) else 1.0 for sg in part.subgraphs]
+        # ... and come back after the rest of the forward's time: its kernels alone, to begin with
+        alone = {id(node): self._kernel(node) for sg in part.subgraphs for node in sg.nodes if node.kernel}
+        forward = sum(k.seconds for k in alone.values())
         per_subgraph = self._after_busy([
             tuple(self._with_llc_operands(
-                node, self.kernel(node, reuse_bytes=None if footprint is None else footprint - weight_bytes(node)),
+                node, self.kernel(node, reuse_bytes=None if footprint is None else footprint - weight_bytes(node),
+                                  since_seconds=forward - alone[id(node)].seconds, warm=alone[id(node)]),
                 footprint)
                   for node in sg.nodes if node.kernel)
             for sg in part.subgraphs], speedups)

@@ -452,6 +452,26 @@ class ProfileQueries:
         size = itemsize("float32")
         return _shares_of_the_most(sorted((3 * n * n * size, median(ms)) for n, ms in by_n.items()))
 
+    def wait_losses(self) -> list[tuple[float, float]]:
+        """(ms in which the process touched no memory, share of a working set the LLC held that
+        it lost in them), from the profile's ``after_wait`` cases, shortest wait first: each
+        wait's time over its warm twin's (timed in its own rounds), as a share of that right
+        after the LLC was flushed; at most 1 (after 50 ms the Xeon VM's GEMV ran slower than
+        after a flush: the cores idle too), and a running maximum (a longer wait loses no less).
+        A case's time is the mean of its rounds, what a forward pays on average. [] without the
+        flushed case, nothing it lost, or fewer than two waits."""
+        entries = self._against_warm_twin("after_wait")
+        flushed = [e.latency.mean_ms - e.warm_ms for e in entries if e.params.get("after") == "flush"]
+        waits = sorted((float(e.params["ms"]), e.latency.mean_ms - e.warm_ms)
+                       for e in entries if e.params.get("after") == "wait" and e.dtype == "float32")
+        if not flushed or max(flushed) <= 0 or len(waits) < 2:
+            return []
+        whole, shares, most = max(flushed), [], 0.0
+        for ms, added in waits:
+            most = min(max(most, added / whole), 1.0)
+            shares.append((ms, most))
+        return shares
+
     def triad_sweep(self) -> list[tuple[int, float]]:
         """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""
         return [(entry.bytes, entry.gbps) for entry in self.operation_profiles.values()

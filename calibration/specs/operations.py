@@ -965,11 +965,50 @@ AFTER_EVICT = Operation(
 )
 
 
+# --------------------------------------------------------------------------- what the LLC keeps over time
+
+# A forward calls each of its convs and linears once: their weights come back a forward later,
+# after the rest of it has run, and the LLC loses them to time as well as to the forward's own
+# traffic. A VM shares its host's LLC with other tenants: on the 2-vCPU Xeon VM a GEMV over 16
+# MiB of weights ran 318 us repeated and 599 right after the LLC was flushed, and right after
+# the process had touched no memory for 1, 2, 5, 10, 20 and 50 ms (a spin) it had lost 5, 5,
+# 23, 38, 92 and 100% of what the flush took; 64 MiB lost 2, 0, 15, 42, 86 and 100%. A 12.6 MB
+# add ran 672 us repeated and x1.9-2.1 after a 20 ms matmul, a 20 ms spin or a 20 ms sleep,
+# but x1.0-1.1 right after a 16 MB read: what the forward's own bytes evict (``1 - exp(-reuse /
+# LLC)``) leaves most of a ResNet-18's weights hot where its 22 ms forward leaves few. Each
+# case times a GEMV whose weights are four times the cores' own caches (at least 16 MiB) right
+# after ``ms`` milliseconds in which this process touched no memory, against the same GEMV
+# right after itself; one case times it right after the LLC was flushed, the share's whole.
+AFTER_WAIT_MS = (1, 2, 5, 10, 20, 50)
+AFTER_WAIT_IN = 1024
+AFTER_WAIT_MIN_BYTES = 16 << 20
+
+
+def _after_wait_shapes(quick: bool) -> tuple[Params, ...]:
+    private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+    out = max(4 * private, AFTER_WAIT_MIN_BYTES) // (AFTER_WAIT_IN * 4)
+    return (*({"IN": AFTER_WAIT_IN, "OUT": out, "after": "wait", "ms": ms} for ms in AFTER_WAIT_MS),
+            {"IN": AFTER_WAIT_IN, "OUT": out, "after": "flush", "ms": 0})
+
+
+AFTER_WAIT = Operation(
+    name="after_wait",
+    family="sequence",
+    description="a GEMV over weights the LLC holds, right after 'ms' milliseconds in which this process touched "
+                "no memory (or right after the LLC was flushed), against the same GEMV right after itself: how "
+                "much of a forward's weights the LLC loses to time between two of their calls",
+    flops=lambda p: 2 * p["IN"] * p["OUT"],
+    bytes_moved=lambda p, size: (p["IN"] * p["OUT"] + p["IN"] + p["OUT"]) * size,
+    shapes=_after_wait_shapes,  # every wait, quick or full: 2-3 s in all
+    cpu_only=lambda p: True,
+)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (MATMUL, LINEAR, LSTM, BMM, CONV2D, *ELEMENTWISE, *STREAM, SOFTMAX, LAYERNORM,
                BATCHNORM, MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, DISPATCH, MODULE_CALL, FILL, FILL_FRESH,
-               CONV2D_COLD, LINEAR_COLD, AFTER_BUSY, REREAD, AFTER_EVICT)
+               CONV2D_COLD, LINEAR_COLD, AFTER_BUSY, REREAD, AFTER_EVICT, AFTER_WAIT)
 }
 FAMILIES: dict[str, tuple[str, ...]] = {}
 for _op in OPERATIONS.values():

@@ -1,0 +1,166 @@
+"""A forward's weights lose to the time between two of their calls, not only to its bytes."""
+
+import dataclasses
+import math
+import time
+
+import pytest
+import torch
+from factories import latency, metadata, record
+from test_mapper import ceilings
+from torch import nn
+
+from calibration.measure.fold import Record, fold
+from calibration.measure.kernels import AfterWaitKernel, _after_wait, build
+from calibration.predict.mapper import CPUMapper, predict_latency
+from calibration.predict.plan import partition
+from calibration.specs import host
+from calibration.specs.operations import AFTER_WAIT_MIN_BYTES, AFTER_WAIT_MS, OPERATIONS, Case
+
+GEMV = {"IN": 1024, "OUT": 4096}
+
+
+def _wait(after: str, ms: int, added_us: float, warm_us: float = 300.0, *, spread_us: float = 0.0) -> Record:
+    """An after_wait record: its rounds' mean ``added_us`` over its warm twin (half the rounds
+    ``spread_us`` under it and half over, the median at the mean less ``spread_us``)."""
+    mean = (warm_us + added_us) / 1e3
+    samples = [mean - spread_us / 1e3] * 5 + [mean + spread_us / 1e3] * 5
+    stats = latency(mean).model_copy(update={"samples_ms": samples, "mean_ms": mean,
+                                             "median_ms": mean - spread_us / 1e3})
+    return Record(Case("after_wait", tuple({**GEMV, "after": after, "ms": ms}.items()), "float32", "cpu"),
+                  stats, warm_ms=warm_us / 1e3)
+
+
+def _waits(added_by_ms: dict[int, float], flushed_us: float | None = 300.0) -> list[Record]:
+    records = [_wait("wait", ms, us) for ms, us in added_by_ms.items()]
+    return records + ([_wait("flush", 0, flushed_us)] if flushed_us is not None else [])
+
+
+def _conv(extra=(), llc: int = 64 << 20, cold_ms: float = 2.0):
+    """A 64-channel 3x3 conv at 1 ms warm and ``cold_ms`` cold, an LLC of ``llc`` bytes."""
+    params = dict(N=1, CIN=64, COUT=64, H=32, W=32, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    records = [record("conv2d", 1.0, **params), record("conv2d_cold", cold_ms, **params), *extra]
+    return fold(ceilings() + records, metadata(cache_sizes={"L1": 32 << 10, "L2": 1 << 20, "L3": llc})), params
+
+
+def test_every_wait_and_the_flush_time_a_gemv_past_the_private_caches_quick_or_full():
+    private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+    for quick in (False, True):
+        shapes = OPERATIONS["after_wait"].shapes(quick)
+        assert [p["ms"] for p in shapes if p["after"] == "wait"] == list(AFTER_WAIT_MS)
+        assert [p for p in shapes if p["after"] == "flush"] and len(shapes) == len(AFTER_WAIT_MS) + 1
+        for p in shapes:  # weights four times the cores' own caches, 16 MiB at least: in the LLC, past the L2s
+            assert p["IN"] * p["OUT"] * 4 >= max(4 * private, AFTER_WAIT_MIN_BYTES) - p["IN"] * 4
+    assert OPERATIONS["after_wait"].cases(quick=False, device="cuda") == []
+    assert OPERATIONS["after_wait"].family == "sequence"
+
+
+def test_a_wait_case_spends_its_wait_touching_nothing_and_the_flush_case_writes_the_llc_flush():
+    small = {"IN": 64, "OUT": 64}
+    waiting = build(Case("after_wait", tuple({**small, "after": "wait", "ms": 3}.items()), "float32", "cpu"))
+    assert isinstance(waiting, AfterWaitKernel) and waiting.flush is None and "3 ms" in waiting.context
+    began = time.perf_counter()
+    waiting.prepare()
+    assert time.perf_counter() - began >= 3e-3  # a spin on the clock: never shorter than the wait
+    assert waiting().shape == (1, 64) and waiting.time_warm() > 0
+    flushing = build(Case("after_wait", tuple({**small, "after": "flush", "ms": 0}.items()), "float32", "cpu"))
+    assert flushing.flush is not None and flushing.flush.numel() * 4 >= (host.last_level_cache() or 0)
+    assert "flushed" in flushing.context
+    before = flushing.flush[:8].clone()
+    flushing.prepare()
+    assert torch.equal(flushing.flush[:8], before + 1)  # the cold twins' write over the LLC
+    build(Case("relu", (("n", 64),), "float32", "cpu"))  # the next case gives the flush buffer back
+
+
+@pytest.mark.parametrize("params, named", [
+    ({"after": "nap", "ms": 1}, "'after' is 'wait' or 'flush'; got 'nap'"),
+    ({"after": "wait", "ms": -2}, "'ms' is the milliseconds waited, >= 0; got -2"),
+])
+def test_a_bad_wait_is_refused_by_name(params, named):
+    with pytest.raises(ValueError, match=named.replace("(", r"\(")):
+        _after_wait({"IN": 64, "OUT": 64, **params}, "float32", torch.device("cpu"))
+    with pytest.raises(ValueError, match="CPU only"):
+        _after_wait({"IN": 64, "OUT": 64, "after": "wait", "ms": 1}, "float32", torch.device("meta"))
+
+
+def test_the_share_lost_is_each_wait_s_mean_added_time_over_the_flush_s_a_running_maximum_at_most_1():
+    cal, _ = _conv(_waits({1: 15.0, 5: 60.0, 10: 45.0, 20: 150.0, 50: 450.0}))
+    assert cal.wait_losses() == [(1.0, pytest.approx(0.05)), (5.0, pytest.approx(0.2)),
+                                 (10.0, pytest.approx(0.2)),  # 10 ms lost no less than 5
+                                 (20.0, pytest.approx(0.5)), (50.0, 1.0)]  # slower than a flush: all of it
+    # the mean of the rounds, not their median: a round either finds its weights or not
+    spread, _ = _conv([_wait("wait", 2, 30.0, spread_us=30.0), _wait("wait", 20, 150.0),
+                       _wait("flush", 0, 300.0)])
+    assert spread.wait_losses() == [(2.0, pytest.approx(0.1)), (20.0, pytest.approx(0.5))]
+
+
+@pytest.mark.parametrize("added_by_ms, flushed", [
+    ({1: 15.0, 5: 60.0}, None),  # nothing to take a share of
+    ({1: 15.0, 5: 60.0}, -5.0),  # the flush lost nothing: a GEMV past the LLC
+    ({5: 60.0}, 300.0),  # one wait: no curve
+])
+def test_without_a_flush_that_lost_something_or_two_waits_there_is_no_curve(added_by_ms, flushed):
+    cal, _ = _conv(_waits(added_by_ms, flushed))
+    assert cal.wait_losses() == []
+
+
+def test_the_share_over_time_is_linear_in_log_ms_scaled_to_zero_below_and_held_beyond():
+    cal, _ = _conv(_waits({2: 30.0, 20: 150.0}))
+    mapper = CPUMapper(cal)
+    assert mapper._wait_share(1e-3) == pytest.approx(0.05)  # half the first wait: half its share
+    assert mapper._wait_share(20e-3 / math.sqrt(10)) == pytest.approx(0.3)  # halfway in log time
+    assert mapper._wait_share(1.0) == pytest.approx(0.5)
+    assert mapper._wait_share(0.0) == 0.0
+    assert CPUMapper(_conv()[0])._wait_share(1.0) == 0.0  # a profile without after_wait cases
+
+
+def test_a_conv_s_weights_lose_to_the_time_since_its_last_call_its_output_does_not():
+    cal, params = _conv(_waits({2: 30.0, 20: 150.0}))
+    mapper = CPUMapper(cal)
+    node = partition(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False)).eval(),
+                     torch.randn(1, 64, 32, 32), cal).subgraphs[0].nodes[0]
+    reuse = 1 << 20  # evicts 1 - exp(-1/64) of a 64 MiB LLC
+    bytes_share = 1 - math.exp(-reuse / (64 << 20))
+    weights, output = 64 * 64 * 9 * 4, 64 * 32 * 32 * 4
+    per_byte = 1e-3 / (weights + output)  # the cold twin adds 1 ms over the warm 1 ms
+    without = mapper._cold_factor(node, reuse, warm_seconds=1e-3)
+    assert without == pytest.approx(1 + per_byte * (weights + output) * bytes_share / 1e-3)
+    # 20 ms later half of what the bytes left of its weights is gone too; its output keeps the bytes' share
+    later = mapper._cold_factor(node, reuse, warm_seconds=1e-3, since_seconds=20e-3)
+    weights_share = 1 - (1 - bytes_share) * (1 - 0.5)
+    assert later == pytest.approx(1 + per_byte * (weights * weights_share + output * bytes_share) / 1e-3)
+    assert mapper._cold_factor(node, reuse, warm_seconds=1e-3, since_seconds=0.0) == pytest.approx(without)
+    assert mapper._cold_factor(node, None, warm_seconds=1e-3, since_seconds=20e-3) == 1.0  # a kernel alone
+
+
+def _conv_then_slow_relus():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.ReLU(), nn.ReLU()).eval()
+
+
+def test_a_forward_s_conv_pays_for_the_time_the_rest_of_the_forward_takes():
+    relu = record("relu", 10.0, n=64 * 32 * 32)  # 10 ms each: the conv comes back 20 ms later
+    x = torch.randn(1, 64, 32, 32)
+    plain, _ = _conv([relu])
+    timed, _ = _conv([relu, *_waits({2: 30.0, 20: 150.0})])
+    conv_plain = predict_latency(_conv_then_slow_relus(), x, plain).subgraphs[0].kernels[0]
+    conv_timed = predict_latency(_conv_then_slow_relus(), x, timed).subgraphs[0].kernels[0]
+    assert conv_timed.cold_factor > conv_plain.cold_factor >= 1.0
+    mapper = CPUMapper(timed)
+    part = partition(_conv_then_slow_relus(), x, timed)
+    conv, *relus = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    rest = sum(mapper._kernel(n).seconds for n in relus)
+    assert rest == pytest.approx(20e-3, rel=0.01)  # the two relus, alone
+    reuse = part.footprint_bytes() - 64 * 64 * 9 * 4
+    assert conv_timed.cold_factor == pytest.approx(
+        mapper._cold_factor(conv, reuse, warm_seconds=mapper._kernel(conv).seconds, since_seconds=rest))
+    # a conv alone comes back right after itself: no time between
+    alone = predict_latency(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False)).eval(), x, timed)
+    alone_plain = predict_latency(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False)).eval(), x, plain)
+    assert alone.subgraphs[0].kernels[0].cold_factor == pytest.approx(alone_plain.subgraphs[0].kernels[0].cold_factor)
+
+
+def test_after_wait_records_are_no_after_busy_points():
+    cal, _ = _conv([dataclasses.replace(r, preceding_ms=5.0) for r in _waits({2: 30.0, 20: 150.0})])
+    assert cal.measured.after_busy == []
+    assert len(cal.wait_losses()) == 2
