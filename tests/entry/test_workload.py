@@ -9,6 +9,7 @@ from factories import PLUGIN_ARGS, metadata, record
 
 from calibration.measure.fold import fold
 from calibration.profile.summary import render_summary
+from calibration.specs.operations import OPERATIONS
 from calibration.workload import model_cases
 
 TINY = """
@@ -151,3 +152,28 @@ def test_a_model_that_cannot_load_stops_the_run_before_any_case(pytester, monkey
     result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--collect-only", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
+
+
+def test_a_quick_workload_run_times_the_full_grid_of_the_sequence_probes_and_the_quick_one_of_the_rest(
+        pytester, monkeypatch):
+    # the model's kernels hit exact entries: what is left is what they pay in sequence
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    pytester.makepyfile(test_sequence=(bench / "test_sequence.py").read_text(),
+                        test_matmul=(bench / "test_matmul.py").read_text(), tiny=TINY)
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    args = (*PLUGIN_ARGS, "--calibrate-quick", "--collect-only", "-q")
+
+    def collected(*extra: str) -> dict[str, int]:
+        lines = [line for line in pytester.runpytest_subprocess(*args, *extra).outlines if "::" in line]
+        return {name: sum(f"::test_{name}[" in line for line in lines)
+                for name in ("after_busy", "reread", "after_wait", "matmul")}
+
+    plain = collected()
+    workload = collected("--calibrate-model", "tiny:tiny", "--calibrate-model-input-shape", "24")
+    sequence = ("after_busy", "reread", "after_wait")
+    full = {name: len(OPERATIONS[name].cases(quick=False, device="cpu")) for name in sequence}
+    quick = {name: len(OPERATIONS[name].cases(quick=True, device="cpu")) for name in (*full, "matmul")}
+    assert full["after_busy"] > quick["after_busy"] and full["reread"] > quick["reread"]
+    assert plain == quick
+    assert workload == {**full, "matmul": quick["matmul"]}
