@@ -164,3 +164,12 @@ def test_after_wait_records_are_no_after_busy_points():
     cal, _ = _conv([dataclasses.replace(r, preceding_ms=5.0) for r in _waits({2: 30.0, 20: 150.0})])
     assert cal.measured.after_busy == []
     assert len(cal.wait_losses()) == 2
+
+
+def test_show_lists_the_share_lost_by_the_ms_waited():
+    from calibration.profile.summary import render_summary
+
+    cal, _ = _conv(_waits({2: 30.0, 20: 150.0, 50: 450.0}))
+    assert "share of what the LLC held lost to time alone, by the ms waited: 2 ms 10%  20 ms 50%  50 ms 100%" in (
+        render_summary(cal))
+    assert "lost to time alone" not in render_summary(_conv()[0])
