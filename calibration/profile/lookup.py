@@ -455,14 +455,17 @@ class ProfileQueries:
     def wait_losses(self) -> list[tuple[float, float]]:
         """(ms in which the process touched no memory, share of a working set the LLC held that
         it lost in them), from the profile's ``after_wait`` cases, shortest wait first: each
-        wait's time over its warm twin's (timed in its own rounds), as a share of that right
-        after the LLC was flushed; at most 1 (after 50 ms the Xeon VM's GEMV ran slower than
-        after a flush: the cores idle too), and a running maximum (a longer wait loses no less).
-        A case's time is the mean of its rounds, what a forward pays on average. [] without the
-        flushed case, nothing it lost, or fewer than two waits."""
+        wait's median time over its warm twin's (timed in its own rounds), as a share of that
+        right after the LLC was flushed; at most 1 (after 50 ms the Xeon VM's GEMV ran slower
+        than after a flush: the cores idle too), and a running maximum (a longer wait loses no
+        less). [] without the flushed case, nothing it lost, or fewer than two waits.
+
+        The median, not the mean the reread points take: a wait's rounds spread evenly, and
+        one round the host held up (1012 us among 25 of 311-431 after 1 ms) had doubled the
+        share of the shortest wait, and with it the cold time of every GEMV in a 2 ms forward."""
         entries = self._against_warm_twin("after_wait")
-        flushed = [e.latency.mean_ms - e.warm_ms for e in entries if e.params.get("after") == "flush"]
-        waits = sorted((float(e.params["ms"]), e.latency.mean_ms - e.warm_ms)
+        flushed = [e.latency.median_ms - e.warm_ms for e in entries if e.params.get("after") == "flush"]
+        waits = sorted((float(e.params["ms"]), e.latency.median_ms - e.warm_ms)
                        for e in entries if e.params.get("after") == "wait" and e.dtype == "float32")
         if not flushed or max(flushed) <= 0 or len(waits) < 2:
             return []

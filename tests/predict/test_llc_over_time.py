@@ -20,13 +20,12 @@ from calibration.specs.operations import AFTER_WAIT_MIN_BYTES, AFTER_WAIT_MS, OP
 GEMV = {"IN": 1024, "OUT": 4096}
 
 
-def _wait(after: str, ms: int, added_us: float, warm_us: float = 300.0, *, spread_us: float = 0.0) -> Record:
-    """An after_wait record: its rounds' mean ``added_us`` over its warm twin (half the rounds
-    ``spread_us`` under it and half over, the median at the mean less ``spread_us``)."""
-    mean = (warm_us + added_us) / 1e3
-    samples = [mean - spread_us / 1e3] * 5 + [mean + spread_us / 1e3] * 5
-    stats = latency(mean).model_copy(update={"samples_ms": samples, "mean_ms": mean,
-                                             "median_ms": mean - spread_us / 1e3})
+def _wait(after: str, ms: int, added_us: float, warm_us: float = 300.0, *, outlier_us: float = 0.0) -> Record:
+    """An after_wait record: its rounds' median ``added_us`` over its warm twin, one round of
+    ten ``outlier_us`` slower still (the host holding it up)."""
+    median = (warm_us + added_us) / 1e3
+    samples = [median] * 9 + [median + outlier_us / 1e3]
+    stats = latency(median).model_copy(update={"samples_ms": samples, "mean_ms": sum(samples) / len(samples)})
     return Record(Case("after_wait", tuple({**GEMV, "after": after, "ms": ms}.items()), "float32", "cpu"),
                   stats, warm_ms=warm_us / 1e3)
 
@@ -83,15 +82,15 @@ def test_a_bad_wait_is_refused_by_name(params, named):
         _after_wait({"IN": 64, "OUT": 64, "after": "wait", "ms": 1}, "float32", torch.device("meta"))
 
 
-def test_the_share_lost_is_each_wait_s_mean_added_time_over_the_flush_s_a_running_maximum_at_most_1():
+def test_the_share_lost_is_each_wait_s_median_added_time_over_the_flush_s_a_running_maximum_at_most_1():
     cal, _ = _conv(_waits({1: 15.0, 5: 60.0, 10: 45.0, 20: 150.0, 50: 450.0}))
     assert cal.wait_losses() == [(1.0, pytest.approx(0.05)), (5.0, pytest.approx(0.2)),
                                  (10.0, pytest.approx(0.2)),  # 10 ms lost no less than 5
                                  (20.0, pytest.approx(0.5)), (50.0, 1.0)]  # slower than a flush: all of it
-    # the mean of the rounds, not their median: a round either finds its weights or not
-    spread, _ = _conv([_wait("wait", 2, 30.0, spread_us=30.0), _wait("wait", 20, 150.0),
-                       _wait("flush", 0, 300.0)])
-    assert spread.wait_losses() == [(2.0, pytest.approx(0.1)), (20.0, pytest.approx(0.5))]
+    # the median of the rounds: one round the host held up 700 us moves no share
+    held_up, _ = _conv([_wait("wait", 2, 30.0, outlier_us=700.0), _wait("wait", 20, 150.0),
+                        _wait("flush", 0, 300.0, outlier_us=700.0)])
+    assert held_up.wait_losses() == [(2.0, pytest.approx(0.1)), (20.0, pytest.approx(0.5))]
 
 
 @pytest.mark.parametrize("added_by_ms, flushed", [
