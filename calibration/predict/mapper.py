@@ -546,8 +546,8 @@ class Mapper:
         :meth:`_wait_share`).
 
         A VM's LLC is its host's, and the other tenants' traffic goes through it: on the
-        2-vCPU Xeon VM a GEMV over 16 MiB lost 21% of what a flush took after 5 ms in which the
-        process touched no memory, 52% after 20 and 93% after 50, and a 12.6 MB add ran x2
+        2-vCPU Xeon VM a GEMV over 16 MiB lost 20% of what a flush took after 5 ms in which the
+        process touched no memory, 48% after 20 and 91% after 50, and a 12.6 MB add ran x2
         after 20 ms of matmul, spin or sleep alike. Its output is another matter: the caching
         allocator hands it a block the forward freed a few calls before."""
         return 1.0 - (1.0 - evicted_share) * (1.0 - self._wait_share(since_seconds))
