@@ -28,6 +28,7 @@ from calibration.specs.operations import (
     Case,
     Params,
     conv_geometry,
+    private_bytes,
     probe_operation,
 )
 
@@ -374,8 +375,8 @@ class AfterEvictKernel(RereadKernel, ThirdCallWarm):
 def _after_evict(p: Params, dtype: str, device: torch.device) -> Kernel:
     if device.type != "cpu":
         raise ValueError("after_evict cases time what a CPU's caches lose of a call's code; CPU only")
-    private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
-    return AfterEvictKernel(tiny_call(str(p["op"]), device, dtype), AFTER_EVICT_PRIVATE_MULTIPLE * private, device)
+    return AfterEvictKernel(tiny_call(str(p["op"]), device, dtype), AFTER_EVICT_PRIVATE_MULTIPLE * private_bytes(),
+                            device)
 
 
 def _cpu_only_cold(device: torch.device) -> None:

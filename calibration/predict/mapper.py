@@ -561,11 +561,7 @@ class Mapper:
                            if self.calibration is not None and self.device == "cpu" else [])
         if not self._waits or seconds <= 0:
             return 0.0
-        ms = seconds * 1e3
-        first_ms, first = self._waits[0]
-        if ms <= first_ms:
-            return first * ms / first_ms
-        return min(max(roofline.interpolate_log(ms, self._waits), 0.0), 1.0)
+        return _share_on(self._waits, seconds * 1e3)
 
     def _evicted_share(self, node: NodeCost, reuse_bytes: int, llc: int) -> float:
         """The share of a conv's or linear's weights and output the rest of a forward
@@ -1024,15 +1020,16 @@ def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Seque
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)
 
 
-def _share_on(curve: Sequence[tuple[int, float]], nbytes: int) -> float:
-    """A (bytes, share) curve's share at ``nbytes``: from 0 at none to its first point, in log
-    bytes between its points, all of it past the last."""
+def _share_on(curve: Sequence[tuple[float, float]], at: float) -> float:
+    """A (bytes or ms, share) curve's share at ``at``: from 0 at none to its first point, in
+    log scale between its points, its last point's past it (all of it, for the curves that
+    end at the share's whole)."""
     first, first_share = curve[0]
-    if nbytes <= first:
-        return first_share * nbytes / first
-    if nbytes >= curve[-1][0]:
-        return 1.0
-    return min(max(roofline.interpolate_log(nbytes, curve), 0.0), 1.0)
+    if at <= first:
+        return first_share * at / first
+    if at >= curve[-1][0]:
+        return curve[-1][1]
+    return min(max(roofline.interpolate_log(at, curve), 0.0), 1.0)
 
 
 def forward_calls(sizes: Sequence[int], speedups: Sequence[float]) -> list[tuple[int, int, range]]:

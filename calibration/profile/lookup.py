@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from calibration.profile import roofline
 from calibration.profile.entries import LEGACY_FAMILY, FusionCalibration, OperationCalibration
@@ -234,11 +234,17 @@ def _shares_of_the_most(added: list[tuple[int, float]]) -> list[tuple[int, float
     fewer than two points or nothing added at the most."""
     if len(added) < 2 or added[-1][1] <= 0:
         return []
+    return _running_shares(added[:-1], added[-1][1]) + [(added[-1][0], 1.0)]
+
+
+def _running_shares(added: list[tuple[Any, float]], whole: float) -> list[tuple[Any, float]]:
+    """(key, ms added) points, in order, as (key, share of ``whole``): at most 1, and a running
+    maximum (more of what takes it takes no less)."""
     shares, most = [], 0.0
-    for nbytes, ms in added[:-1]:
-        most = min(max(most, ms / added[-1][1]), 1.0)
-        shares.append((nbytes, most))
-    return shares + [(added[-1][0], 1.0)]
+    for key, ms in added:
+        most = min(max(most, ms / whole), 1.0)
+        shares.append((key, most))
+    return shares
 
 
 def _matches(entry: FusionCalibration, shape: Mapping[str, ParamValue]) -> bool:
@@ -463,17 +469,13 @@ class ProfileQueries:
         The median, not the mean the reread points take: a wait's rounds spread evenly, and
         one round the host held up (1012 us among 25 of 311-431 after 1 ms) had doubled the
         share of the shortest wait, and with it the cold time of every GEMV in a 2 ms forward."""
-        entries = self._against_warm_twin("after_wait")
+        entries = [e for e in self._against_warm_twin("after_wait") if e.dtype == "float32"]
         flushed = [e.latency.median_ms - e.warm_ms for e in entries if e.params.get("after") == "flush"]
         waits = sorted((float(e.params["ms"]), e.latency.median_ms - e.warm_ms)
-                       for e in entries if e.params.get("after") == "wait" and e.dtype == "float32")
+                       for e in entries if e.params.get("after") == "wait")
         if not flushed or max(flushed) <= 0 or len(waits) < 2:
             return []
-        whole, shares, most = max(flushed), [], 0.0
-        for ms, added in waits:
-            most = min(max(most, added / whole), 1.0)
-            shares.append((ms, most))
-        return shares
+        return _running_shares(waits, max(flushed))
 
     def triad_sweep(self) -> list[tuple[int, float]]:
         """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""

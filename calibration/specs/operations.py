@@ -917,10 +917,15 @@ REREAD_QUICK_MULTIPLES = (1 / 2, 1, 2, 4)
 REREAD_IN = 512
 
 
+def private_bytes() -> int:
+    """What the cores' own caches hold over this process's CPUs, the size the sequence probes
+    scale by; 1 MiB a CPU without the cache sizes (no sysfs): a mapper does not use the probes
+    then (it needs the sizes to place a forward's footprint), but their shapes stay defined."""
+    return host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+
+
 def _reread_shapes(quick: bool) -> tuple[Params, ...]:
-    # without the cache sizes (no sysfs), points for 1 MiB a CPU: a mapper does not use them
-    # then (it needs the sizes to place a forward's footprint), but the shapes stay defined
-    private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+    private = private_bytes()
     out = max(64, 1 << ((private // 4 // (REREAD_IN * 4)).bit_length() - 1))
     multiples = REREAD_QUICK_MULTIPLES if quick else REREAD_PRIVATE_MULTIPLES
     return tuple({"IN": REREAD_IN, "OUT": out, "between": int(private * m)} for m in multiples)
@@ -985,8 +990,7 @@ AFTER_WAIT_MIN_BYTES = 16 << 20
 
 
 def _after_wait_shapes(quick: bool) -> tuple[Params, ...]:
-    private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
-    out = max(4 * private, AFTER_WAIT_MIN_BYTES) // (AFTER_WAIT_IN * 4)
+    out = max(4 * private_bytes(), AFTER_WAIT_MIN_BYTES) // (AFTER_WAIT_IN * 4)
     return (*({"IN": AFTER_WAIT_IN, "OUT": out, "after": "wait", "ms": ms} for ms in AFTER_WAIT_MS),
             {"IN": AFTER_WAIT_IN, "OUT": out, "after": "flush", "ms": 0})
 
