@@ -117,6 +117,10 @@ def _measured(cal: ProfileSummary) -> list[str]:
     if m.after_busy:
         points = "  ".join(f"{p.preceding_ms:.3g} ms {p.extra_us:+.1f}" for p in m.after_busy)
         lines.append(f"  a call after a busy kernel, us over its repeated time, by the kernel's time: {points}")
+    data_costs = cal.busy_data_costs()
+    if data_costs:
+        points = "  ".join(f"{ms:.3g} ms {us:.1f}" for ms, us in data_costs)
+        lines.append(f"  ... and for its data, us per MB it moves, by the kernel's time: {points}")
     losses = cal.private_cache_losses()
     if losses:
         points = "  ".join(f"{_mib(between)} {100 * share:.0f}%" for between, share in losses)
