@@ -3,11 +3,14 @@
     python tools/in_sequence.py resnet18 --batch 1
     python tools/in_sequence.py small_cnn --batch 8 --profile profiles/full.json --json calls.json
 
-The model's traced graph is replayed call by call, a timer around each call (``--rounds``
-rounds of ``--replays`` replays; each call's median), and each call is then repeated alone
-(``--repeats`` timed calls after two untimed ones; its median), as a benchmark times it. The
-difference is what a call pays for running inside the forward: on a 2-vCPU EPYC VM memory-bound
-calls ran x2.1-2.4 their repeated time in a forward, compute kernels x1.03-1.25. With
+The model's traced graph is run call by call, each call on the outputs the calls before it
+made in the same forward, a timer around each call (``--rounds`` rounds of ``--replays``
+forwards; each call's median), and each call is then repeated alone on the arguments one
+forward gave it (``--repeats`` timed calls after two untimed ones; its median), as a benchmark
+times it. The difference is what a call pays for running inside the forward. (Until
+2026-12-06 the forward was replayed on the arguments captured once, so every call read an
+input a whole forward old; the memory-bound calls' ratios it reported, x2.1-2.4 on a 2-vCPU
+EPYC VM and x1.7-3.4 for MobileNet-V2 b8's batch norms and ReLU6s on another, overstate.) With
 ``--profile`` each call's prediction (the mapper's kernel estimate, its after_busy extra
 included) stands beside both. Prints the sums by operation and the calls that lose most; not a
 test: it times things. Run it alone on the machine.
@@ -56,9 +59,12 @@ def build(name: str, batch: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, .
 GraphCall = tuple[str, str, Callable, tuple, dict]
 
 
+CALLS = ("call_module", "call_function", "call_method")
+
+
 def graph_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[GraphCall]:
     """(node name, callee name, callable, args, kwargs) of every call the traced graph makes,
-    with the arguments one forward gave it."""
+    with the arguments one forward gave it (what each call is timed alone on)."""
     gm, _ = trace(model, inputs)
     calls = []
 
@@ -81,17 +87,49 @@ def graph_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> lis
     return calls
 
 
-def time_calls(calls, *, rounds: int, replays: int, repeats: int) -> list[tuple[float, float]]:
-    """(in-sequence ms, alone ms) per call: medians over rounds of each round's median."""
+def forward_replay(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], list[float]]:
+    """A function that runs one forward of the traced graph and returns each call's seconds, in
+    the order of :func:`graph_calls`. Each call takes the outputs the calls before it made in
+    this same forward, as a model's forward does: replaying the arguments captured once hands
+    every call an input last written a whole forward before, which the caches have lost. The
+    graph's own generated code runs, each call wrapped in a timer, so the gaps between calls
+    stay a forward's: an fx Interpreter between them took EfficientNet-B0 b1's calls from 17 ms
+    to 27 on a VM whose LLC loses a sixth of what it holds in a millisecond."""
+    gm, _ = trace(model, inputs)
+    seconds: list[float] = []
     clock = time.perf_counter
 
-    def replay() -> list[float]:
-        out = []
-        for _, _, fn, args, kwargs in calls:
+    def timed(fn: Callable) -> Callable:
+        def call(*args, **kwargs):
             start = clock()
-            fn(*args, **kwargs)
-            out.append(clock() - start)
-        return out
+            out = fn(*args, **kwargs)
+            seconds.append(clock() - start)
+            return out
+        return call
+
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            node.op, node.target = "call_function", timed(gm.get_submodule(node.target))
+        elif node.op == "call_function":
+            node.target = timed(node.target)
+        elif node.op == "call_method":
+            node.op, node.target = "call_function", timed(lambda s, *a, _m=node.target, **k: getattr(s, _m)(*a, **k))
+    gm.recompile()
+
+    def replay() -> list[float]:
+        seconds.clear()
+        gm(*inputs)
+        return list(seconds)
+
+    return replay
+
+
+def time_calls(calls, replay: Callable[[], list[float]], *, rounds: int, replays: int, repeats: int
+               ) -> list[tuple[float, float]]:
+    """(in-sequence ms, alone ms) per call: medians over rounds of each round's median. In
+    sequence: ``replay()`` (:func:`forward_replay`); alone: the call repeated on its captured
+    arguments, after two untimed calls."""
+    clock = time.perf_counter
 
     def alone(fn, args, kwargs) -> float:
         fn(*args, **kwargs)
@@ -169,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model {args.model!r}; models: {', '.join(names)}")
     model, inputs = build(args.model, args.batch)
     calls = graph_calls(model, inputs)
-    times = time_calls(calls, rounds=args.rounds, replays=args.replays, repeats=args.repeats)
+    times = time_calls(calls, forward_replay(model, inputs), rounds=args.rounds, replays=args.replays,
+                       repeats=args.repeats)
     predicted = predictions(model, inputs, args.profile) if args.profile else {}
     rows = [Call(name, op, seq, alone, predicted.get(name)) for (name, op, *_), (seq, alone) in
             zip(calls, times, strict=True)]

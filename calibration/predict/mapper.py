@@ -272,8 +272,8 @@ class Mapper:
         at the data probes' cost per MB (:meth:`_busy_data_seconds`), less what finding them in
         the LLC already added (``from_llc_seconds``). On the 2-vCPU EPYC VM (32 MiB L3) a batch
         norm over 4.8 MB ran 120 us repeated and 191-234 after 3.7 ms of matmuls; in a
-        MobileNet-V2 at batch 8 its batch norms ran x1.7 and its ReLU6s x3.4 their repeated
-        times, the view probe giving them a few us."""
+        MobileNet-V2 at batch 8 its batch norms ran x1.5 and its ReLU6s x2.3 their repeated
+        times in place, the view probe giving them a few us."""
         # (subgraph, its kernel that pays, the call's seconds, its activations' bytes, what it paid for the LLC)
         calls = [(g, j, sum(kernels[g][i].seconds for i in members) / speedups[g],
                   sum(nodes[g][i].bytes - min(weight_bytes(nodes[g][i]), nodes[g][i].bytes) for i in members),

@@ -68,3 +68,17 @@ def test_the_tool_times_every_call_of_a_model_and_writes_them(tmp_path, capsys):
     assert [c["op"] for c in data["calls"]] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert all(c["in_sequence_ms"] > 0 and c["alone_ms"] > 0 and c["predicted_ms"] is None for c in data["calls"])
     assert capsys.readouterr().out.startswith("mlp batch 1: 5 calls")
+
+
+def test_in_sequence_each_call_takes_what_the_calls_before_it_made_in_the_same_forward():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval(), torch.randn(2, 4)
+    seen = []
+    model[1].register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    replay = in_sequence.forward_replay(model, (x,))
+    with torch.no_grad():
+        seconds = replay()
+        assert len(seconds) == len(in_sequence.graph_calls(model, (x,))) == 2 and all(t > 0 for t in seconds)
+        model[0].weight.mul_(2.0)  # a forward after this one hands the ReLU another input
+        replay()
+        torch.testing.assert_close(seen[-1], model[0](x))
