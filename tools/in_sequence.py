@@ -59,9 +59,6 @@ def build(name: str, batch: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, .
 GraphCall = tuple[str, str, Callable, tuple, dict]
 
 
-CALLS = ("call_module", "call_function", "call_method")
-
-
 def graph_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[GraphCall]:
     """(node name, callee name, callable, args, kwargs) of every call the traced graph makes,
     with the arguments one forward gave it (what each call is timed alone on)."""

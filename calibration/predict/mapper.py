@@ -220,15 +220,15 @@ class Mapper:
 
     def _after_busy_seconds(self, preceding_seconds: float) -> float:
         """What a call pays over its benchmarked (repeated) time for following a kernel of
-        ``preceding_seconds``: the profile's after_busy points (:func:`_on_busy_curve`); never
+        ``preceding_seconds``: the profile's after_busy points (:func:`_on_curve`); never
         negative (a point can be, by noise)."""
         points = self._after_busy_points()
-        return max(_on_busy_curve([(p.preceding_ms, p.extra_us) for p in points], preceding_seconds * 1e3), 0.0) / 1e6
+        return max(_on_curve([(p.preceding_ms, p.extra_us) for p in points], preceding_seconds * 1e3), 0.0) / 1e6
 
     def _busy_data_seconds(self, preceding_seconds: float, nbytes: int) -> float:
         """What a call moving ``nbytes`` of activations pays for its data after a kernel of
         ``preceding_seconds``, beyond what the view probe prices (:meth:`_after_busy_seconds`):
-        the profile's ``busy_data_costs`` per MB (:func:`_on_busy_curve`), for at most what
+        the profile's ``busy_data_costs`` per MB (:func:`_on_curve`), for at most what
         the LLC holds (what a call moves beyond that its benchmark read from DRAM as well)."""
         if self._busy_data is None:
             self._busy_data = (self.calibration.busy_data_costs()
@@ -237,7 +237,7 @@ class Mapper:
             return 0.0
         llc = self._llc_bytes()
         moved = min(nbytes, llc) if llc else nbytes
-        return max(_on_busy_curve(self._busy_data, preceding_seconds * 1e3), 0.0) * moved / 1e6 / 1e6
+        return max(_on_curve(self._busy_data, preceding_seconds * 1e3), 0.0) * moved / 1e6 / 1e6
 
     def _after_busy_points(self) -> list[AfterBusyPoint]:
         """(preceding ms, extra us) of the after_busy probe that touches no data (a view), where
@@ -1035,32 +1035,19 @@ def predict_latency(model: torch.nn.Module, example_inputs: torch.Tensor | Seque
     return mapper.estimate(partition(model, example_inputs, calibration), mode=mode)
 
 
-def _on_busy_curve(points: Sequence[tuple[float, float]], ms: float) -> float:
-    """A (preceding ms, cost) curve at ``ms``: linear in the log of the preceding time between
-    its points, held beyond the longest and scaled to zero below the shortest; 0 without points."""
-    if not points or ms <= 0:
+def _on_curve(points: Sequence[tuple[float, float]], at: float) -> float:
+    """A (bytes or ms, value) curve at ``at``: from 0 at none to its first point, linear in log
+    scale between its points, its last point's value past it; 0 without points."""
+    if not points or at <= 0:
         return 0.0
-    if ms <= points[0][0]:
-        return points[0][1] * ms / points[0][0]
-    if ms >= points[-1][0]:
-        return points[-1][1]
-    above = next(i for i, p in enumerate(points) if p[0] >= ms)
-    (lo_ms, lo), (hi_ms, hi) = points[above - 1], points[above]
-    span = math.log(hi_ms) - math.log(lo_ms)
-    t = (math.log(ms) - math.log(lo_ms)) / span if span > 0 else 1.0
-    return lo + t * (hi - lo)
+    if at <= points[0][0]:
+        return points[0][1] * at / points[0][0]
+    return roofline.interpolate_log(at, points)
 
 
 def _share_on(curve: Sequence[tuple[float, float]], at: float) -> float:
-    """A (bytes or ms, share) curve's share at ``at``: from 0 at none to its first point, in
-    log scale between its points, its last point's past it (all of it, for the curves that
-    end at the share's whole)."""
-    first, first_share = curve[0]
-    if at <= first:
-        return first_share * at / first
-    if at >= curve[-1][0]:
-        return curve[-1][1]
-    return min(max(roofline.interpolate_log(at, curve), 0.0), 1.0)
+    """A (bytes or ms, share) curve's share at ``at`` (:func:`_on_curve`), between 0 and 1."""
+    return min(max(_on_curve(curve, at), 0.0), 1.0)
 
 
 def forward_calls(sizes: Sequence[int], speedups: Sequence[float]) -> list[tuple[int, int, range]]:
