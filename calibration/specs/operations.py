@@ -420,8 +420,13 @@ def _conv_kind(p: Params) -> str:
         return "depthwise" if p["GROUPS"] == p["CIN"] else "grouped"
     if _conv_taps(p) == 1:
         # on a 1x1 map (squeeze-excitation) a pointwise conv is a matrix-vector product per
-        # image: 8 us for 512->128 where a 256->64 conv on 14x14 takes 140 us
-        return "pointwise_1x1_map" if p["H"] == p["W"] == 1 else "pointwise"
+        # image: 8 us for 512->128 where a 256->64 conv on 14x14 takes 140 us. One image runs
+        # on one thread; several, oneDNN spreads over the threads and pays for starting them:
+        # 8 images of 32->8 took 55 us on a 2-vCPU EPYC VM where one took 8 (and 8.6 on one
+        # thread), so the two are different kernels, never interpolated between
+        if p["H"] == p["W"] == 1:
+            return "pointwise_1x1_map" if p["N"] == 1 else "pointwise_1x1_map_batch"
+        return "pointwise"
     return "dense"
 
 
@@ -481,6 +486,17 @@ CONV2D = Operation(
         _conv(1, 64, 64, 7, 3, 1),
         _conv(1, 256, 64, 14, 1, 1),
         _conv(1, 512, 128, 1, 1, 1),  # a squeeze-excitation-style 1x1 on a 1x1 map
+        # the same at batch 8 (pointwise_1x1_map_batch: tens of us of fixed cost on two threads
+        # that one image does not pay), five shapes so that the variant's cost model is fitted:
+        # an efficiency interpolated in FLOPs between call-bound sizes priced an SE conv at
+        # 0.1-4x its time. Squeezing and expanding, with activations that vary apart from the
+        # weights (2048->32, 32->2048); with only square-ish ones the fit put the fixed cost on
+        # the activation bytes and priced 1152->48 at 186 us against 82 measured
+        _conv(8, 16, 4, 1, 1, 1),
+        _conv(8, 64, 256, 1, 1, 1),
+        _conv(8, 1024, 256, 1, 1, 1),
+        _conv(8, 2048, 32, 1, 1, 1),
+        _conv(8, 32, 2048, 1, 1, 1),
         _conv(1, 192, 192, 7, 3, 1, groups=192),
         # CIFAR-scale 3x3 convs (32x32 inputs, a CIFAR ResNet's three stages): narrow on small
         # maps, where the 224x224 layers above say nothing of a call's rate. The nearest the
