@@ -328,11 +328,13 @@ def test_fill_reuses_its_output_and_fill_fresh_allocates_one_each_call():
 
 def test_a_cold_twin_counts_and_runs_what_its_warm_twin_does():
     from calibration.measure.kernels import ColdKernel
-    from calibration.specs.operations import COLD_TWINS
+    from calibration.specs.operations import COLD_TWINS, NOT_COLD
 
     for warm_name, cold_name in COLD_TWINS.items():
         warm, cold = OPERATIONS[warm_name], OPERATIONS[cold_name]
-        assert cold.family == "cold" and cold.shapes(False) == warm.shapes(False)
+        # every warm shape but those of the variants whose few KB a flush costs nothing per byte
+        kept = tuple(p for p in warm.shapes(False) if not NOT_COLD.intersection(warm.variant(p)))
+        assert cold.family == "cold" and cold.shapes(False) == kept and len(kept) > len(warm.shapes(False)) // 2
         for params in warm.shapes(True):
             assert cold.flops(params) == warm.flops(params)
             assert cold.bytes_moved(params, 4) == warm.bytes_moved(params, 4)

@@ -78,3 +78,27 @@ def test_a_batch_of_se_convs_is_priced_from_the_batched_entries_not_the_one_imag
             assert low < conv.seconds < high, (n, conv.name, conv.seconds, conv.source)
         if n == 8:
             assert all("fitted to 5 calibrated shapes" in c.source for c in convs), [c.source for c in convs]
+
+
+def test_the_batched_se_shapes_get_no_cold_twin():
+    cold = OPERATIONS["conv2d_cold"]
+    assert not [p for p in cold.shapes(False) if cold.variant(p) == ("pointwise_1x1_map_batch",)]
+    assert _se(1, 512, 128) in list(cold.shapes(False))  # the one-image SE conv keeps its twin
+    assert len(cold.shapes(False)) == len(CONV.shapes(False)) - len(_batched_grid())
+
+
+def test_a_batched_se_conv_is_not_priced_per_evicted_byte_from_twins_timed_cold():
+    """A profile from before NOT_COLD has twins of the batched shapes, whose cold time over warm
+    is the call's fixed cost after a flush (here 60 us on a few KB): a forward's SE conv keeps its
+    warm time, while a one-image SE conv with its twin still pays for what the forward evicts."""
+    twins = [record("conv2d_cold", (110e-6 + 2e-11 * CONV.flops(p)) * 1e3, **p) for p in _batched_grid()]
+    twins.append(record("conv2d_cold", 40e-3, **_se(1, 512, 128)))
+    mapper = CPUMapper(_ceilings(extra=[*twins, record("conv2d", 8e-3, **_se(1, 512, 128)),
+                                        *(record("conv2d", (50e-6 + 2e-11 * CONV.flops(p)) * 1e3, **p)
+                                          for p in _batched_grid())]))
+    part = partition(SqueezeExcite(480, 20).eval(), torch.randn(8, 480, 1, 1), mapper.calibration)
+    nodes = [n for sg in part.subgraphs for n in sg.nodes if n.operation == "conv2d"]
+    assert nodes and all(mapper._cold_factor(n, reuse_bytes=1 << 30) == 1.0 for n in nodes)
+    one = partition(SqueezeExcite(512, 128).eval(), torch.randn(1, 512, 1, 1), mapper.calibration)
+    fc1 = next(n for sg in one.subgraphs for n in sg.nodes if n.operation == "conv2d")
+    assert mapper._cold_factor(fc1, reuse_bytes=1 << 30) > 2.0
