@@ -59,6 +59,19 @@ def build(name: str, batch: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, .
 GraphCall = tuple[str, str, Callable, tuple, dict]
 
 
+def _callee(gm: fx.GraphModule, node: fx.Node) -> tuple[str, Callable] | None:
+    """(callee name, callable) of a node that calls something (a module, a function or a
+    method); None for the graph's inputs, attributes and output."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return type(module).__name__, module
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target)), node.target
+    if node.op == "call_method":
+        return node.target, lambda s, *a, _m=node.target, **k: getattr(s, _m)(*a, **k)
+    return None
+
+
 def graph_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[GraphCall]:
     """(node name, callee name, callable, args, kwargs) of every call the traced graph makes,
     with the arguments one forward gave it (what each call is timed alone on)."""
@@ -69,14 +82,8 @@ def graph_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> lis
         def run_node(self, n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             result = super().run_node(n)
-            if n.op == "call_module":
-                fn = self.fetch_attr(n.target)
-                calls.append((n.name, type(fn).__name__, fn, args, kwargs))
-            elif n.op == "call_function":
-                calls.append((n.name, getattr(n.target, "__name__", str(n.target)), n.target, args, kwargs))
-            elif n.op == "call_method":
-                method = n.target
-                calls.append((n.name, method, lambda s, *a, _m=method, **k: getattr(s, _m)(*a, **k), args, kwargs))
+            if (callee := _callee(gm, n)) is not None:
+                calls.append((n.name, *callee, args, kwargs))
             return result
 
     with torch.no_grad():
@@ -105,12 +112,8 @@ def forward_replay(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> 
         return call
 
     for node in gm.graph.nodes:
-        if node.op == "call_module":
-            node.op, node.target = "call_function", timed(gm.get_submodule(node.target))
-        elif node.op == "call_function":
-            node.target = timed(node.target)
-        elif node.op == "call_method":
-            node.op, node.target = "call_function", timed(lambda s, *a, _m=node.target, **k: getattr(s, _m)(*a, **k))
+        if (callee := _callee(gm, node)) is not None:
+            node.op, node.target = "call_function", timed(callee[1])
     gm.recompile()
 
     def replay() -> list[float]:
