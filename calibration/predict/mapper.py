@@ -36,7 +36,14 @@ from calibration.profile.roofline import Bottleneck
 from calibration.profile.schema import HardwareCalibration
 from calibration.specs import host
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
-from calibration.specs.operations import COLD_TWINS, DRIFT_CLASSES, NOT_COLD, OPERATIONS, SMALL_KERNEL_S, conv_geometry
+from calibration.specs.operations import (
+    COLD_TWINS,
+    DRIFT_CLASSES,
+    OPERATIONS,
+    SMALL_KERNEL_S,
+    conv_geometry,
+    has_cold_twin,
+)
 
 Mode = Literal["eager", "fused"]
 FLOATING = ("float", "bfloat", "tf32")  # dtype names of floating-point work
@@ -512,9 +519,9 @@ class Mapper:
         evicted = evicted_bytes(node.operation, node.params, dtype)
         if cold_name is None or not reuse_bytes or reuse_bytes <= 0 or llc is None or evicted <= 0:
             return 1.0
-        cal, spec = self.calibration, OPERATIONS[cold_name]
-        if NOT_COLD.intersection(spec.variant(spec.complete(node.params))):
+        if not has_cold_twin(OPERATIONS[node.operation], node.params):
             return 1.0  # its few KB cost nothing per byte worth pricing (specs.operations.NOT_COLD)
+        cal, spec = self.calibration, OPERATIONS[cold_name]
 
         def scale(params) -> float:
             return max(float(spec.scale(spec.complete(params))), 1.0) if spec.scale else 1.0

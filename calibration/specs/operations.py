@@ -859,9 +859,14 @@ FILL_FRESH = _alloc_op(
 NOT_COLD = frozenset({"pointwise_1x1_map_batch"})
 
 
+def has_cold_twin(warm: Operation, params: Params) -> bool:
+    """Whether the cold family times this shape of ``warm`` (none of the NOT_COLD variants)."""
+    return not NOT_COLD.intersection(warm.variant(warm.complete(params)))
+
+
 def _cold(warm: Operation) -> Operation:
     def shapes(quick: bool) -> tuple[Params, ...]:
-        return tuple(p for p in warm.shapes(quick) if not NOT_COLD.intersection(warm.variant(p)))
+        return tuple(p for p in warm.shapes(quick) if has_cold_twin(warm, p))
 
     return Operation(
         name=f"{warm.name}_cold", family="cold",
