@@ -104,8 +104,8 @@ def estimate(
 ) -> ShapeEstimate | None:
     """The time of ``params`` from ``entries`` (calibrated shapes of its variant), or None
     where the operation has no cost model or too few shapes are calibrated to fit one (a
-    shape per term and one more)."""
-    if spec.cost_terms is None or spec.shape_features is None:
+    shape per term and one more), or whose variant the cost model does not price."""
+    if not spec.has_cost_model(params):
         return None
     timed = [e for e in entries if e.latency.median_ms > 0]
     width = len(spec.cost_terms(params, size))
