@@ -184,8 +184,9 @@ class Mapper:
         self._busy: list[tuple[int, float]] | None = None
         # (working-set bytes, share the LLC loses to one pass of it): the triad sweep, read once
         self._llc_curve: list[tuple[int, float]] | None = None
-        # (ms touching no memory, share of what the LLC held lost in them): after_wait, read once
-        self._waits: list[tuple[float, float]] | None = None
+        # (working-set bytes, [(ms touching no memory, share of it the LLC lost in them)]) by
+        # the after_wait cases' GEMV sizes, read once
+        self._waits: list[tuple[int, list[tuple[float, float]]]] | None = None
         self._evict_probes: dict[str, float] | None = None  # op kind -> us (after_evict), read once
         self._busy_points: list[AfterBusyPoint] | None = None  # read once
         # (ms of the kernel before, us per MB a call's data pays for it): after_busy, read once
@@ -558,33 +559,44 @@ class Mapper:
         share = self._evicted_share(node, reuse_bytes, llc)
         weights = min(weight_bytes(node), evicted)
         if weights and since_seconds:
-            share = (weights * self._weights_share(share, since_seconds) + (evicted - weights) * share) / evicted
+            held = self._weights_share(share, since_seconds, reuse_bytes + evicted)
+            share = (weights * held + (evicted - weights) * share) / evicted
         added = per_byte_ms * evicted / 1e3 * share
         return 1.0 + added / warm_seconds
 
-    def _weights_share(self, evicted_share: float, since_seconds: float) -> float:
+    def _weights_share(self, evicted_share: float, since_seconds: float, working_set: int | None = None) -> float:
         """The share of a conv's or linear's weights gone from the LLC when it is called again
         ``since_seconds`` later: what the forward's traffic evicts (``evicted_share``), and of
-        what that leaves, what the LLC loses to the time (the profile's ``after_wait`` cases,
-        :meth:`_wait_share`).
+        what that leaves, what the LLC loses to the time with ``working_set`` bytes of the
+        process in it (the profile's ``after_wait`` cases, :meth:`_wait_share`).
 
         A VM's LLC is its host's, and the other tenants' traffic goes through it: on the
         2-vCPU Xeon VM a GEMV over 16 MiB lost 20% of what a flush took after 5 ms in which the
         process touched no memory, 48% after 20 and 91% after 50, and a 12.6 MB add ran x2
         after 20 ms of matmul, spin or sleep alike. Its output is another matter: the caching
         allocator hands it a block the forward freed a few calls before."""
-        return 1.0 - (1.0 - evicted_share) * (1.0 - self._wait_share(since_seconds))
+        return 1.0 - (1.0 - evicted_share) * (1.0 - self._wait_share(since_seconds, working_set))
 
-    def _wait_share(self, seconds: float) -> float:
-        """The share of a working set the LLC held that it loses in ``seconds``: the profile's
-        ``after_wait`` points, linear in log time between them, held beyond the longest and
-        scaled to zero below the shortest; 0 without them."""
+    def _wait_share(self, seconds: float, working_set: int | None = None) -> float:
+        """The share of a working set of ``working_set`` bytes the LLC held that it loses in
+        ``seconds``: at each of the profile's ``after_wait`` sizes, its points linear in log
+        time between them, held beyond the longest and scaled to zero below the shortest; then
+        linear in log bytes between the sizes, held beyond them, a larger set losing no less
+        than a smaller one (the other tenants' traffic reaches the process's lines the sooner
+        the more of them there are). Without ``working_set``, the largest size's share; 0
+        without after_wait cases."""
         if self._waits is None:
-            self._waits = (self.calibration.wait_losses()
+            self._waits = (self.calibration.wait_loss_curves()
                            if self.calibration is not None and self.device == "cpu" else [])
         if not self._waits or seconds <= 0:
             return 0.0
-        return _share_on(self._waits, seconds * 1e3)
+        ladder, most = [], 0.0
+        for size, curve in self._waits:
+            most = max(most, _share_on(curve, seconds * 1e3))
+            ladder.append((size, most))
+        if working_set is None or working_set <= 0:
+            return ladder[-1][1]
+        return min(max(roofline.interpolate_log(working_set, ladder), 0.0), 1.0)
 
     def _evicted_share(self, node: NodeCost, reuse_bytes: int, llc: int) -> float:
         """The share of a conv's or linear's weights and output the rest of a forward

@@ -492,23 +492,40 @@ class ProfileQueries:
         return out
 
     def wait_losses(self) -> list[tuple[float, float]]:
-        """(ms in which the process touched no memory, share of a working set the LLC held that
-        it lost in them), from the profile's ``after_wait`` cases, shortest wait first: each
-        wait's median time over its warm twin's (timed in its own rounds), as a share of that
-        right after the LLC was flushed; at most 1 (after 50 ms the Xeon VM's GEMV ran slower
-        than after a flush: the cores idle too), and a running maximum (a longer wait loses no
-        less). [] without the flushed case, nothing it lost, or fewer than two waits.
+        """The largest working set's curve of :meth:`wait_loss_curves` ([] without one): what
+        a working set the LLC barely holds loses to time."""
+        curves = self.wait_loss_curves()
+        return curves[-1][1] if curves else []
+
+    def wait_loss_curves(self) -> list[tuple[int, list[tuple[float, float]]]]:
+        """(working-set bytes, [(ms in which the process touched no memory, share of it the LLC
+        lost in them), shortest wait first]) for each GEMV size of the profile's ``after_wait``
+        cases, smallest first: each wait's median time over the GEMV's warm time, as a share of
+        that right after the LLC was flushed; at most 1 (after 50 ms the Xeon VM's GEMV ran
+        slower than after a flush: the cores idle too), and a running maximum (a longer wait
+        loses no less). A size without the flushed case, nothing it lost, or fewer than two
+        waits has no curve. The warm time is the median of the size's warm twins (each timed
+        in its case's own rounds, seconds apart): the flushed case's own twin follows the
+        flush's writes and was not warm (a 4 MiB GEMV's 120 us against 73-82 in the six wait
+        cases on a 2-vCPU EPYC VM, which had taken 60% off the flush's share).
 
         The median, not the mean the reread points take: a wait's rounds spread evenly, and
         one round the host held up (1012 us among 25 of 311-431 after 1 ms) had doubled the
         share of the shortest wait, and with it the cold time of every GEMV in a 2 ms forward."""
-        entries = [e for e in self._against_warm_twin("after_wait") if e.dtype == "float32"]
-        flushed = [e.latency.median_ms - e.warm_ms for e in entries if e.params.get("after") == "flush"]
-        waits = sorted((float(e.params["ms"]), e.latency.median_ms - e.warm_ms)
-                       for e in entries if e.params.get("after") == "wait")
-        if not flushed or max(flushed) <= 0 or len(waits) < 2:
-            return []
-        return _running_shares(waits, max(flushed))
+        sizes: dict[int, list[OperationCalibration]] = {}
+        for entry in self._against_warm_twin("after_wait"):
+            if entry.dtype == "float32":
+                weights = int(entry.params["IN"]) * int(entry.params["OUT"]) * 4
+                sizes.setdefault(weights, []).append(entry)
+        curves = []
+        for weights, entries in sorted(sizes.items()):
+            warm_ms = median([e.warm_ms for e in entries])
+            flushed = [e.latency.median_ms - warm_ms for e in entries if e.params.get("after") == "flush"]
+            waits = sorted((float(e.params["ms"]), e.latency.median_ms - warm_ms)
+                           for e in entries if e.params.get("after") == "wait")
+            if flushed and max(flushed) > 0 and len(waits) >= 2:
+                curves.append((weights, _running_shares(waits, max(flushed))))
+        return curves
 
     def triad_sweep(self) -> list[tuple[int, float]]:
         """(working-set bytes, GB/s) of the profile's float32 triad entries, busy ones left out."""

@@ -125,10 +125,9 @@ def _measured(cal: ProfileSummary) -> list[str]:
     if losses:
         points = "  ".join(f"{_mib(between)} {100 * share:.0f}%" for between, share in losses)
         lines.append(f"  share of a working set the cores' own caches lose to other reads, by the bytes read: {points}")
-    waits = cal.wait_losses()
-    if waits:
+    for nbytes, waits in cal.wait_loss_curves():
         points = "  ".join(f"{ms:g} ms {100 * share:.0f}%" for ms, share in waits)
-        lines.append(f"  share of what the LLC held lost to time alone, by the ms waited: {points}")
+        lines.append(f"  share of {_mib(nbytes)} the LLC held lost to time alone, by the ms waited: {points}")
     return lines
 
 

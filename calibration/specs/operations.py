@@ -1052,15 +1052,29 @@ AFTER_EVICT = Operation(
 # case times a GEMV whose weights are four times the cores' own caches (at least 16 MiB) right
 # after ``ms`` milliseconds in which this process touched no memory, against the same GEMV
 # right after itself; one case times it right after the LLC was flushed, the share's whole.
+# What time takes depends on how much the process held: on a 2-vCPU EPYC VM (32 MiB L3) a
+# GEMV over 4 MiB lost 10-12% of what a flush took after 1 ms and 34-44% after 2, one over
+# 16 MiB 67-92% and 90-96%, and 8 MiB fell between (the other tenants' traffic replaces the
+# least recently used lines first, and the more the process holds, the sooner that reaches
+# them). A CIFAR CNN's 4 MiB classifier, priced by the 16 MiB ladder alone, came out at 2.8x
+# its time in the forward. So the ladder is timed at two working sets: twice the cores' own
+# caches (the smallest that the LLC holds and the cores do not) and the larger one above.
 AFTER_WAIT_MS = (1, 2, 5, 10, 20, 50)
 AFTER_WAIT_IN = 1024
 AFTER_WAIT_MIN_BYTES = 16 << 20
 
 
+def after_wait_sizes() -> tuple[int, ...]:
+    """The GEMV output rows of the after_wait ladders, smaller working set first: twice the
+    cores' own caches, and four times them but at least ``AFTER_WAIT_MIN_BYTES``."""
+    private, row = private_bytes(), AFTER_WAIT_IN * 4
+    return tuple(sorted({max(2 * private // row, 1), max(4 * private, AFTER_WAIT_MIN_BYTES) // row}))
+
+
 def _after_wait_shapes(quick: bool) -> tuple[Params, ...]:
-    out = max(4 * private_bytes(), AFTER_WAIT_MIN_BYTES) // (AFTER_WAIT_IN * 4)
-    return (*({"IN": AFTER_WAIT_IN, "OUT": out, "after": "wait", "ms": ms} for ms in AFTER_WAIT_MS),
-            {"IN": AFTER_WAIT_IN, "OUT": out, "after": "flush", "ms": 0})
+    return tuple(shape for out in after_wait_sizes() for shape in (
+        *({"IN": AFTER_WAIT_IN, "OUT": out, "after": "wait", "ms": ms} for ms in AFTER_WAIT_MS),
+        {"IN": AFTER_WAIT_IN, "OUT": out, "after": "flush", "ms": 0}))
 
 
 AFTER_WAIT = Operation(
@@ -1071,7 +1085,7 @@ AFTER_WAIT = Operation(
                 "much of a forward's weights the LLC loses to time between two of their calls",
     flops=lambda p: 2 * p["IN"] * p["OUT"],
     bytes_moved=lambda p, size: (p["IN"] * p["OUT"] + p["IN"] + p["OUT"]) * size,
-    shapes=_after_wait_shapes,  # every wait, quick or full: 2-3 s in all
+    shapes=_after_wait_shapes,  # every wait at both sizes, quick or full: 3-5 s in all
     cpu_only=lambda p: True,
 )
 

@@ -15,24 +15,25 @@ from calibration.measure.kernels import AfterWaitKernel, _after_wait, build
 from calibration.predict.mapper import CPUMapper, predict_latency
 from calibration.predict.plan import partition
 from calibration.specs import host
-from calibration.specs.operations import AFTER_WAIT_MIN_BYTES, AFTER_WAIT_MS, OPERATIONS, Case
+from calibration.specs.operations import AFTER_WAIT_MIN_BYTES, AFTER_WAIT_MS, OPERATIONS, Case, after_wait_sizes
 
 GEMV = {"IN": 1024, "OUT": 4096}
 
 
-def _wait(after: str, ms: int, added_us: float, warm_us: float = 300.0, *, outlier_us: float = 0.0) -> Record:
-    """An after_wait record: its rounds' median ``added_us`` over its warm twin, one round of
-    ten ``outlier_us`` slower still (the host holding it up)."""
+def _wait(after: str, ms: int, added_us: float, warm_us: float = 300.0, *, outlier_us: float = 0.0,
+          out: int = GEMV["OUT"]) -> Record:
+    """An after_wait record of a 1024 x ``out`` GEMV: its rounds' median ``added_us`` over its
+    warm twin, one round of ten ``outlier_us`` slower still (the host holding it up)."""
     median = (warm_us + added_us) / 1e3
     samples = [median] * 9 + [median + outlier_us / 1e3]
     stats = latency(median).model_copy(update={"samples_ms": samples, "mean_ms": sum(samples) / len(samples)})
-    return Record(Case("after_wait", tuple({**GEMV, "after": after, "ms": ms}.items()), "float32", "cpu"),
+    return Record(Case("after_wait", tuple({**GEMV, "OUT": out, "after": after, "ms": ms}.items()), "float32", "cpu"),
                   stats, warm_ms=warm_us / 1e3)
 
 
-def _waits(added_by_ms: dict[int, float], flushed_us: float | None = 300.0) -> list[Record]:
-    records = [_wait("wait", ms, us) for ms, us in added_by_ms.items()]
-    return records + ([_wait("flush", 0, flushed_us)] if flushed_us is not None else [])
+def _waits(added_by_ms: dict[int, float], flushed_us: float | None = 300.0, out: int = GEMV["OUT"]) -> list[Record]:
+    records = [_wait("wait", ms, us, out=out) for ms, us in added_by_ms.items()]
+    return records + ([_wait("flush", 0, flushed_us, out=out)] if flushed_us is not None else [])
 
 
 def _conv(extra=(), llc: int = 64 << 20, cold_ms: float = 2.0):
@@ -42,14 +43,19 @@ def _conv(extra=(), llc: int = 64 << 20, cold_ms: float = 2.0):
     return fold(ceilings() + records, metadata(cache_sizes={"L1": 32 << 10, "L2": 1 << 20, "L3": llc})), params
 
 
-def test_every_wait_and_the_flush_time_a_gemv_past_the_private_caches_quick_or_full():
+def test_every_wait_and_the_flush_time_gemvs_of_two_sizes_past_the_private_caches_quick_or_full():
     private = host.private_cache_bytes(host.cache_sizes(), host.usable_cpus()) or host.usable_cpus() << 20
+    small, large = after_wait_sizes()
+    row = 1024 * 4
+    assert small * row >= 2 * private - row  # twice the cores' own caches: past the L2s
+    assert large * row >= max(4 * private, AFTER_WAIT_MIN_BYTES) - row  # and 16 MiB at least
     for quick in (False, True):
         shapes = OPERATIONS["after_wait"].shapes(quick)
-        assert [p["ms"] for p in shapes if p["after"] == "wait"] == list(AFTER_WAIT_MS)
-        assert [p for p in shapes if p["after"] == "flush"] and len(shapes) == len(AFTER_WAIT_MS) + 1
-        for p in shapes:  # weights four times the cores' own caches, 16 MiB at least: in the LLC, past the L2s
-            assert p["IN"] * p["OUT"] * 4 >= max(4 * private, AFTER_WAIT_MIN_BYTES) - p["IN"] * 4
+        assert len(shapes) == 2 * (len(AFTER_WAIT_MS) + 1)
+        for out in (small, large):
+            ladder = [p for p in shapes if p["OUT"] == out]
+            assert [p["ms"] for p in ladder if p["after"] == "wait"] == list(AFTER_WAIT_MS)
+            assert [p for p in ladder if p["after"] == "flush"]
     assert OPERATIONS["after_wait"].cases(quick=False, device="cuda") == []
     assert OPERATIONS["after_wait"].family == "sequence"
 
@@ -113,6 +119,47 @@ def test_the_share_over_time_is_linear_in_log_ms_scaled_to_zero_below_and_held_b
     assert CPUMapper(_conv()[0])._wait_share(1.0) == 0.0  # a profile without after_wait cases
 
 
+def test_each_gemv_size_has_its_curve_and_the_share_is_linear_in_log_bytes_between_them():
+    small = _waits({2: 20.0, 20: 150.0}, flushed_us=200.0, out=1024)  # 4 MiB: 10% after 2 ms, 75% after 20
+    large = _waits({2: 240.0, 20: 300.0}, flushed_us=300.0)  # 16 MiB: 80% and all of it
+    cal, _ = _conv(small + large)
+    assert cal.wait_loss_curves() == [(4 << 20, [(2.0, pytest.approx(0.1)), (20.0, pytest.approx(0.75))]),
+                                      (16 << 20, [(2.0, pytest.approx(0.8)), (20.0, pytest.approx(1.0))])]
+    assert cal.wait_losses() == cal.wait_loss_curves()[-1][1]  # the largest set's
+    mapper = CPUMapper(cal)
+    assert mapper._wait_share(2e-3, 4 << 20) == pytest.approx(0.1)
+    assert mapper._wait_share(2e-3, 8 << 20) == pytest.approx(0.45)  # halfway in log bytes
+    assert mapper._wait_share(2e-3, 1 << 20) == pytest.approx(0.1)  # held below the smallest
+    assert mapper._wait_share(2e-3, 1 << 30) == pytest.approx(0.8)  # and beyond the largest
+    assert mapper._wait_share(2e-3) == pytest.approx(0.8)  # no working set: the largest's
+
+
+def test_a_larger_working_set_loses_no_less_than_a_smaller_one_to_the_same_wait():
+    # the 16 MiB ladder read less than the 4 MiB one after 2 ms (a quiet moment on the host)
+    cal, _ = _conv(_waits({2: 100.0, 20: 200.0}, 200.0, out=1024) + _waits({2: 60.0, 20: 300.0}))
+    mapper = CPUMapper(cal)
+    assert mapper._wait_share(2e-3, 4 << 20) == pytest.approx(0.5)
+    assert mapper._wait_share(2e-3, 16 << 20) == pytest.approx(0.5)
+    assert mapper._wait_share(2e-3, 8 << 20) == pytest.approx(0.5)
+
+
+def test_a_small_forward_s_weights_lose_the_small_ladder_s_share_to_the_same_time():
+    params = dict(N=1, CIN=64, COUT=64, H=32, W=32, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    node = partition(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False)).eval(),
+                     torch.randn(1, *[params[k] for k in ("CIN", "H", "W")]), _conv()[0]).subgraphs[0].nodes[0]
+    one_size, _ = _conv(_waits({2: 240.0, 20: 300.0}))
+    two_sizes, _ = _conv(_waits({2: 20.0, 20: 150.0}, 200.0, out=1024) + _waits({2: 240.0, 20: 300.0}))
+    reuse = 1 << 20  # the rest of a forward touching 1 MiB: under the small ladder's 4 MiB
+    by_large = CPUMapper(one_size)._cold_factor(node, reuse, warm_seconds=1e-3, since_seconds=2e-3)
+    by_small = CPUMapper(two_sizes)._cold_factor(node, reuse, warm_seconds=1e-3, since_seconds=2e-3)
+    bytes_share = 1 - math.exp(-reuse / (64 << 20))
+    weights, output = 64 * 64 * 9 * 4, 64 * 32 * 32 * 4
+    per_byte = 1e-3 / (weights + output)
+    for factor, lost in ((by_large, 0.8), (by_small, 0.1)):
+        weights_share = 1 - (1 - bytes_share) * (1 - lost)
+        assert factor == pytest.approx(1 + per_byte * (weights * weights_share + output * bytes_share) / 1e-3)
+
+
 def test_a_conv_s_weights_lose_to_the_time_since_its_last_call_its_output_does_not():
     cal, params = _conv(_waits({2: 30.0, 20: 150.0}))
     mapper = CPUMapper(cal)
@@ -169,6 +216,6 @@ def test_show_lists_the_share_lost_by_the_ms_waited():
     from calibration.profile.summary import render_summary
 
     cal, _ = _conv(_waits({2: 30.0, 20: 150.0, 50: 450.0}))
-    assert "share of what the LLC held lost to time alone, by the ms waited: 2 ms 10%  20 ms 50%  50 ms 100%" in (
+    assert "share of 16 MiB the LLC held lost to time alone, by the ms waited: 2 ms 10%  20 ms 50%  50 ms 100%" in (
         render_summary(cal))
     assert "lost to time alone" not in render_summary(_conv()[0])
