@@ -1085,7 +1085,7 @@ AFTER_WAIT = Operation(
                 "much of a forward's weights the LLC loses to time between two of their calls",
     flops=lambda p: 2 * p["IN"] * p["OUT"],
     bytes_moved=lambda p, size: (p["IN"] * p["OUT"] + p["IN"] + p["OUT"]) * size,
-    shapes=_after_wait_shapes,  # every wait at both sizes, quick or full: 3-5 s in all
+    shapes=_after_wait_shapes,  # every wait at both sizes, quick or full: about 7 s in all
     cpu_only=lambda p: True,
 )
 
