@@ -1,5 +1,7 @@
 """FLOP and byte models against hand counts and torch's FlopCounterMode."""
 
+import time
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -348,6 +350,21 @@ def test_a_cold_twin_counts_and_runs_what_its_warm_twin_does():
     kernel.prepare()
     assert torch.equal(kernel.flush, before + 1)  # every element written
     assert kernel().shape == (1, 16, 10, 10)
+
+
+def test_a_cold_twin_s_warm_call_is_its_third_in_a_row_and_only_that_one_is_timed():
+    kernel = build(Case("linear_cold", (("B", 2), ("IN", 16), ("OUT", 8)), "float32", "cpu"))
+    calls, run = [], kernel.run
+
+    def counted():
+        calls.append(time.perf_counter())
+        return run()
+
+    kernel.run = counted
+    began = time.perf_counter()
+    seconds = kernel.time_warm()
+    assert len(calls) == 3 and 0 < seconds <= time.perf_counter() - calls[2]
+    assert seconds < time.perf_counter() - began
 
 
 def test_cold_cases_in_a_row_share_one_flush_buffer_given_back_after_them():
