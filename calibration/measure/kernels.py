@@ -21,6 +21,7 @@ from calibration.specs.operations import (
     AFTER_BUSY_PROBES,
     AFTER_BUSY_SHAPE,
     AFTER_EVICT_PRIVATE_MULTIPLE,
+    COLD_CONTEXT,
     MATMUL_PATHS,
     MODULE_CALL_FORMS,
     OPERATIONS,
@@ -215,7 +216,7 @@ class ColdKernel(ThirdCallWarm):
     ran 1.0-1.5x the warm entries, so that the cold cost (cold over twin) of EfficientNet-B0's
     1x1 convs came out near nothing in one profile and 60-90% of their warm time in the next."""
 
-    context = "cold: caches evicted, input and output block touched, before each call"
+    context = COLD_CONTEXT
 
     def __init__(self, run: Kernel, activation: torch.Tensor, touch_output: Kernel, device: torch.device):
         self.run = run

@@ -915,6 +915,11 @@ def _cold(warm: Operation) -> Operation:
 CONV2D_COLD = _cold(CONV2D)
 LINEAR_COLD = _cold(LINEAR)
 COLD_TWINS: dict[str, str] = {CONV2D.name: CONV2D_COLD.name, LINEAR.name: LINEAR_COLD.name}  # warm -> cold
+# What a cold case's entry says of how it was timed (its LatencyStats.source), where its warm
+# twin is the third call after the cold one: a warm twin, so that the cold cost is the cold
+# call over it, drift-free. Entries without it timed the second call, which could still be
+# cold, and a mapper falls back to the warm entry where that twin ran far over it.
+COLD_CONTEXT = "cold: caches evicted, input and output block touched, before each call; warm twin its third call after"
 
 
 # --------------------------------------------------------------------------- calls after a busy kernel

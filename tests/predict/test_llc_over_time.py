@@ -99,6 +99,15 @@ def test_the_share_lost_is_each_wait_s_median_added_time_over_the_flush_s_a_runn
     assert held_up.wait_losses() == [(2.0, pytest.approx(0.1)), (20.0, pytest.approx(0.5))]
 
 
+def test_each_size_s_shares_stand_on_the_median_of_its_warm_twins_not_the_flushed_case_s_own():
+    # the flushed case's twin, right after the flush's writes, ran 500 us where the waits' ran 300
+    waits = [_wait("wait", 2, 30.0), _wait("wait", 20, 150.0), _wait("wait", 50, 240.0)]
+    flushed = dataclasses.replace(_wait("flush", 0, 300.0), warm_ms=0.5)
+    cal, _ = _conv([*waits, flushed])
+    # against 300 us warm: the flush added 300, the waits 30, 150 and 240 (not 300 over a 500 us twin: 3x)
+    assert cal.wait_losses() == [(2.0, pytest.approx(0.1)), (20.0, pytest.approx(0.5)), (50.0, pytest.approx(0.8))]
+
+
 @pytest.mark.parametrize("added_by_ms, flushed", [
     ({1: 15.0, 5: 60.0}, None),  # nothing to take a share of
     ({1: 15.0, 5: 60.0}, -5.0),  # the flush lost nothing: a GEMV past the LLC

@@ -557,6 +557,24 @@ def test_a_warm_call_of_the_cold_rounds_far_slower_than_the_warm_entry_was_not_w
     assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(0.225 / 0.075)
 
 
+def test_a_twin_timed_third_after_the_cold_call_is_warm_however_far_it_ran_over_the_warm_entry():
+    from calibration.measure.fold import Record
+    from calibration.specs.operations import COLD_CONTEXT, Case
+
+    params = dict(N=8, CIN=256, COUT=256, H=14, W=14, K=3, STRIDE=1, PAD=1, GROUPS=1)
+    # cold 15.3 ms, its twin 15.1, the warm entry 9.4 timed minutes before: the host ran slow, not cold
+    stats = latency(15.3).model_copy(update={"source": COLD_CONTEXT})
+    third = Record(Case("conv2d_cold", tuple(params.items()), "float32", "cpu"), stats, warm_ms=15.1)
+    cal = fold(ceilings() + [record("conv2d", 9.4, **params), third], metadata(cache_sizes={"L3": 1024}))
+    part = partition(nn.Sequential(nn.Conv2d(256, 256, 3, padding=1, bias=False)).eval(), torch.randn(8, 256, 14, 14))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(15.3 / 15.1)
+    # the same numbers from a profile whose twins were second calls: the entry is the base
+    second = Record(third.case, latency(15.3), warm_ms=15.1)
+    old = fold(ceilings() + [record("conv2d", 9.4, **params), second], metadata(cache_sizes={"L3": 1024}))
+    assert CPUMapper(old)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(15.3 / 9.4)
+
+
 def test_a_one_row_linear_pays_for_what_the_triad_sweep_says_the_llc_loses_at_its_working_set():
     mib = 2**20
 
