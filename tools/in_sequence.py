@@ -12,8 +12,9 @@ times it. The difference is what a call pays for running inside the forward. (Un
 input a whole forward old; the memory-bound calls' ratios it reported, x2.1-2.4 on a 2-vCPU
 EPYC VM and x1.7-3.4 for MobileNet-V2 b8's batch norms and ReLU6s on another, overstate.) With
 ``--profile`` each call's prediction (the mapper's kernel estimate, its after_busy extra
-included) stands beside both. Prints the sums by operation and the calls that lose most; not a
-test: it times things. Run it alone on the machine.
+included) stands beside both. Prints the sums by operation, the calls that lose most and the
+model's own forward (:func:`forward_ms`: the calls' medians sum to less than it); not a test:
+it times things. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -152,6 +153,23 @@ def time_calls(calls, replay: Callable[[], list[float]], *, rounds: int, replays
             for i in range(len(calls))]
 
 
+def forward_ms(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], runs: int) -> float:
+    """The model's own forward, untimed inside: the median of ``runs`` calls after two untimed
+    ones. The calls' medians sum to less than it: a forward is a sum of calls, so its median
+    follows the sum of their means (on a 2-vCPU EPYC VM MobileNet-V2 b1's forward took 13.4
+    ms, its calls' medians summed to 12.2 and their means to 13.5)."""
+    clock = time.perf_counter
+    with torch.no_grad():
+        model(*inputs)
+        model(*inputs)
+        times = []
+        for _ in range(runs):
+            start = clock()
+            model(*inputs)
+            times.append(clock() - start)
+    return statistics.median(times) * 1e3
+
+
 def predictions(model, inputs, profile: str) -> dict[str, float]:
     from calibration import load_calibration
     from calibration.predict.mapper import mapper_for
@@ -162,11 +180,13 @@ def predictions(model, inputs, profile: str) -> dict[str, float]:
     return {k.name: k.seconds * 1e3 for sg in estimate.subgraphs for k in sg.kernels}
 
 
-def report(name: str, batch: int, calls: list[Call], top: int) -> str:
+def report(name: str, batch: int, calls: list[Call], top: int, forward: float | None = None) -> str:
     seq, alone = sum(c.in_sequence_ms for c in calls), sum(c.alone_ms for c in calls)
     predicted = [c.predicted_ms for c in calls if c.predicted_ms is not None]
     lines = [f"{name} batch {batch}: {len(calls)} calls, {seq:.3f} ms in sequence, {alone:.3f} ms alone "
-             f"(x{seq / alone:.2f})" + (f", {sum(predicted):.3f} ms predicted" if predicted else "")]
+             f"(x{seq / alone:.2f})" + (f", {sum(predicted):.3f} ms predicted" if predicted else "")
+             + (f"; the forward itself {forward:.3f} ms (x{forward / seq:.2f} the calls in sequence)"
+                if forward is not None else "")]
     by_op: dict[str, list[Call]] = {}
     for c in calls:
         by_op.setdefault(c.op, []).append(c)
@@ -212,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     predicted = predictions(model, inputs, args.profile) if args.profile else {}
     rows = [Call(name, op, seq, alone, predicted.get(name)) for (name, op, *_), (seq, alone) in
             zip(calls, times, strict=True)]
-    print(report(args.model, args.batch, rows, args.top))
+    forward = forward_ms(model, inputs, args.rounds * args.replays)
+    print(report(args.model, args.batch, rows, args.top, forward))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "batch": args.batch, "calls": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"model": args.model, "batch": args.batch, "forward_ms": forward,
+                       "calls": [asdict(r) for r in rows]}, f, indent=1)
     return 0
 
 

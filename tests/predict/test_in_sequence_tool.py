@@ -51,6 +51,14 @@ def test_the_report_sums_by_callee_and_lists_the_calls_that_lose_most():
     assert lines[-1].split()[:2] == ["bn1", "BatchNorm2d"]
 
 
+def test_the_report_sets_the_forward_itself_beside_the_sum_of_its_calls():
+    calls = [in_sequence.Call("c1", "Conv2d", 1.8, 1.7), in_sequence.Call("bn1", "BatchNorm2d", 0.2, 0.1)]
+    first = in_sequence.report("toy", 1, calls, top=1, forward=2.2).splitlines()[0]
+    assert first == ("toy batch 1: 2 calls, 2.000 ms in sequence, 1.800 ms alone (x1.11); "
+                     "the forward itself 2.200 ms (x1.10 the calls in sequence)")
+    assert "forward itself" not in in_sequence.report("toy", 1, calls, top=1)
+
+
 def test_a_bad_model_or_count_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         in_sequence.main(["resnet99"])
@@ -67,7 +75,9 @@ def test_the_tool_times_every_call_of_a_model_and_writes_them(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [c["op"] for c in data["calls"]] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert all(c["in_sequence_ms"] > 0 and c["alone_ms"] > 0 and c["predicted_ms"] is None for c in data["calls"])
-    assert capsys.readouterr().out.startswith("mlp batch 1: 5 calls")
+    assert data["forward_ms"] > 0
+    out_text = capsys.readouterr().out
+    assert out_text.startswith("mlp batch 1: 5 calls") and "the forward itself" in out_text.splitlines()[0]
 
 
 def test_in_sequence_each_call_takes_what_the_calls_before_it_made_in_the_same_forward():
