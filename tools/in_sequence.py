@@ -125,30 +125,31 @@ def forward_replay(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> 
     return replay
 
 
+def repeated_seconds(fn: Callable, args: tuple, kwargs: dict, repeats: int) -> float:
+    """The median seconds of ``repeats`` timed calls of ``fn``, after two untimed ones."""
+    clock = time.perf_counter
+    fn(*args, **kwargs)
+    fn(*args, **kwargs)
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn(*args, **kwargs)
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
 def time_calls(calls, replay: Callable[[], list[float]], *, rounds: int, replays: int, repeats: int
                ) -> list[tuple[float, float]]:
     """(in-sequence ms, alone ms) per call: medians over rounds of each round's median. In
     sequence: ``replay()`` (:func:`forward_replay`); alone: the call repeated on its captured
     arguments, after two untimed calls."""
-    clock = time.perf_counter
-
-    def alone(fn, args, kwargs) -> float:
-        fn(*args, **kwargs)
-        fn(*args, **kwargs)
-        times = []
-        for _ in range(repeats):
-            start = clock()
-            fn(*args, **kwargs)
-            times.append(clock() - start)
-        return statistics.median(times)
-
     with torch.no_grad():
         for _ in range(2):
             replay()
         per_round = []
         for _ in range(rounds):
             sequence = [statistics.median(c) for c in zip(*(replay() for _ in range(replays)), strict=True)]
-            per_round.append((sequence, [alone(fn, a, k) for _, _, fn, a, k in calls]))
+            per_round.append((sequence, [repeated_seconds(fn, a, k, repeats) for _, _, fn, a, k in calls]))
     return [(statistics.median(r[0][i] for r in per_round) * 1e3, statistics.median(r[1][i] for r in per_round) * 1e3)
             for i in range(len(calls))]
 
@@ -158,16 +159,8 @@ def forward_ms(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], runs: i
     ones. The calls' medians sum to less than it: a forward is a sum of calls, so its median
     follows the sum of their means (on a 2-vCPU EPYC VM MobileNet-V2 b1's forward took 13.4
     ms, its calls' medians summed to 12.2 and their means to 13.5)."""
-    clock = time.perf_counter
     with torch.no_grad():
-        model(*inputs)
-        model(*inputs)
-        times = []
-        for _ in range(runs):
-            start = clock()
-            model(*inputs)
-            times.append(clock() - start)
-    return statistics.median(times) * 1e3
+        return repeated_seconds(model, inputs, {}, runs) * 1e3
 
 
 def predictions(model, inputs, profile: str) -> dict[str, float]:
