@@ -73,6 +73,9 @@ class KernelEstimate(FrozenModel):
     # what the call pays for fetching its op's code again after the forward's traffic since the
     # last call of its kind evicted it (the profile's after_evict probes), included in seconds
     refetch_seconds: float = 0.0
+    # what a forward pays for the call's spread: the mean of its time over the median the
+    # profile's entries give (Mapper._spread), included in seconds
+    spread_seconds: float = 0.0
 
     @property
     def drift_class(self) -> str:
@@ -122,6 +125,8 @@ class LatencyEstimate(FrozenModel):
     from_llc_ms: float = 0.0
     # of steady_ms: each call's code fetched again (KernelEstimate.refetch_seconds)
     refetch_ms: float = 0.0
+    # of steady_ms: the calls' means over their medians (KernelEstimate.spread_seconds)
+    spread_ms: float = 0.0
     allocator: AllocatorTerm | None = None
     subgraphs: tuple[SubgraphEstimate, ...]
     notes: tuple[str, ...]  # fallbacks taken, stated once each
@@ -157,6 +162,9 @@ class LatencyEstimate(FrozenModel):
         if self.refetch_ms:
             rows.append(f"  of which {self.refetch_ms:.3f} ms for calls whose op's code the forward's traffic evicted "
                         "since the last call of the kind (the profile's after_evict probes)")
+        if self.spread_ms:
+            rows.append(f"  of which {self.spread_ms:.3f} ms for the calls' spread: a forward pays their means, the "
+                        "profile's entries are medians (the profile's mean over median by call time)")
         if self.allocator is not None and self.allocator.ms:
             rows.append(f"  of which {self.steady_ms:.3f} ms steady state and {self.allocator.ms:.3f} ms page faults "
                         f"({self.allocator.allocator})")
@@ -193,6 +201,7 @@ class Mapper:
         self._busy_points: list[AfterBusyPoint] | None = None  # read once
         # (ms of the kernel before, us per MB a call's data pays for it): after_busy, read once
         self._busy_data: list[tuple[float, float]] | None = None
+        self._spread_points: list[tuple[float, float]] | None = None  # (s, mean / median): call_spread, read once
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -366,6 +375,28 @@ class Mapper:
                     "source": f"{k.source}, +{extra / speedups[g] * 1e6:.1f} us for its code after "
                               f"{(compute + memory) / 1e6:.3g} MB of other calls"})
         return [tuple(ks) for ks in out]
+
+    def _spread(self, kernels: list[tuple[KernelEstimate, ...]]) -> list[tuple[KernelEstimate, ...]]:
+        """Each call at its mean, not its median: its time (in-context costs included) times
+        the profile's mean over median at that time (``call_spread``, linear in log time
+        between its points, held beyond them). The entries are medians of their rounds; a
+        forward sums its calls, and a sum follows their means (a call the host holds up now and
+        then costs every forward its share). Unchanged without the points."""
+        if self._spread_points is None:
+            cal = self.calibration
+            self._spread_points = cal.call_spread() if cal is not None else []
+        points = self._spread_points
+        if not points:
+            return kernels
+        out = []
+        for ks in kernels:
+            priced = []
+            for k in ks:
+                extra = k.seconds * (roofline.interpolate_log(k.seconds, points) - 1.0) if k.seconds > 0 else 0.0
+                priced.append(k.model_copy(update={"seconds": k.seconds + extra, "spread_seconds": extra})
+                              if extra else k)
+            out.append(tuple(priced))
+        return out
 
     def _share_taken(self, compute_bytes: int, memory_bytes: int) -> float:
         """The share of a call's cached code and data that the calls since its last one took:
@@ -951,7 +982,7 @@ class Mapper:
                 footprint)
                   for node in sg_nodes)
             for sg_nodes in nodes], nodes, speedups)
-        per_subgraph = self._refetch(per_subgraph, nodes, speedups)
+        per_subgraph = self._spread(self._refetch(per_subgraph, nodes, speedups))
         for sg, kernels, speedup in zip(part.subgraphs, per_subgraph, speedups, strict=True):
             seconds = sum(k.seconds for k in kernels)
             if mode == "fused" and sg.fused and sg.speedup == 1.0:
@@ -967,6 +998,7 @@ class Mapper:
         after_busy_ms = sum(k.after_busy_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
         from_llc_ms = sum(k.from_llc_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
         refetch_ms = sum(k.refetch_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
+        spread_ms = sum(k.spread_seconds / s.speedup for s in subgraphs for k in s.kernels) * 1e3
         steady = sum(s.total_ms for s in subgraphs) + calls_ms
         term = self.allocator_term(part)
         if mode == "fused" and term is not None and term.ms:
@@ -975,7 +1007,7 @@ class Mapper:
         faults = term.ms if term is not None and term.ms is not None else 0.0
         return LatencyEstimate(model=part.model, mode=mode, total_ms=steady + faults, steady_ms=steady,
                                module_calls_ms=calls_ms, after_busy_ms=after_busy_ms, from_llc_ms=from_llc_ms,
-                               refetch_ms=refetch_ms, allocator=term,
+                               refetch_ms=refetch_ms, spread_ms=spread_ms, allocator=term,
                                subgraphs=tuple(subgraphs), notes=tuple(self.notes))
 
     # ------------------------------------------------------------------ allocator
