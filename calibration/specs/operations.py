@@ -275,6 +275,14 @@ LINEAR = Operation(
         {"B": 8, "IN": 1280, "OUT": 2560},
         {"B": 64, "IN": 1024, "OUT": 1024},
         {"B": 64, "IN": 1280, "OUT": 2560},
+        # Between the cores' caches and DRAM, where a VM's shared LLC stops holding a GEMV repeated
+        # alone: on the 2-vCPU EPYC VM (32 MiB L3) one row over 12 MiB of weights ran at 52 GB/s
+        # as the 6 MiB one did, over 16 MiB at 21-44 GB/s from one run to the next, over 24 MiB
+        # at 16-20, DRAM's rate (the triad ran 117 GB/s at 24 MiB there). Interpolated between
+        # 6 and 64 MiB, a 16 MiB GEMV was priced at 48 GB/s; it ran at 27-35.
+        {"B": 1, "IN": 1536, "OUT": 2048},
+        {"B": 1, "IN": 2048, "OUT": 3072},
+        {"B": 8, "IN": 2048, "OUT": 3072},
         {"B": 1, "IN": 4096, "OUT": 4096},
         # a GEMV over 256 MiB of weights, past STREAM's arrays: the one-row variant's only
         # DRAM-level point (a classifier over a flattened conv map, VGG's 400 MB, is one)
