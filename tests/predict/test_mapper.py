@@ -575,6 +575,28 @@ def test_a_twin_timed_third_after_the_cold_call_is_warm_however_far_it_ran_over_
     assert CPUMapper(old)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(15.3 / 9.4)
 
 
+def test_a_memory_bound_twin_timed_third_far_over_the_warm_entry_streamed_its_data_again():
+    from calibration.measure.fold import Record
+    from calibration.predict.mapper import NOT_WARM
+    from calibration.profile.roofline import Bottleneck
+    from calibration.specs.operations import COLD_CONTEXT, Case
+
+    params = dict(B=1, IN=1536, OUT=2048)
+    # a 12 MiB GEMV: cold 0.82 ms, its third call 0.70, the warm entry 0.25 (a shared LLC kept
+    # none of it between the calls); its time is where its weights sit, so the entry is the base
+    stats = latency(0.82).model_copy(update={"source": COLD_CONTEXT})
+    third = Record(Case("linear_cold", tuple(params.items()), "float32", "cpu"), stats, warm_ms=0.70)
+    cal = fold(ceilings() + [record("linear", 0.25, **params), third], metadata(cache_sizes={"L3": 1024}))
+    assert cal.get_operation("linear", **params).bottleneck == Bottleneck.MEMORY
+    part = partition(nn.Sequential(nn.Linear(1536, 2048)).eval(), torch.randn(1, 1536))
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(0.82 / 0.25)
+    # within NOT_WARM of the entry the third call is the base, as for any kernel
+    near = Record(third.case, stats, warm_ms=0.25 * NOT_WARM * 0.99)
+    cal = fold(ceilings() + [record("linear", 0.25, **params), near], metadata(cache_sizes={"L3": 1024}))
+    assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(0.82 / (0.25 * NOT_WARM * 0.99))
+
+
 def test_a_one_row_linear_pays_for_what_the_triad_sweep_says_the_llc_loses_at_its_working_set():
     mib = 2**20
 
