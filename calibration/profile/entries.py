@@ -145,6 +145,11 @@ class Metadata(_Model):
 BUSY_CPUS = 0.5
 
 
+# LatencyStats.source of statistics as pytest-benchmark computed them from its rounds (not re-timed,
+# not a later window's, not converted)
+BENCHMARK_SOURCE = "pytest-benchmark"
+
+
 class LatencyStats(_Model):
     """Per-call latency statistics of one case, in milliseconds."""
 
@@ -159,7 +164,7 @@ class LatencyStats(_Model):
         default_factory=list, description="per-call time of each round (at most 200, in run order)"
     )
     source: str = Field(
-        default="pytest-benchmark",
+        default=BENCHMARK_SOURCE,
         description="who computed these; a converted profile may only have had a mean",
     )
     windows_ms: list[NonNegativeFloat] = Field(

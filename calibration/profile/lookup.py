@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from calibration.profile import roofline
-from calibration.profile.entries import LEGACY_FAMILY, FusionCalibration, OperationCalibration
+from calibration.profile.entries import BENCHMARK_SOURCE, LEGACY_FAMILY, FusionCalibration, OperationCalibration
 from calibration.profile.fusion import best_per_shape, median
 from calibration.specs.dtypes import DTYPE_NAMES, itemsize
 from calibration.specs.host import private_cache_bytes
@@ -547,9 +547,9 @@ class ProfileQueries:
         1.01-1.02 over 10 ms in three full profiles there)."""
         ratios = sorted((entry.latency.median_ms / 1e3, entry.latency.mean_ms / entry.latency.median_ms)
                         for entry in self.operation_profiles.values()
-                        if entry.device == self.metadata.device_type and not entry.busy and entry.warm_ms is None
+                        if entry.device == self.metadata.device_type and not entry.busy
                         and entry.family not in ("cold", "sequence", "alloc") and entry.latency.median_ms > 0
-                        and entry.latency.source == "pytest-benchmark")
+                        and entry.latency.source == BENCHMARK_SOURCE)
         groups: list[list[tuple[float, float]]] = [[]]
         for seconds, ratio in ratios:
             if len(groups[-1]) >= SPREAD_GROUP and math.floor(math.log10(seconds)) != math.floor(
