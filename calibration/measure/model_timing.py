@@ -96,8 +96,8 @@ def reference_kernels(calibration, own: Sequence[tuple[Case, float, str]] = (),
     model. ``own`` adds the entries the measured model's prediction stands on (its exact
     shapes, or the nearest calibrated ones; ``predict.references.own_references``) as (case,
     predicted ms it stands for, drift class): a 128-row linear and a 1024-cube matmul did not
-    drift alike here (x1.2-1.4 against x1.0 in one window), so a class with any of those is
-    corrected by them alone, weighted by the time they stand for.
+    drift alike here (x1.2-1.4 against x1.0 in one window), so each corrects the time that
+    stands on it (:meth:`Round.factor_for`).
 
     A generic reference's profile time is its fastest round, compared with the fastest block
     now: a burst from a neighbour during a few of either's rounds moves a median (the
@@ -226,7 +226,7 @@ class Round:
     def class_factors(self) -> dict[str, float]:
         """Drift class -> the geometric mean of its references' ratios: of the entries the
         model's prediction stands on alone, weighted by the time they stand for, where the
-        class has any."""
+        class has any. What the drift limits (:meth:`outside_limits`) are read against."""
         generic: dict[str, list[float]] = {}
         own: dict[str, list[tuple[float, float]]] = {}
         for label, ratio in self.drift.items():
@@ -251,13 +251,38 @@ class Round:
 
     def factor_for(self, weights: Mapping[str, float] | None) -> float | None:
         """The drift of a prediction whose time splits over the drift classes as ``weights``
-        (any unit): each class scaled by its own references, a class without one by all of them."""
+        (predicted ms by class, as ``LatencyEstimate.time_by_class`` gives them).
+
+        The entries the prediction stands on (``self.weights``: the ms of it each stands for)
+        correct that time by their own ratios; the rest of a class's time by the geometric
+        mean of every reference of the class, its own entries and the generic ones alike (a
+        class with none: of all the references). One entry's ratio says how that entry moved:
+        a profile times its families one after another, and a slow stretch of the host lands
+        on a run of them (in one full profile the norms, pools and softmaxes ran x1.3-1.5
+        their times in the profile before while convs, GEMMs and element-wise kernels ran
+        x0.95-1.12), so a batch norm entry's x0.75 in the accuracy run says little of the
+        SiLUs beside it in the memory class. Scaling the whole class by its own entries had
+        put EfficientNet-B0 b8 15-23% under where its raw error was 3-17%."""
         overall = self.factor
         if overall is None or not weights or sum(weights.values()) <= 0:
             return overall
-        factors = self.class_factors()
-        total = sum(weights.values())
-        return sum(w * factors.get(kind, overall) for kind, w in weights.items()) / total
+        every: dict[str, list[float]] = {}
+        own: dict[str, list[tuple[float, float]]] = {}
+        for label, ratio in self.drift.items():
+            kind, weight = self.classes.get(label, "compute"), self.weights.get(label, 0.0)
+            every.setdefault(kind, []).append(ratio)
+            if weight > 0:
+                own.setdefault(kind, []).append((ratio, weight))
+        corrected = 0.0
+        for kind, ms in weights.items():
+            pairs = own.get(kind, [])
+            stood_on = sum(w for _, w in pairs)
+            # the entries' shares of the class, scaled down where they stand for more than it has
+            scale = min(1.0, ms / stood_on) if stood_on > 0 else 0.0
+            corrected += scale * sum(w * r for r, w in pairs)
+            rest = max(0.0, ms - stood_on)
+            corrected += rest * (_geomean(every[kind]) if kind in every else overall)
+        return corrected / sum(weights.values())
 
 
 @dataclass(frozen=True)

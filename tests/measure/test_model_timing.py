@@ -140,6 +140,25 @@ def test_the_model_s_own_kernels_alone_correct_their_class_weighted_by_predicted
     assert unweighted.class_factors()["compute"] == pytest.approx((1.0 * 1.3 * 1.1) ** (1 / 3))
 
 
+def test_an_entry_the_prediction_stands_on_corrects_the_time_it_stands_for_and_no_more():
+    bn = "for the model: batchnorm[N=8]"
+    classes = {"conv2d": "compute", "triad 1048576": "memory", "triad 65536": "small", bn: "memory"}
+    r = Round(10.0, {"conv2d": 1.0, "triad 1048576": 1.1, "triad 65536": 1.0, bn: 0.7},
+              classes=classes, weights={bn: 2.0})
+    # 2 ms of batch norms stand on the entry (x0.7); the other 6 ms of the memory class (SiLUs,
+    # pools) on every memory reference, x(0.7 * 1.1) ** 0.5; the compute ms on the conv
+    rest = (0.7 * 1.1) ** 0.5
+    assert r.factor_for({"compute": 2.0, "memory": 8.0}) == pytest.approx((2 * 1.0 + 2 * 0.7 + 6 * rest) / 10)
+    # the whole class standing on it: its ratio alone
+    assert r.factor_for({"memory": 2.0}) == pytest.approx(0.7)
+    # an entry standing for more than the class has (other ms counts) scales down to the class
+    assert r.factor_for({"memory": 1.0}) == pytest.approx(0.7)
+    # the refusal limits still read the class by its own entries
+    assert r.class_factors()["memory"] == pytest.approx(0.7)
+    no_class = Round(10.0, {"conv2d": 1.2}, classes={"conv2d": "compute"})
+    assert no_class.factor_for({"memory": 1.0}) == pytest.approx(1.2)
+
+
 def test_own_references_are_built_from_the_profile_with_their_weight_and_class():
     own_case = Case("linear", (("B", 4), ("IN", 64), ("OUT", 32)), "float32", "cpu")
     missing = Case("linear", (("B", 4), ("IN", 64), ("OUT", 99)), "float32", "cpu")
