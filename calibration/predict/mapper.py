@@ -427,7 +427,8 @@ class Mapper:
         linear pay for the share of its weights and output they evict. ``warm``: the kernel's
         estimate alone, where the caller has it."""
         estimate = self._kernel(node) if warm is None else warm
-        factor = self._cold_factor(node, reuse_bytes, estimate.seconds, since_seconds)
+        factor = self._cold_factor(node, reuse_bytes, estimate.seconds, since_seconds,
+                                   streams=estimate.bottleneck == Bottleneck.MEMORY)
         if factor > 1.0:
             estimate = estimate.model_copy(update={
                 "seconds": estimate.seconds * factor, "cold_factor": factor,
@@ -522,7 +523,7 @@ class Mapper:
             "source": f"{estimate.source}, +{extra * 1e6:.1f} us for operands found in the LLC"})
 
     def _cold_factor(self, node: NodeCost, reuse_bytes: int | None, warm_seconds: float | None = None,
-                     since_seconds: float | None = None) -> float:
+                     since_seconds: float | None = None, *, streams: bool = False) -> float:
         """How much slower this conv or linear runs with the rest of the forward (``reuse_bytes``
         touched between two of its calls, in ``since_seconds``) going through the last-level
         cache: 1 + what fetching the share evicted of its weights and output adds, over its
@@ -561,6 +562,8 @@ class Mapper:
             return max(float(spec.scale(spec.complete(params))), 1.0) if spec.scale else 1.0
 
         groups: dict[float, list[tuple[float, float]]] = {}  # scale -> (evicted bytes, added ms per byte)
+        # scale -> (evicted bytes, cold ms per byte) of the twins whose warm entry is memory-bound
+        streamed_groups: dict[float, list[tuple[float, float]]] = {}
         refetch_ms = self._refetch_us().get(node.operation or "", 0.0) / 1e3
         for cold in lookup.candidates(cal, cold_name, dtype, self.device, node.params):
             # cold / warm from the warm call timed in the cold case's own rounds (the warm entry
@@ -588,6 +591,9 @@ class Mapper:
                 # less what its code cost it to fetch again after the flush, which _refetch prices
                 added = (cold.latency.median_ms / warm_ms - 1.0) * entry_ms - refetch_ms
                 groups.setdefault(scale(cold.params), []).append((twin_evicted, added / twin_evicted))
+                if streamed:
+                    streamed_groups.setdefault(scale(cold.params), []).append(
+                        (twin_evicted, (cold.latency.median_ms - refetch_ms) / twin_evicted))
         if not groups:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
                        "from the LLC are timed warm (calibrate the 'cold' family)")
@@ -604,8 +610,17 @@ class Mapper:
         if weights and since_seconds:
             held = self._weights_share(share, since_seconds, reuse_bytes + evicted)
             share = (weights * held + (evicted - weights) * share) / evicted
-        added = per_byte_ms * evicted / 1e3 * share
-        return 1.0 + added / warm_seconds
+        all_evicted = per_byte_ms * evicted / 1e3
+        if streams and node.operation == "linear" and streamed_groups:
+            # a memory-bound GEMM (a GEMV, a few rows) with all of its weights evicted streams them
+            # at the rate its twins streamed theirs: where its warm time is below theirs (a shape
+            # the grid lacks, priced by a fit that does not see the LLC's edge: a 16 MiB GEMV
+            # between the 12 and 24 MiB ones at 0.55 ms, alone 0.75-1.03, in a forward 1.2),
+            # their cold calls' rate is its floor
+            by_rate = [(at, roofline.interpolate_log(evicted, points)) for at, points in streamed_groups.items()]
+            cold_seconds = roofline.interpolate_log(scale(node.params), by_rate) * evicted / 1e3
+            all_evicted = max(all_evicted, cold_seconds - warm_seconds)
+        return 1.0 + all_evicted * share / warm_seconds
 
     def _weights_share(self, evicted_share: float, since_seconds: float, working_set: int | None = None) -> float:
         """The share of a conv's or linear's weights gone from the LLC when it is called again

@@ -597,6 +597,44 @@ def test_a_memory_bound_twin_timed_third_far_over_the_warm_entry_streamed_its_da
     assert CPUMapper(cal)._cold_factor(node, reuse_bytes=10**9) == pytest.approx(0.82 / (0.25 * NOT_WARM * 0.99))
 
 
+def test_a_gemv_with_all_its_weights_evicted_runs_no_faster_than_its_twins_streamed_theirs():
+    from calibration.measure.fold import Record
+    from calibration.specs.operations import COLD_CONTEXT, Case
+
+    # 12 and 24 MiB GEMVs: warm 0.40 and 1.40 ms, cold 0.69 and 1.56 (third calls near the entries)
+    twins = {(1536, 2048): (0.40, 0.69, 0.42), (2048, 3072): (1.40, 1.56, 1.45)}
+    records = ceilings()
+    for (fin, fout), (warm, cold, third) in twins.items():
+        params = dict(B=1, IN=fin, OUT=fout)
+        stats = latency(cold).model_copy(update={"source": COLD_CONTEXT})
+        records += [record("linear", warm, **params),
+                    Record(Case("linear_cold", tuple(params.items()), "float32", "cpu"), stats, warm_ms=third)]
+    cal = fold(records, metadata(cache_sizes={"L3": 1024}))
+    mapper = CPUMapper(cal)
+    part = partition(nn.Sequential(nn.Linear(1024, 4096)).eval(), torch.randn(1, 1024))  # 16 MiB
+    (node,) = [n for sg in part.subgraphs for n in sg.nodes if n.kernel]
+    evicted = evicted_bytes("linear", node.params, "float32")
+    ev = {shape: evicted_bytes("linear", dict(B=1, IN=shape[0], OUT=shape[1]), "float32") for shape in twins}
+    (a, b) = twins
+    # the twins' cold ms per byte, linear in log bytes between them, at this GEMV's bytes
+    at = math.log(evicted / ev[a]) / math.log(ev[b] / ev[a])
+    cold_ms = evicted * (twins[a][1] / ev[a] + at * (twins[b][1] / ev[b] - twins[a][1] / ev[a]))
+    assert twins[a][1] < cold_ms < twins[b][1]
+    # a warm time the fit put below the twins' (0.55 ms): all evicted, it takes their cold rate
+    fast = mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=0.55e-3, streams=True)
+    assert fast * 0.55 == pytest.approx(cold_ms, rel=1e-6)
+    added = mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=0.55e-3)  # not known to stream
+    assert added * 0.55 < cold_ms
+    # a warm time over the twins' rate keeps what the twins' cold calls added per byte
+    slow = mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=2.0e-3, streams=True)
+    assert slow == pytest.approx(mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=2.0e-3)) and slow > 1.0
+    # through kernel(): the estimate's bottleneck says it streams
+    estimate = mapper.kernel(node, reuse_bytes=10**9)
+    assert estimate.bottleneck.value == "memory"
+    assert estimate.cold_factor == pytest.approx(mapper._cold_factor(
+        node, reuse_bytes=10**9, warm_seconds=mapper._kernel(node).seconds, streams=True))
+
+
 def test_a_one_row_linear_pays_for_what_the_triad_sweep_says_the_llc_loses_at_its_working_set():
     mib = 2**20
 
