@@ -591,9 +591,9 @@ class Mapper:
                 # less what its code cost it to fetch again after the flush, which _refetch prices
                 added = (cold.latency.median_ms / warm_ms - 1.0) * entry_ms - refetch_ms
                 groups.setdefault(scale(cold.params), []).append((twin_evicted, added / twin_evicted))
-                if streamed:
+                if streamed:  # its cold time as at the entry's moment: the entry and what cold added
                     streamed_groups.setdefault(scale(cold.params), []).append(
-                        (twin_evicted, (cold.latency.median_ms - refetch_ms) / twin_evicted))
+                        (twin_evicted, (entry_ms + added) / twin_evicted))
         if not groups:
             self._note(f"the profile has no cold {node.operation} cases: kernels whose weights a forward evicts "
                        "from the LLC are timed warm (calibrate the 'cold' family)")

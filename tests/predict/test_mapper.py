@@ -616,10 +616,12 @@ def test_a_gemv_with_all_its_weights_evicted_runs_no_faster_than_its_twins_strea
     evicted = evicted_bytes("linear", node.params, "float32")
     ev = {shape: evicted_bytes("linear", dict(B=1, IN=shape[0], OUT=shape[1]), "float32") for shape in twins}
     (a, b) = twins
-    # the twins' cold ms per byte, linear in log bytes between them, at this GEMV's bytes
+    # each twin's cold call as at its entry's moment (cold / its third call, times the entry:
+    # the two were timed minutes apart), per byte, linear in log bytes between them
+    at_entry = {shape: warm * cold / third / ev[shape] for shape, (warm, cold, third) in twins.items()}
     at = math.log(evicted / ev[a]) / math.log(ev[b] / ev[a])
-    cold_ms = evicted * (twins[a][1] / ev[a] + at * (twins[b][1] / ev[b] - twins[a][1] / ev[a]))
-    assert twins[a][1] < cold_ms < twins[b][1]
+    cold_ms = evicted * (at_entry[a] + at * (at_entry[b] - at_entry[a]))
+    assert at_entry[a] * ev[a] < cold_ms < at_entry[b] * ev[b]
     # a warm time the fit put below the twins' (0.55 ms): all evicted, it takes their cold rate
     fast = mapper._cold_factor(node, reuse_bytes=10**9, warm_seconds=0.55e-3, streams=True)
     assert fast * 0.55 == pytest.approx(cold_ms, rel=1e-6)
