@@ -223,10 +223,9 @@ class Round:
         """How much slower the machine runs now than when calibrated (geometric mean)."""
         return _geomean(self.drift.values()) if self.drift else None
 
-    def class_factors(self) -> dict[str, float]:
-        """Drift class -> the geometric mean of its references' ratios: of the entries the
-        model's prediction stands on alone, weighted by the time they stand for, where the
-        class has any. What the drift limits (:meth:`outside_limits`) are read against."""
+    def _by_class(self) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
+        """Drift class -> the ratios of its generic references, and -> (ratio, predicted ms it
+        stands for) of the entries the model's prediction stands on."""
         generic: dict[str, list[float]] = {}
         own: dict[str, list[tuple[float, float]]] = {}
         for label, ratio in self.drift.items():
@@ -235,6 +234,13 @@ class Round:
                 own.setdefault(kind, []).append((ratio, weight))
             else:
                 generic.setdefault(kind, []).append(ratio)
+        return generic, own
+
+    def class_factors(self) -> dict[str, float]:
+        """Drift class -> the geometric mean of its references' ratios: of the entries the
+        model's prediction stands on alone, weighted by the time they stand for, where the
+        class has any. What the drift limits (:meth:`outside_limits`) are read against."""
+        generic, own = self._by_class()
         factors = {kind: _geomean(ratios) for kind, ratios in generic.items()}
         for kind, pairs in own.items():
             total = sum(w for _, w in pairs)
@@ -266,13 +272,7 @@ class Round:
         overall = self.factor
         if overall is None or not weights or sum(weights.values()) <= 0:
             return overall
-        every: dict[str, list[float]] = {}
-        own: dict[str, list[tuple[float, float]]] = {}
-        for label, ratio in self.drift.items():
-            kind, weight = self.classes.get(label, "compute"), self.weights.get(label, 0.0)
-            every.setdefault(kind, []).append(ratio)
-            if weight > 0:
-                own.setdefault(kind, []).append((ratio, weight))
+        generic, own = self._by_class()
         corrected = 0.0
         for kind, ms in weights.items():
             pairs = own.get(kind, [])
@@ -280,8 +280,8 @@ class Round:
             # the entries' shares of the class, scaled down where they stand for more than it has
             scale = min(1.0, ms / stood_on) if stood_on > 0 else 0.0
             corrected += scale * sum(w * r for r, w in pairs)
-            rest = max(0.0, ms - stood_on)
-            corrected += rest * (_geomean(every[kind]) if kind in every else overall)
+            every = generic.get(kind, []) + [r for r, _ in pairs]
+            corrected += max(0.0, ms - stood_on) * (_geomean(every) if every else overall)
         return corrected / sum(weights.values())
 
 
