@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from calibration.measure import harness, heap, machine, options, windows
+from calibration.measure import canary, harness, heap, machine, options, windows
 from calibration.measure.fold import FusionRecord, Record, fold, unpaired
 from calibration.measure.kernels import dtype_unsupported_reason
 from calibration.profile.schema import Peak, PeakSource
@@ -455,11 +455,17 @@ def calibrate(request: pytest.FixtureRequest, benchmark):
         if isinstance(case, fusion.FusionCase):
             return _calibrate_fusion(state, benchmark, case, budget)
         before = host.cpu_times()
+        # a case timed again at the end of the run is bracketed by the host's state canary, so
+        # that a later window taken in another state of the vCPUs does not outvote it
+        # (and its fastest reading in the profile tells an accuracy run which state it was taken in)
+        bracket = case.device == "cpu" and case.spec.family not in windows.SKIPPED_FAMILIES
+        reading = canary.canary_ms() if bracket else None
         # the alloc family prices a fresh page: glibc maps its blocks fresh
         with heap.mapping_fresh() if case.spec.family == "alloc" else nullcontext():
             record = harness.measure(benchmark, case, budget)
         if record is not None:
-            record = replace(record, other_cpus=state.other_cpus_since(before))
+            record = replace(record, other_cpus=state.other_cpus_since(before),
+                             canary_ms=max(reading, canary.canary_ms()) if reading is not None else None)
             state.records.append(record)
         return record
 
@@ -509,6 +515,13 @@ def _recheck(state: CalibrationState) -> None:
     state.records = state.rechecked.records
 
 
+def _fastest_canary(state: CalibrationState) -> float | None:
+    readings = [r.canary_ms for r in state.records if r.canary_ms]
+    if state.rechecked is not None and state.rechecked.fastest_canary_ms:
+        readings.append(state.rechecked.fastest_canary_ms)
+    return min(readings) if readings else None
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
     if (state is not None and state.windows > 1 and state.records and exitstatus != pytest.ExitCode.INTERRUPTED
@@ -526,7 +539,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         device=state.device, hardware_name=state.hardware, quick=state.quick,
         command=list(session.config.invocation_params.args), load_before=state.load_before,
         busy_before=state.busy_before, busy_during=state.timed.other_cpus() if state.timed else None,
-        heap=state.heap,
+        heap=state.heap, canary_ms=_fastest_canary(state),
     )
     peak_gflops, peak_bandwidth = _peaks(state)
     origins = {key: ", ".join(labels) for key, labels in state.workload.origin.items()} if state.workload else {}
@@ -603,10 +616,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(line)
     if state.rechecked is not None and state.rechecked.checked:
         r = state.rechecked
+        slow = (f"; {r.slow_windows} of the disputed cases' windows ran while the host's vCPUs were slow (a small "
+                f"parallel conv at over x{canary.SLOW} its fastest) and did not vote against a fast one"
+                if r.slow_windows else "")
         terminalreporter.write_line(
             f"later windows: {r.checked} operation cases timed again at the end of the run ({r.seconds:.0f} s); "
             f"{r.disputed} differed from their first window by more than x{windows.DISAGREE} and got a third, "
-            f"{r.replaced} now keep a later window (their entries' latency.windows_ms has every window's median)")
+            f"{r.replaced} now keep a later window (their entries' latency.windows_ms has every window's median)"
+            + slow)
     for key in state.unpaired:
         terminalreporter.write_line(f"no speedup for {key}: its unfused twin did not run (deselected?)", yellow=True)
     if state.written is not None:

@@ -39,6 +39,9 @@ class Record:
     warm_ms: float | None = None
     # an after_busy case: the median time of the kernel that ran right before each timed call
     preceding_ms: float | None = None
+    # the slower of two readings of the host's state canary (measure.canary), taken right
+    # before and right after the case's window; None where none was taken
+    canary_ms: float | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from calibration.specs.host import (
 
 def describe(*, device: str, hardware_name: str | None, quick: bool, command: list[str],
              load_before: float | None = None, busy_before: float | None = None,
-             busy_during: float | None = None, heap: str | None = None):
+             busy_during: float | None = None, heap: str | None = None, canary_ms: float | None = None):
     """The profile's metadata for a run on ``device`` in this process."""
     cuda = None
     if device == "cuda":
@@ -75,4 +75,5 @@ def describe(*, device: str, hardware_name: str | None, quick: bool, command: li
         busy_cpus_before=busy_before,
         busy_cpus_during=busy_during,
         load_average_after=load_average(),
+        canary_ms=canary_ms,
     )

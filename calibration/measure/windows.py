@@ -19,6 +19,12 @@ their one window: their cold / warm ratio is timed within the same rounds and ho
 state. Fusion cases time the fused kernel interleaved with its unfused twin for the same
 reason. The alloc, dispatch and module families keep their one window too
 (``SKIPPED_FAMILIES``).
+
+A state can outlast the end-of-run windows: on a 2-vCPU VM whose second vCPU answered late
+for a minute, both later windows of 26 of 45 batch-1 convs read x1.2-3.1 their first and
+outvoted it. So each window is bracketed by a reading of a small parallel kernel
+(``measure.canary``), and a window taken in the slow state does not vote against one taken
+in the fast state: the middle is taken of the windows the host ran at full speed.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from calibration.measure import harness
+from calibration.measure import canary, harness
 from calibration.measure.fold import Record
 from calibration.measure.kernels import Kernel, build
 from calibration.profile.schema import LatencyStats
@@ -47,6 +53,8 @@ WINDOW_MIN_ROUNDS = 7
 
 # (kernel, plan) -> seconds per call of each round
 TimeWindow = Callable[[Kernel, harness.Plan], list[float]]
+# () -> the host's state canary in ms (measure.canary.canary_ms)
+ReadCanary = Callable[[], float]
 
 
 def _time_window(kernel: Kernel, plan: harness.Plan, device: str) -> list[float]:
@@ -72,19 +80,36 @@ def later_window(first: LatencyStats, kernel: Kernel, time_window: TimeWindow, s
     return harness.latency_from_samples(time_window(kernel, plan), plan.iterations, source=source)
 
 
-def settle(first: LatencyStats, second: LatencyStats, third: LatencyStats | None = None) -> LatencyStats:
+def settle(first: LatencyStats, second: LatencyStats, third: LatencyStats | None = None,
+           slow: Sequence[bool] = ()) -> LatencyStats:
     """The statistics a case keeps: its first window's where a later one agrees (or no third
     was timed), else those of the window whose median is the middle of the three; with every
-    window's median in ``windows_ms``."""
+    window's median in ``windows_ms``.
+
+    ``slow`` flags the windows (first, second, third) taken while the host's vCPUs were in
+    their slow state (``measure.canary``): where a window ran in the fast state, a slow one
+    slower than every fast one does not vote (the slow state only slows), and the middle is
+    taken of the rest (of two, the earlier)."""
     if third is None or not disagree(first.median_ms, second.median_ms):
         return first.model_copy(update={"windows_ms": [first.median_ms, second.median_ms]})
     windows = [first, second, third]
-    kept = sorted(windows, key=lambda w: w.median_ms)[1]
-    if kept is not first:
-        kept = kept.model_copy(update={"source": (
-            f"{kept.source}: the first window's median {first.median_ms:.4g} ms disagreed with a later "
-            f"one's {second.median_ms:.4g} ms by more than x{DISAGREE}; the middle of three windows kept")})
-    return kept.model_copy(update={"windows_ms": [w.median_ms for w in windows]})
+    flags = list(slow)[:3] + [False] * (3 - len(slow))
+    # the slow state only slows a kernel: a window taken in it that still ran no slower than
+    # every fast one was slowed by nothing, and votes
+    fast = [w.median_ms for w, s in zip(windows, flags, strict=True) if not s]
+    voting = [w for w, s in zip(windows, flags, strict=True) if not s or w.median_ms <= min(fast)] if fast else windows
+    flags = [all(w is not v for v in voting) for w in windows]  # those set aside
+    middle = voting[0] if len(voting) == 2 else sorted(voting, key=lambda w: w.median_ms)[len(voting) // 2]
+    if middle is not first:
+        names = ("first", "second", "third")
+        how = ("the middle of three windows kept" if len(voting) == 3 else
+               f"the {names[next(i for i, w in enumerate(windows) if w is middle)]} kept, the "
+               + " and ".join(n for n, s in zip(names, flags, strict=True) if s)
+               + " taken while the host's vCPUs were slow (measure.canary) set aside")
+        middle = middle.model_copy(update={"source": (
+            f"{middle.source}: the first window's median {first.median_ms:.4g} ms disagreed with a later "
+            f"one's {second.median_ms:.4g} ms by more than x{DISAGREE}; {how}")})
+    return middle.model_copy(update={"windows_ms": [w.median_ms for w in windows]})
 
 
 @dataclass(frozen=True)
@@ -94,10 +119,16 @@ class Outcome:
     disputed: int  # of those, first and second windows more than DISAGREE apart
     replaced: int  # of those, the case now keeps a later window
     seconds: float  # wall time of the later windows
+    slow_windows: int = 0  # windows of the disputed cases taken in the host's slow state (measure.canary)
+    fastest_canary_ms: float | None = None  # the fastest canary reading, first windows' and later ones'
+
+
+def _read_canary(device: str) -> float | None:
+    return canary.canary_ms() if device == "cpu" else None
 
 
 def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
-            build_kernel: Callable = build) -> Outcome:
+            build_kernel: Callable = build, read_canary: ReadCanary | None = None) -> Outcome:
     """Each operation record but those of ``SKIPPED_FAMILIES``, timed again and settled.
 
     Two passes, each latest case first: every case's second window is at least the rest of
@@ -107,22 +138,38 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
     faults on the young heap it ran on at the start of the run, which the end of a run does
     not have (a 34 MiB fill_fresh timed 8.8 ms there and 1.3 ms at the end).
 
-    ``time_window`` and ``build_kernel`` are replaceable for tests.
+    Each later window is bracketed by two readings of the host's state canary, as the plugin
+    brackets each first window (``Record.canary_ms``); the slower reading is the window's, and
+    ``settle`` sets aside a window read slow (``canary.slow_states`` against the fastest
+    reading of the run) where another ran fast. A window without a reading counts as fast.
+
+    ``time_window``, ``build_kernel`` and ``read_canary`` are replaceable for tests.
     """
     start = time.perf_counter()
 
-    def timed(record: Record, source: str) -> LatencyStats:
+    def timed(record: Record, source: str) -> tuple[LatencyStats, float | None]:
         timer = time_window or (lambda k, p, device=record.case.device: _time_window(k, p, device))
-        return later_window(record.latency, build_kernel(record.case), timer, source)
+        read = read_canary or (lambda device=record.case.device: _read_canary(device))
+        before = read()
+        window = later_window(record.latency, build_kernel(record.case), timer, source)
+        after = read()
+        return window, (None if before is None or after is None else max(before, after))
 
     # cold and after_busy cases (the only ones built as PreparedKernel) are among the skipped families
     order = [i for i in reversed(range(len(records))) if records[i].case.spec.family not in SKIPPED_FAMILIES]
     second = {i: timed(records[i], "a second window at the end of the run") for i in order}
     third = {i: timed(records[i], "a third window at the end of the run") for i in order
-             if disagree(records[i].latency.median_ms, second[i].median_ms)}
-    out = list(records)
-    for i, window in second.items():
-        out[i] = replace(records[i], latency=settle(records[i].latency, window, third.get(i)))
+             if disagree(records[i].latency.median_ms, second[i][0].median_ms)}
+    readings = [r.canary_ms for r in records] + [c for _, c in [*second.values(), *third.values()]]
+    known = [r for r in readings if r is not None and r > 0]
+    fastest = min(known) if known else None
+    out, slow_windows = list(records), 0
+    for i, (window, reading) in second.items():
+        later = third.get(i, (None, None))
+        slow = canary.slow_states([records[i].canary_ms, reading, later[1]], fastest)
+        if later[0] is not None:
+            slow_windows += sum(slow)
+        out[i] = replace(records[i], latency=settle(records[i].latency, window, later[0], slow))
     replaced = sum(out[i].latency.median_ms != records[i].latency.median_ms for i in second)
     return Outcome(records=out, checked=len(second), disputed=len(third), replaced=replaced,
-                   seconds=time.perf_counter() - start)
+                   seconds=time.perf_counter() - start, slow_windows=slow_windows, fastest_canary_ms=fastest)

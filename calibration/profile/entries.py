@@ -119,6 +119,9 @@ class Metadata(_Model):
     load_average_before: NonNegativeFloat | None = Field(
         default=None, description="1-minute load average at the start")
     load_average_after: NonNegativeFloat | None = None
+    canary_ms: PositiveFloat | None = Field(
+        default=None, description="the fastest reading of the host-state canary during the run (measure.canary: a "
+        "16->16 channel 3x3 conv at 32x32, batch 1, ms a call); a reading over x1.5 this is the host's slow state")
     upgraded_from: str | None = Field(
         default=None, description="set when the profile was converted from another layout"
     )

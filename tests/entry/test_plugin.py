@@ -78,8 +78,15 @@ def test_a_second_window_times_each_operation_case_again_at_the_end_of_the_run(b
     # the run's window first, then one later; a third only where those two disagree
     assert len(windows) in (2, 3)
     assert (len(windows) == 3) == (max(windows[:2]) > 1.2 * min(windows[:2]))
-    assert entry.latency.median_ms == pytest.approx(sorted(windows)[1] if len(windows) == 3 else windows[0], rel=1e-3)
+    # the middle of three, or of the windows the host's vCPUs ran fast in (measure.canary)
+    kept = entry.latency.median_ms
+    if len(windows) == 2:
+        assert kept == pytest.approx(windows[0], rel=1e-3)
+    else:
+        assert any(kept == pytest.approx(w, rel=1e-3) for w in windows)
     twice.stdout.fnmatch_lines(["later windows: 1 operation cases timed again at the end of the run*"])
+    # each operation case bracketed by the host-state canary, quick or not: its fastest reading kept
+    assert all(load_calibration(bench.path / name).metadata.canary_ms > 0 for name in ("one.json", "two.json"))
 
 
 def test_help_lists_every_calibration_option(pytester, monkeypatch):

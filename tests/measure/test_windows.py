@@ -3,6 +3,8 @@ windows where the first two disagree. The timer is replaced: no assertion reads 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from factories import record
 
@@ -110,3 +112,54 @@ def test_an_old_profile_without_windows_loads_with_none_recorded():
     data = _latency(1.0).model_dump()
     del data["windows_ms"]
     assert LatencyStats.model_validate(data).windows_ms == []
+
+
+@pytest.mark.parametrize(("medians", "slow", "kept_ms", "set_aside"), [
+    ((1.0, 2.5, 2.4), (False, True, True), 1.0, None),  # two slow windows do not outvote a fast first
+    ((2.5, 1.0, 1.1), (True, False, False), 1.0, "the second kept, the first"),  # of two fast, the earlier
+    ((2.5, 1.0, 2.6), (True, False, True), 1.0, "the second kept, the first and third"),
+    ((1.0, 2.5, 2.4), (True, True, True), 2.4, None),  # all slow: the middle of three, as without a canary
+    ((1.6, 1.3, 1.4), (False, True, True), 1.4, None),  # slow windows that ran faster than the fast one vote
+    ((1.0, 1.3, 0.9), (False, True, True), 1.0, None),  # the slower slow window set aside; of the two left, the first
+    ((1.0, 2.5, 2.4), (), 2.4, None),  # no readings: likewise
+])
+def test_windows_taken_while_the_host_was_slow_do_not_vote_against_a_fast_one(medians, slow, kept_ms, set_aside):
+    first, second, third = (_latency(m) for m in medians)
+
+    kept = windows.settle(first, second, third, slow)
+
+    assert kept.median_ms == kept_ms and kept.windows_ms == list(medians)
+    if set_aside:
+        assert set_aside in kept.source and "slow" in kept.source
+    else:
+        assert "set aside" not in kept.source
+
+
+def test_where_the_first_two_windows_agree_a_slow_state_changes_nothing():
+    kept = windows.settle(_latency(1.0), _latency(1.1), _latency(0.5), (True, False, False))
+    assert kept.median_ms == 1.0 and kept.windows_ms == [1.0, 1.1]
+
+
+def test_recheck_reads_the_canary_around_each_later_window_and_against_the_runs_fastest_reading():
+    fast_first = replace(record("relu", 1.0, n=1024), canary_ms=0.1)
+    slow_first = replace(record("relu", 3.0, n=4096), canary_ms=0.45)
+    unread = record("relu", 2.0, n=16384)  # no reading: counts as fast
+    # pass 1, latest first: 16384, 4096, 1024, each disputed; pass 2: the same three
+    timer, _ = _windows(6.0, 1.0, 2.0, 5.8, 1.05, 2.1)
+    canaries = iter([0.4, 0.42,  # 16384's second window: slow
+                     0.1, 0.12,  # 4096's second: fast
+                     0.4, 0.41,  # 1024's second: slow
+                     0.1, 0.1,  # 16384's third: fast
+                     0.1, 0.11,  # 4096's third: fast
+                     0.09, 0.5])  # 1024's third: the slower reading of its bracket counts: slow
+    out = windows.recheck([fast_first, slow_first, unread], time_window=timer,
+                          build_kernel=lambda case: (lambda: None), read_canary=lambda: next(canaries))
+
+    # 1024: fast first window at 1.0, both later ones slow at 2.0 and 2.1: the first stands
+    assert out.records[0].latency.median_ms == 1.0 and out.records[0].latency.windows_ms == [1.0, 2.0, 2.1]
+    # 4096: its first window slow (0.45 > 1.5 x the run's fastest 0.1), the two fast later ones vote: the earlier
+    assert out.records[1].latency.median_ms == 1.0 and "the second kept, the first" in out.records[1].latency.source
+    # 16384: its slow second window does not vote; of the first and the fast third, the first
+    assert out.records[2].latency.median_ms == 2.0 and out.records[2].latency.windows_ms == [2.0, 6.0, 5.8]
+    assert (out.checked, out.disputed, out.replaced, out.slow_windows) == (3, 3, 1, 4)
+    assert next(canaries, None) is None  # two readings around each of the six later windows
