@@ -28,7 +28,14 @@ import sys
 import torch
 
 from calibration import load_calibration
-from calibration.measure.model_timing import Measurement, measure_rounds, other_cpus_since, reference_kernels
+from calibration.measure import canary
+from calibration.measure.model_timing import (
+    STATE_WAIT_SECONDS,
+    Measurement,
+    measure_rounds,
+    other_cpus_since,
+    reference_kernels,
+)
 from calibration.predict import coverage_models, heldout_models, models
 from calibration.predict.mapper import mapper_for
 from calibration.predict.plan import partition
@@ -150,8 +157,16 @@ def main() -> int:
             # what the drift stood on: each reference's now / profile in every kept round, its
             # class and the predicted ms it stands for (0 for the generic ones)
             "time_by_class_ms": weights,
-            "references": m.references()}
+            "references": m.references(),
+            # each round's host-state canary over the profile's fastest (measure.canary), and its wait
+            "state_ratios": [r.state_ratio for r in m.rounds], "waited_s": [r.waited_s for r in m.rounds]}
     print(f"\nthreads {torch.get_num_threads()}; other processes kept {busy_cpus} CPUs busy during the rounds")
+    every = [r for c in cases for r in rounds[c]]
+    if (waited := [r for r in every if r.waited_s > 0]):
+        slow = sum(r.state_ratio is not None and r.state_ratio > canary.SLOW for r in every)
+        print(f"{len(waited)} of {len(every)} rounds waited for the host's vCPUs to be in the profile's state "
+              f"({sum(r.waited_s for r in waited):.0f} s in all, measure.canary); {slow} ran in the slow state "
+              f"after {STATE_WAIT_SECONDS:.0f} s")
     for label, errors in (("raw", raw_all), ("drift-corrected", corrected_all)):
         summarize(label, errors)
     if args.json:

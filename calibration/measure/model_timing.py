@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -19,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch.utils import benchmark
 
+from calibration.measure import canary
 from calibration.measure.harness import Plan, synchronizer, time_rounds
 from calibration.measure.kernels import build
 from calibration.profile import roofline
@@ -217,6 +219,10 @@ class Round:
     classes: dict[str, str] = field(default_factory=dict)  # reference label -> its drift class
     # reference label -> the model's predicted ms it stands for (the entries its prediction stands on)
     weights: dict[str, float] = field(default_factory=dict)
+    # the host-state canary at the round's start over the profile's fastest reading (None where
+    # the profile has none), and the seconds the round waited for it to read the profile's state
+    state_ratio: float | None = None
+    waited_s: float = 0.0
 
     @property
     def factor(self) -> float | None:
@@ -348,18 +354,49 @@ class Measurement:
         return None
 
 
+# how long a round waits at most for the host's vCPUs to be in the state the profile was taken
+# in (measure.canary): its slow state held 5-30 s at a time, about half of an hour
+STATE_WAIT_SECONDS = 4.0
+STATE_POLL_SECONDS = 0.2
+
+
+def await_profile_state(calibration, *, wait_seconds: float = STATE_WAIT_SECONDS,
+                        read: Callable[[], float] = canary.canary_ms,
+                        sleep: Callable[[float], None] = time.sleep,
+                        clock: Callable[[], float] = time.perf_counter) -> tuple[float | None, float]:
+    """Wait up to ``wait_seconds`` for the host-state canary to read no slower than x``canary.SLOW``
+    the profile's fastest reading (``Metadata.canary_ms``): a kernel timed in the slow state
+    of a shared VM's vCPUs runs x1-3 its profile time by its size, which no one drift factor
+    a class corrects. Returns the last reading over the profile's (None where the profile has
+    none or is not a CPU profile) and the seconds waited."""
+    fastest = calibration.metadata.canary_ms
+    if not fastest or calibration.metadata.device_type != "cpu":
+        return None, 0.0
+    start = clock()
+    while True:
+        ratio = read() / fastest
+        waited = clock() - start
+        if ratio <= canary.SLOW or waited >= wait_seconds:
+            return ratio, waited
+        sleep(STATE_POLL_SECONDS)
+
+
 def measure_rounds(model, example, calibration, *, rounds: int = 5, min_run_time: float = 0.4,
-                   drift_run_time: float = 0.15, kernels: dict[str, Reference] | None = None) -> Measurement:
-    """``rounds`` windows, each re-timing the reference kernels and then the model."""
+                   drift_run_time: float = 0.15, kernels: dict[str, Reference] | None = None,
+                   state_wait_seconds: float = STATE_WAIT_SECONDS) -> Measurement:
+    """``rounds`` windows, each (once the host is in the profile's state, or after
+    ``state_wait_seconds``: :func:`await_profile_state`) re-timing the reference kernels and
+    then the model."""
     before = host.cpu_times()
     kernels = reference_kernels(calibration) if kernels is None else kernels
     classes = {label: ref.kind for label, ref in kernels.items()}
     weights = {label: ref.weight_ms for label, ref in kernels.items() if ref.weight_ms > 0}
     done = []
     for _ in range(rounds):
+        state_ratio, waited = await_profile_state(calibration, wait_seconds=state_wait_seconds)
         ratios = drift(calibration, min_run_time=drift_run_time, kernels=kernels)
         done.append(Round(model_ms=measure_latency_ms(model, example, min_run_time), drift=ratios, classes=classes,
-                          weights=weights))
+                          weights=weights, state_ratio=state_ratio, waited_s=waited))
     return Measurement(tuple(done), other_cpus_since(before))
 
 

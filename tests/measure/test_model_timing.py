@@ -9,7 +9,14 @@ import torch
 from factories import metadata, record
 
 from calibration.measure.fold import fold
-from calibration.measure.model_timing import DRIFT_LIMIT, Measurement, Round, reference_kernels
+from calibration.measure.model_timing import (
+    DRIFT_LIMIT,
+    STATE_POLL_SECONDS,
+    Measurement,
+    Round,
+    await_profile_state,
+    reference_kernels,
+)
 from calibration.specs import host
 from calibration.specs.operations import Case
 
@@ -194,3 +201,39 @@ def test_the_model_s_entries_are_re_timed_in_rounds_like_the_calibration_median_
     assert mt.drift(cal(), min_run_time=0.1, kernels=refs) == {"for the model: x": pytest.approx(1.0 / 0.8)}
     # the entry's calls per round, and rounds enough for the window (0.1 s at 4 x 0.8 ms a round)
     assert seen[0].iterations == 4 and seen[0].rounds == 32
+
+
+class _Clock:
+    """A clock that moves only when the waiter sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_round_waits_for_the_host_state_the_profile_was_taken_in():
+    readings = iter([0.45, 0.40, 0.12])  # slow, slow, then fast against the profile's 0.1
+    clock = _Clock()
+    ratio, waited = await_profile_state(cal(canary_ms=0.1), read=lambda: next(readings), sleep=clock.sleep,
+                                        clock=clock)
+    assert ratio == pytest.approx(1.2) and waited == pytest.approx(2 * STATE_POLL_SECONDS)
+
+
+def test_a_round_waits_no_longer_than_its_limit_and_says_the_state_it_ran_in():
+    clock = _Clock()
+    ratio, waited = await_profile_state(cal(canary_ms=0.1), wait_seconds=1.0, read=lambda: 0.4, sleep=clock.sleep,
+                                        clock=clock)
+    assert ratio == pytest.approx(4.0) and 1.0 <= waited < 1.0 + STATE_POLL_SECONDS
+
+
+def test_a_profile_without_a_canary_reading_waits_for_nothing():
+    def never():
+        raise AssertionError("read the canary")
+
+    assert await_profile_state(cal(), read=never) == (None, 0.0)
+    assert await_profile_state(cal(canary_ms=0.1, device_type="cuda"), read=never) == (None, 0.0)
