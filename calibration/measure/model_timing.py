@@ -372,13 +372,13 @@ def await_profile_state(calibration, *, wait_seconds: float = STATE_WAIT_SECONDS
     fastest = calibration.metadata.canary_ms
     if not fastest or calibration.metadata.device_type != "cpu":
         return None, 0.0
-    start = clock()
-    while True:
+    start, waited = clock(), 0.0
+    ratio = read() / fastest
+    while ratio > canary.SLOW and waited < wait_seconds:
+        sleep(STATE_POLL_SECONDS)
         ratio = read() / fastest
         waited = clock() - start
-        if ratio <= canary.SLOW or waited >= wait_seconds:
-            return ratio, waited
-        sleep(STATE_POLL_SECONDS)
+    return ratio, waited
 
 
 def measure_rounds(model, example, calibration, *, rounds: int = 5, min_run_time: float = 0.4,

@@ -224,6 +224,12 @@ def test_a_round_waits_for_the_host_state_the_profile_was_taken_in():
     assert ratio == pytest.approx(1.2) and waited == pytest.approx(2 * STATE_POLL_SECONDS)
 
 
+def test_a_round_in_the_profiles_state_waits_for_nothing():
+    clock = _Clock()
+    assert await_profile_state(cal(canary_ms=0.1), read=lambda: 0.14, sleep=clock.sleep, clock=clock) == (
+        pytest.approx(1.4), 0.0)
+
+
 def test_a_round_waits_no_longer_than_its_limit_and_says_the_state_it_ran_in():
     clock = _Clock()
     ratio, waited = await_profile_state(cal(canary_ms=0.1), wait_seconds=1.0, read=lambda: 0.4, sleep=clock.sleep,
