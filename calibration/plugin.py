@@ -63,9 +63,11 @@ HELP_MODEL_SHAPE = ("Input shape without the batch for a --calibrate-model MODUL
 HELP_MODEL_DTYPE = ("dtype of a --calibrate-model MODULE:FACTORY's example input (int64: token ids), once for all "
                     "or once for each. Default: float32.")
 HELP_WINDOWS = (
-    "1: time each case in one window. 2: time each operation case (not cold, alloc, dispatch, module or sequence "
-    "ones) again for 0.1 s at the end of the run and, where the two medians differ by more than x1.2, a third time a "
-    "pass later, keeping the middle window: one window is one state of a shared host. Default: 2, 1 with --quick."
+    "1: time each case in one window (one whose window ran while the host's vCPUs were slow, by a small parallel "
+    "conv timed around it, gets later windows at the end of the run). 2: time each operation case (not cold, "
+    "alloc, dispatch, module or sequence ones) again for 0.1 s at the end of the run and, where the two medians "
+    "differ by more than x1.2, a third time a pass later, keeping the middle window: one window is one state of a "
+    "shared host. Default: 2, 1 with --quick."
 )
 HELP_TABLES = (
     "Also print pytest-benchmark's per-case tables (250 columns, about one line per case), which a run with "
@@ -510,8 +512,10 @@ def _peaks(state: CalibrationState) -> tuple[dict[str, Peak], Peak | None]:
 
 
 def _recheck(state: CalibrationState) -> None:
-    """Time each operation case in a later window (measure.windows) before the profile is folded."""
-    state.rechecked = windows.recheck(state.records)
+    """Time each operation case in a later window (measure.windows) before the profile is
+    folded; in a run of one window a case, only those whose window the host-state canary read
+    slow (measure.canary)."""
+    state.rechecked = windows.recheck(state.records, only_slow=state.windows == 1)
     state.records = state.rechecked.records
 
 
@@ -524,7 +528,7 @@ def _fastest_canary(state: CalibrationState) -> float | None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
-    if (state is not None and state.windows > 1 and state.records and exitstatus != pytest.ExitCode.INTERRUPTED
+    if (state is not None and state.records and exitstatus != pytest.ExitCode.INTERRUPTED
             and not os.environ.get("PYTEST_XDIST_WORKER")):
         _recheck(state)
     if state is not None and state.heap is not None:
@@ -620,7 +624,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                 f"parallel conv at over x{canary.SLOW} its fastest) and did not vote against a fast one"
                 if r.slow_windows else "")
         terminalreporter.write_line(
-            f"later windows: {r.checked} operation cases timed again at the end of the run ({r.seconds:.0f} s); "
+            f"later windows: {r.checked} operation cases "
+            + ("whose window ran while the host's vCPUs were slow " if state.windows == 1 else "")
+            + f"timed again at the end of the run ({r.seconds:.0f} s); "
             f"{r.disputed} differed from their first window by more than x{windows.DISAGREE} and got a third, "
             f"{r.replaced} now keep a later window (their entries' latency.windows_ms has every window's median)"
             + slow)

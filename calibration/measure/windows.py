@@ -128,7 +128,7 @@ def _read_canary(device: str) -> float | None:
 
 
 def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
-            build_kernel: Callable = build, read_canary: ReadCanary | None = None) -> Outcome:
+            build_kernel: Callable = build, read_canary: ReadCanary | None = None, only_slow: bool = False) -> Outcome:
     """Each operation record but those of ``SKIPPED_FAMILIES``, timed again and settled.
 
     Two passes, each latest case first: every case's second window is at least the rest of
@@ -142,6 +142,9 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
     brackets each first window (``Record.canary_ms``); the slower reading is the window's, and
     ``settle`` sets aside a window read slow (``canary.slow_states`` against the fastest
     reading of the run) where another ran fast. A window without a reading counts as fast.
+
+    ``only_slow``: only the cases whose first window's reading was slow against the fastest
+    first window's (a run of one window a case: those are the windows to doubt).
 
     ``time_window``, ``build_kernel`` and ``read_canary`` are replaceable for tests.
     """
@@ -157,6 +160,9 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
 
     # cold and after_busy cases (the only ones built as PreparedKernel) are among the skipped families
     order = [i for i in reversed(range(len(records))) if records[i].case.spec.family not in SKIPPED_FAMILIES]
+    if only_slow:
+        first_slow = canary.slow_states([r.canary_ms for r in records])
+        order = [i for i in order if first_slow[i]]
     second = {i: timed(records[i], "a second window at the end of the run") for i in order}
     third = {i: timed(records[i], "a third window at the end of the run") for i in order
              if disagree(records[i].latency.median_ms, second[i][0].median_ms)}

@@ -163,3 +163,18 @@ def test_recheck_reads_the_canary_around_each_later_window_and_against_the_runs_
     assert out.records[2].latency.median_ms == 2.0 and out.records[2].latency.windows_ms == [2.0, 6.0, 5.8]
     assert (out.checked, out.disputed, out.replaced, out.slow_windows) == (3, 3, 1, 4)
     assert next(canaries, None) is None  # two readings around each of the six later windows
+
+
+def test_a_run_of_one_window_a_case_times_again_only_the_cases_whose_window_read_slow():
+    fast = replace(record("relu", 1.0, n=1024), canary_ms=0.1)
+    slow = replace(record("relu", 3.0, n=4096), canary_ms=0.4)
+    unread = record("relu", 2.0, n=16384)
+    built = []
+    timer, _ = _windows(1.0, 1.1)  # the slow case's second and third windows, both fast
+    out = windows.recheck([fast, slow, unread], time_window=timer, read_canary=lambda: 0.1, only_slow=True,
+                          build_kernel=lambda case: built.append(case.param_dict["n"]) or (lambda: None))
+
+    assert built == [4096, 4096]
+    assert out.records[0] is fast and out.records[2] is unread
+    assert out.records[1].latency.median_ms == 1.0 and out.records[1].latency.windows_ms == [3.0, 1.0, 1.1]
+    assert (out.checked, out.disputed, out.replaced) == (1, 1, 1)
