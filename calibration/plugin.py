@@ -67,7 +67,7 @@ HELP_WINDOWS = (
     "conv timed around it, gets later windows at the end of the run). 2: time each operation case (not cold, "
     "alloc, dispatch, module or sequence ones) again for 0.1 s at the end of the run and, where the two medians "
     "differ by more than x1.2, a third time a pass later, keeping the middle window: one window is one state of a "
-    "shared host. Default: 2, 1 with --quick."
+    "shared host. Default: 2, 1 with --quick (2 with --quick and --calibrate-model)."
 )
 HELP_TABLES = (
     "Also print pytest-benchmark's per-case tables (250 columns, about one line per case), which a run with "
@@ -212,7 +212,8 @@ def pytest_configure(config: pytest.Config) -> None:
         peak_bandwidth=config.getoption("calibrate_peak_bandwidth"),
         selection=config.getoption("calibrate_operations"),
         fusion_selection=config.getoption("calibrate_fusion_patterns"),
-        windows=config.getoption("calibrate_windows") or (1 if config.getoption("calibrate_quick") else 2),
+        windows=config.getoption("calibrate_windows") or options.default_windows(
+            quick=config.getoption("calibrate_quick"), workload=bool(config.getoption("calibrate_model"))),
     )
     config.stash[STATE] = state
     _load_compare_base(config, state)

@@ -112,6 +112,15 @@ def parse_rounds(text: str) -> int:
 WINDOWS = ("1", "2")
 
 
+def default_windows(*, quick: bool, workload: bool) -> int:
+    """Windows a case is timed in unless --windows says: 2, but 1 for a quick grid alone. A
+    workload calibration (--calibrate-model) keeps 2 with --quick: its entries are the ones
+    its model's predictions stand on exactly, and one window is one state of a shared host
+    (a quick workload profile's matmul and linears came out at x1.25-1.67 their time, re-timed
+    so in every round of two accuracy runs, which refused two of its eight cases)."""
+    return 1 if quick and not workload else 2
+
+
 def parse_windows(text: str) -> int:
     """How many windows a case is timed in: 1, or 2 (a third where those two disagree)."""
     if text.strip() not in WINDOWS:

@@ -10,6 +10,7 @@ from factories import record
 
 from calibration.measure import windows
 from calibration.measure.fold import Record
+from calibration.measure.options import default_windows
 from calibration.profile.schema import LatencyStats
 
 
@@ -178,3 +179,9 @@ def test_a_run_of_one_window_a_case_times_again_only_the_cases_whose_window_read
     assert out.records[0] is fast and out.records[2] is unread
     assert out.records[1].latency.median_ms == 1.0 and out.records[1].latency.windows_ms == [3.0, 1.0, 1.1]
     assert (out.checked, out.disputed, out.replaced) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(("quick", "workload", "expected"), [
+    (False, False, 2), (True, False, 1), (True, True, 2), (False, True, 2)])
+def test_a_quick_grid_takes_one_window_a_case_and_a_workload_calibration_two(quick, workload, expected):
+    assert default_windows(quick=quick, workload=workload) == expected
