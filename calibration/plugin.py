@@ -622,7 +622,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if state.rechecked is not None and state.rechecked.checked:
         r = state.rechecked
         slow = (f"; {r.slow_windows} of the disputed cases' windows ran while the host's vCPUs were slow (a small "
-                f"parallel conv at over x{canary.SLOW} its fastest) and did not vote against a fast one"
+                f"parallel conv at over x{canary.SLOW} its fastest): those slower than a fast window did not vote"
                 if r.slow_windows else "")
         terminalreporter.write_line(
             f"later windows: {r.checked} operation cases "

@@ -23,8 +23,9 @@ reason. The alloc, dispatch and module families keep their one window too
 A state can outlast the end-of-run windows: on a 2-vCPU VM whose second vCPU answered late
 for a minute, both later windows of 26 of 45 batch-1 convs read x1.2-3.1 their first and
 outvoted it. So each window is bracketed by a reading of a small parallel kernel
-(``measure.canary``), and a window taken in the slow state does not vote against one taken
-in the fast state: the middle is taken of the windows the host ran at full speed.
+(``measure.canary``), and a window taken in the slow state and slower than one taken in the
+fast state does not vote against it (the slow state only slows): the middle is taken of the
+rest.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Outcome:
     disputed: int  # of those, first and second windows more than DISAGREE apart
     replaced: int  # of those, the case now keeps a later window
     seconds: float  # wall time of the later windows
-    slow_windows: int = 0  # windows of the disputed cases taken in the host's slow state (measure.canary)
+    slow_windows: int = 0  # windows of the disputed cases read in the host's slow state (measure.canary)
     fastest_canary_ms: float | None = None  # the fastest canary reading, first windows' and later ones'
 
 
