@@ -30,6 +30,7 @@ rest.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -51,6 +52,10 @@ SKIPPED_FAMILIES = ("cold", "alloc", "dispatch", "module", "sequence")
 # full grid's operation cases costs well under a minute
 WINDOW_SECONDS = 0.1
 WINDOW_MIN_ROUNDS = 7
+# a run of one window a case re-times its slow-read cases for this long at most: a quick run
+# is meant to take a minute (rebuilding a case's operands costs more than its window: 39
+# cases took 27 s on a loaded host)
+ONLY_SLOW_SECONDS = 8.0
 
 # (kernel, plan) -> seconds per call of each round
 TimeWindow = Callable[[Kernel, harness.Plan], list[float]]
@@ -90,11 +95,12 @@ def settle(first: LatencyStats, second: LatencyStats, third: LatencyStats | None
     ``slow`` flags the windows (first, second, third) taken while the host's vCPUs were in
     their slow state (``measure.canary``): where a window ran in the fast state, a slow one
     slower than every fast one does not vote (the slow state only slows), and the middle is
-    taken of the rest (of two, the earlier)."""
-    if third is None or not disagree(first.median_ms, second.median_ms):
+    taken of the rest (of two, the earlier). So a slow first window that a fast second one
+    disputes gives way to it even where no third was timed."""
+    if not disagree(first.median_ms, second.median_ms):
         return first.model_copy(update={"windows_ms": [first.median_ms, second.median_ms]})
-    windows = [first, second, third]
-    flags = list(slow)[:3] + [False] * (3 - len(slow))
+    windows = [first, second] + ([third] if third is not None else [])
+    flags = (list(slow) + [False] * 3)[:len(windows)]
     # the slow state only slows a kernel: a window taken in it that still ran no slower than
     # every fast one was slowed by nothing, and votes
     fast = [w.median_ms for w, s in zip(windows, flags, strict=True) if not s]
@@ -105,7 +111,7 @@ def settle(first: LatencyStats, second: LatencyStats, third: LatencyStats | None
         names = ("first", "second", "third")
         how = ("the middle of three windows kept" if len(voting) == 3 else
                f"the {names[next(i for i, w in enumerate(windows) if w is middle)]} kept, the "
-               + " and ".join(n for n, s in zip(names, flags, strict=True) if s)
+               + " and ".join(n for n, s in zip(names, flags, strict=False) if s)
                + " taken while the host's vCPUs were slow (measure.canary) set aside")
         middle = middle.model_copy(update={"source": (
             f"{middle.source}: the first window's median {first.median_ms:.4g} ms disagreed with a later "
@@ -129,7 +135,8 @@ def _read_canary(device: str) -> float | None:
 
 
 def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
-            build_kernel: Callable = build, read_canary: ReadCanary | None = None, only_slow: bool = False) -> Outcome:
+            build_kernel: Callable = build, read_canary: ReadCanary | None = None, only_slow: bool = False,
+            clock: Callable[[], float] = time.perf_counter) -> Outcome:
     """Each operation record but those of ``SKIPPED_FAMILIES``, timed again and settled.
 
     Two passes, each latest case first: every case's second window is at least the rest of
@@ -145,11 +152,13 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
     reading of the run) where another ran fast. A window without a reading counts as fast.
 
     ``only_slow``: only the cases whose first window's reading was slow against the fastest
-    first window's (a run of one window a case: those are the windows to doubt).
+    first window's (a run of one window a case: those are the windows to doubt), latest
+    first, for ``ONLY_SLOW_SECONDS`` at most; a case not reached keeps its one window.
 
-    ``time_window``, ``build_kernel`` and ``read_canary`` are replaceable for tests.
+    ``time_window``, ``build_kernel``, ``read_canary`` and ``clock`` are replaceable for tests.
     """
-    start = time.perf_counter()
+    start = clock()
+    deadline = start + ONLY_SLOW_SECONDS if only_slow else math.inf
 
     def timed(record: Record, source: str) -> tuple[LatencyStats, float | None]:
         timer = time_window or (lambda k, p, device=record.case.device: _time_window(k, p, device))
@@ -164,9 +173,13 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
     if only_slow:
         first_slow = canary.slow_states([r.canary_ms for r in records])
         order = [i for i in order if first_slow[i]]
-    second = {i: timed(records[i], "a second window at the end of the run") for i in order}
-    third = {i: timed(records[i], "a third window at the end of the run") for i in order
-             if disagree(records[i].latency.median_ms, second[i][0].median_ms)}
+    second, third = {}, {}
+    for i in order:
+        if clock() < deadline:
+            second[i] = timed(records[i], "a second window at the end of the run")
+    for i in second:
+        if disagree(records[i].latency.median_ms, second[i][0].median_ms) and clock() < deadline:
+            third[i] = timed(records[i], "a third window at the end of the run")
     readings = [r.canary_ms for r in records] + [c for _, c in [*second.values(), *third.values()]]
     known = [r for r in readings if r is not None and r > 0]
     fastest = min(known) if known else None
@@ -179,4 +192,4 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
         out[i] = replace(records[i], latency=settle(records[i].latency, window, later[0], slow))
     replaced = sum(out[i].latency.median_ms != records[i].latency.median_ms for i in second)
     return Outcome(records=out, checked=len(second), disputed=len(third), replaced=replaced,
-                   seconds=time.perf_counter() - start, slow_windows=slow_windows, fastest_canary_ms=fastest)
+                   seconds=clock() - start, slow_windows=slow_windows, fastest_canary_ms=fastest)

@@ -92,7 +92,8 @@ def test_recheck_times_cases_latest_first_in_two_passes_and_leaves_cold_and_allo
     # pass 1, latest first: 16384 (agrees), 4096 (disagrees), 1024 (disagrees); pass 2: 4096, 1024
     timer, _ = _windows(2.1, 9.0, 5.0, 8.0, 2.0)
 
-    out = windows.recheck([fresh, dispatch, first, cold, second, third], time_window=timer, build_kernel=build_kernel)
+    out = windows.recheck([fresh, dispatch, first, cold, second, third], time_window=timer, build_kernel=build_kernel,
+                          read_canary=lambda: 0.1)  # the host in one state throughout
 
     assert built == [16384, 4096, 1024, 4096, 1024]  # a third window a pass after the second, not straight after
     assert out.records[:2] == [fresh, dispatch] and out.records[3] is cold
@@ -185,3 +186,25 @@ def test_a_run_of_one_window_a_case_times_again_only_the_cases_whose_window_read
     (False, False, 2), (True, False, 1), (True, True, 2), (False, True, 2)])
 def test_a_quick_grid_takes_one_window_a_case_and_a_workload_calibration_two(quick, workload, expected):
     assert default_windows(quick=quick, workload=workload) == expected
+
+
+def test_a_run_of_one_window_a_case_re_times_its_slow_read_cases_for_a_bounded_time():
+    slow = [replace(record("relu", 3.0, n=1024 << k), canary_ms=0.4) for k in range(4)]
+    fastest = replace(record("relu", 1.0, n=512), canary_ms=0.1)
+    now = [0.0]
+
+    def timer(kernel, plan):  # each window takes 3 s of the fake clock, and runs fast
+        now[0] += 3.0
+        return [1.0 / 1e3] * plan.rounds
+
+    out = windows.recheck([fastest, *slow], time_window=timer, build_kernel=lambda case: (lambda: None),
+                          read_canary=lambda: 0.1, only_slow=True, clock=lambda: now[0])
+
+    # latest first: the second windows of the last three fill the 8 s (0, 3, 6 s in), no third;
+    # each read fast against its slow-read first window, which gives way to it
+    assert windows.ONLY_SLOW_SECONDS == 8.0
+    assert [(r.latency.median_ms, r.latency.windows_ms) for r in out.records[2:]] == [(1.0, [3.0, 1.0])] * 3
+    assert all("the second kept, the first taken while the host's vCPUs were slow" in r.latency.source
+               for r in out.records[2:])
+    assert out.records[1] is slow[0] and out.records[0] is fastest
+    assert (out.checked, out.disputed, out.replaced) == (3, 0, 3)
