@@ -521,10 +521,8 @@ def _recheck(state: CalibrationState) -> None:
 
 
 def _fastest_canary(state: CalibrationState) -> float | None:
-    readings = [r.canary_ms for r in state.records if r.canary_ms]
-    if state.rechecked is not None and state.rechecked.fastest_canary_ms:
-        readings.append(state.rechecked.fastest_canary_ms)
-    return min(readings) if readings else None
+    later = state.rechecked.fastest_canary_ms if state.rechecked is not None else None
+    return canary.fastest_reading([*(r.canary_ms for r in state.records), later])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

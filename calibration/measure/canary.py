@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 # the two states differ by x2.5-4 on the canary; calls within one state by up to x1.4
 SLOW = 1.5
@@ -55,12 +55,17 @@ def canary_ms(calls: int = CALLS) -> float:
     return 1e3 * statistics.median(samples)
 
 
+def fastest_reading(readings: Iterable[float | None]) -> float | None:
+    """The fastest of these canary readings; None where none was taken."""
+    known = [r for r in readings if r is not None and r > 0]
+    return min(known) if known else None
+
+
 def slow_states(readings: Sequence[float | None], fastest: float | None = None) -> list[bool]:
     """For each canary reading, whether it was taken in the slow state: above ``SLOW`` times
     the fastest reading (of ``readings``, or ``fastest`` where given). A missing reading
     (None) counts as not slow."""
-    known = [r for r in readings if r is not None and r > 0]
-    floor = fastest if fastest is not None else (min(known) if known else None)
+    floor = fastest if fastest is not None else fastest_reading(readings)
     if floor is None or floor <= 0:
         return [False] * len(readings)
     return [r is not None and r > SLOW * floor for r in readings]

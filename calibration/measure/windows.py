@@ -180,9 +180,8 @@ def recheck(records: Sequence[Record], *, time_window: TimeWindow | None = None,
     for i in second:
         if disagree(records[i].latency.median_ms, second[i][0].median_ms) and clock() < deadline:
             third[i] = timed(records[i], "a third window at the end of the run")
-    readings = [r.canary_ms for r in records] + [c for _, c in [*second.values(), *third.values()]]
-    known = [r for r in readings if r is not None and r > 0]
-    fastest = min(known) if known else None
+    fastest = canary.fastest_reading([*(r.canary_ms for r in records),
+                                      *(reading for _, reading in [*second.values(), *third.values()])])
     out, slow_windows = list(records), 0
     for i, (window, reading) in second.items():
         later = third.get(i, (None, None))

@@ -31,3 +31,8 @@ def test_the_canary_reads_a_time_a_call():
 def test_the_canary_needs_a_timed_call():
     with pytest.raises(ValueError, match="calls=0"):
         canary.canary_ms(calls=0)
+
+
+def test_the_fastest_reading_skips_the_cases_without_one():
+    assert canary.fastest_reading([None, 0.4, 0.12, None]) == 0.12
+    assert canary.fastest_reading([None]) is None
